@@ -1,0 +1,41 @@
+"""Package metadata for tfaug."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tfaug",
+    version="0.1.0",
+    description=(
+        "Semi-supervised, task-driven data augmentation for medical image "
+        "segmentation (Chaitanya et al., MedIA 2021) in TensorFlow 2 / Keras 3."
+    ),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tfaug", "tfaug.*"]),
+    include_package_data=True,
+    package_data={"tfaug": ["configs/*.yaml"]},
+    install_requires=[
+        # tensorflow-cpu by default; GPU users install `tensorflow[and-cuda]` instead
+        # (see the README). Never mix with tf-keras or tensorflow-addons.
+        "tensorflow-cpu>=2.16,<2.22",
+        "keras>=3.3,<4",
+        "keras-tuner>=1.4.7,<2",
+        "tf2onnx>=1.16,<2",
+        "onnx>=1.16,<2",
+        "onnxruntime>=1.18,<2",
+        "nibabel>=5.0,<6",
+        "SimpleITK>=2.3,<3",
+        "numpy>=1.26,<3",
+        "scipy>=1.11,<2",
+        "matplotlib>=3.7,<4",
+        "PyYAML>=6,<7",
+        "tqdm>=4.60,<5",
+    ],
+    extras_require={
+        "test": ["pytest>=7,<10", "medpy>=0.5,<0.6", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["tfaug=tfaug.cli:main"]},
+)

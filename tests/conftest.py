@@ -1,0 +1,18 @@
+"""Shared pytest setup: quiet TensorFlow, deterministic seeds."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Every test starts from the same global seeds."""
+    import keras
+
+    keras.utils.set_random_seed(1234)
+    np.random.seed(1234)
+    yield

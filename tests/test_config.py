@@ -1,0 +1,61 @@
+import pytest
+
+from tfaug.config import DATASETS, ConfigError, config_from_dict, load_config, parse_override
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_dataset_config_loads_and_is_consistent(dataset):
+    cfg = load_config(dataset)
+    assert cfg.data.dataset == dataset
+    assert len(cfg.train.class_weights) == cfg.data.n_classes
+    assert abs(sum(cfg.train.class_weights) - 1.0) < 1e-6
+    assert cfg.preprocess.crop_size % 32 == 0
+
+
+def test_paper_values_in_acdc_config():
+    cfg = load_config("acdc")
+    assert cfg.preprocess.spacing_mm == 1.367
+    assert cfg.preprocess.crop_size == 224
+    assert cfg.train.batch_size == 20
+    assert cfg.train.generator_iterations == 10000
+    assert (cfg.train.lambda_adv, cfg.train.lambda_ld) == (1.0, 1e-3)
+    assert (cfg.split.n_unlabeled, cfg.split.n_test, cfg.split.n_validation) == (25, 20, 2)
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config("phantom", overrides=["train.batch_size=8", "model.bn_momentum=0.5"])
+    assert cfg.train.batch_size == 8
+    assert cfg.model.bn_momentum == 0.5
+    assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+
+
+def test_user_config_file_is_merged(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  lambda_ld: 0.01\n")
+    cfg = load_config("phantom", config_file=path)
+    assert cfg.train.lambda_ld == 0.01
+    assert cfg.train.batch_size == load_config("phantom").train.batch_size
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batchsize=3", "unknown key"),
+        ("train.batch_size=three", "expected an integer"),
+        ("train.jit_compile=1", "expected true/false"),
+        ("nonsense", "expected section.key=value"),
+    ],
+)
+def test_bad_overrides_are_rejected_with_a_clear_message(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("phantom", overrides=[override])
+
+
+def test_round_trip_through_dict():
+    cfg = load_config("prostate")
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_unknown_dataset():
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        load_config("brats")

@@ -1,0 +1,362 @@
+"""Typed configuration: dataclasses ← YAML ← command-line overrides.
+
+A run is described by one :class:`Config`. It is built from the dataset's YAML file
+(``tfaug/configs/<dataset>.yaml``, also reachable as ``configs/`` at the repository root),
+then an optional user YAML (``--config``), then ``--set section.key=value`` overrides.
+The fully resolved config is what a run records in its ``config.yaml``.
+
+Example:
+    >>> cfg = load_config("phantom", overrides=["train.batch_size=8"])
+    >>> cfg.train.batch_size
+    8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DATASETS = ("phantom", "acdc", "prostate", "pancreas")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed."""
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and what its labels mean.
+
+    Attributes:
+        dataset: ``phantom``, ``acdc``, ``prostate`` or ``pancreas``.
+        root: the dataset folder (ACDC: the folder holding ``training/``; MSD: the
+            ``TaskXX_*`` folder). ``None`` for the phantom means "generate it into the cache".
+        cache_dir: folder for generated phantoms and preprocessed TFRecords.
+        class_names: one name per class, background first.
+        modality: the MSD modality to read from 4D images (e.g. ``"T2"``); ``None`` for 3D.
+        merge_labels: label remapping applied on load, ``{source: target}``
+            (pancreas: ``{2: 1}`` merges cancer into pancreas).
+        records_shards: number of TFRecord shards per split of the cache.
+    """
+
+    dataset: str = "phantom"
+    root: str | None = None
+    cache_dir: str = "cache"
+    class_names: list[str] = field(default_factory=lambda: ["background", "RV", "Myo", "LV"])
+    modality: str | None = None
+    merge_labels: dict[int, int] = field(default_factory=dict)
+    records_shards: int = 4
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class PhantomConfig:
+    """Parameters of the synthetic cardiac dataset (see docs/phantom.md)."""
+
+    subjects: int = 100
+    seed: int = 0
+    variant: str = "default"
+
+
+@dataclass
+class PreprocessConfig:
+    """Preprocessing applied to every volume before slicing (METHOD.md §7).
+
+    Attributes:
+        spacing_mm: target in-plane spacing in mm (slices are resampled to it).
+        crop_size: side of the square centre crop/pad, in pixels after resampling.
+        n4: apply SimpleITK N4 bias-field correction (MR only).
+        n4_shrink: per-axis shrink factors (x, y, z) for N4.
+        n4_iterations: N4 fitting iterations per level.
+        percentiles: (low, high) percentiles for ``(x - p_low) / (p_high - p_low)``.
+    """
+
+    spacing_mm: float = 1.367
+    crop_size: int = 224
+    n4: bool = True
+    n4_shrink: list[int] = field(default_factory=lambda: [4, 4, 1])
+    n4_iterations: list[int] = field(default_factory=lambda: [50, 50, 30, 20])
+    percentiles: list[float] = field(default_factory=lambda: [2.0, 98.0])
+
+
+@dataclass
+class SplitConfig:
+    """How volumes are divided (METHOD.md §7).
+
+    Attributes:
+        scheme: ``random`` (seeded draws) or ``paper`` (the original ACDC ids).
+        n_labeled: N_L, labeled volumes per draw.
+        n_unlabeled: N_UL.
+        n_test: N_ts.
+        n_validation: N_vl.
+        draws: number of labeled draws from the pool.
+        draw: which draw this run uses (``--split``).
+        split_seed: seed of the random partition (``--split-seed``).
+        balance_groups: keep ACDC pathology groups balanced across the sets.
+    """
+
+    scheme: str = "random"
+    n_labeled: int = 1
+    n_unlabeled: int = 25
+    n_test: int = 20
+    n_validation: int = 2
+    draws: int = 5
+    draw: int = 0
+    split_seed: int = 0
+    balance_groups: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """Network widths (METHOD.md §3).
+
+    Attributes:
+        unet_filters: filters per U-Net level (five levels; the input side must be a
+            multiple of 32, as for the generator).
+        generator_filters: filters of the generator's five z-branch upsampling blocks.
+        generator_image_filters: filters of the generator's image branch and fusion convs.
+        z_dim: size of the noise vector z.
+        flow_kernel: kernel size of the deformation head (3 in the code, 1 in the paper).
+        discriminator_filters: filters of the five 5x5 stride-2 convs.
+        discriminator_units: units of the two hidden dense layers.
+        bn_momentum: BatchNormalization momentum (0.99 in the paper; lower for short runs).
+        bn_epsilon: BatchNormalization epsilon.
+    """
+
+    unet_filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    generator_filters: list[int] = field(default_factory=lambda: [128, 64, 32, 16, 16])
+    generator_image_filters: int = 16
+    z_dim: int = 100
+    flow_kernel: int = 3
+    discriminator_filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 128])
+    discriminator_units: int = 128
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+
+
+@dataclass
+class AugmentConfig:
+    """Random augmentation parameters (METHOD.md §6).
+
+    Attributes:
+        affine_probability: probability that a slice gets one affine transform.
+        scale_range: (min, max) isotropic scale.
+        rotation_degrees: small rotations are drawn from U(-r, r) degrees.
+        elastic_sigma_mm: σ of the random elastic control-point displacements, in mm
+            (10 px at 1.367 mm in the paper); converted with the preprocessed spacing.
+        elastic_grid: control points per axis of the random elastic field.
+        contrast_range: (min, max) contrast factor c.
+        brightness_range: (min, max) additive brightness b.
+        mixup_alpha: α of the Beta(α, α) Mixup coefficient.
+    """
+
+    affine_probability: float = 0.8
+    scale_range: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    rotation_degrees: float = 15.0
+    elastic_sigma_mm: float = 13.67
+    elastic_grid: int = 3
+    contrast_range: list[float] = field(default_factory=lambda: [0.8, 1.2])
+    brightness_range: list[float] = field(default_factory=lambda: [-0.1, 0.1])
+    mixup_alpha: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and schedule (METHOD.md §2, §4).
+
+    Attributes:
+        batch_size: global batch size.
+        learning_rate: Adam learning rate for every network.
+        pretrain_iterations: S pre-training on labeled (affine) slices.
+        generator_iterations: iterations of each joint (S, G, D) stage.
+        segmenter_iterations: iterations of the final segmenter stage.
+        validate_every: validation period k, in iterations.
+        class_weights: cross-entropy weight per class, background first.
+        lambda_seg: weight of L_S in the generator objective.
+        lambda_adv: weight of the adversarial term.
+        lambda_ld: weight of the large-deviation term.
+        generator_mode: ``joint`` (L_S reaches G, the paper) or ``independent``.
+        generated_fraction: (min, max) fraction of a joint batch that is generated.
+        mixed_precision: use the ``mixed_float16`` policy (GPU).
+        jit_compile: compile train steps with XLA.
+        seed: global seed of the run.
+    """
+
+    batch_size: int = 20
+    learning_rate: float = 1e-3
+    pretrain_iterations: int = 400
+    generator_iterations: int = 10000
+    segmenter_iterations: int = 10000
+    validate_every: int = 10
+    class_weights: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.3, 0.3])
+    lambda_seg: float = 1.0
+    lambda_adv: float = 1.0
+    lambda_ld: float = 1e-3
+    generator_mode: str = "joint"
+    generated_fraction: list[float] = field(default_factory=lambda: [0.25, 0.7])
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    """Everything a run needs. ``method``, ``runs_dir`` and ``strategy`` describe the run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    phantom: PhantomConfig = field(default_factory=PhantomConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: str = "gdgi"
+    runs_dir: str = "runs"
+    strategy: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML-serialisable)."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check/convert a YAML value against a dataclass field annotation."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, found {value!r}")
+        return _build(annotation, value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, found {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, found {value!r}")
+        return {
+            _coerce(k, args[0], where): _coerce(v, args[1], f"{where}.{k}")
+            for k, v in value.items()
+        }
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, found {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, found {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, found {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, found {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping (safe loader); a clear error for a missing or bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return content
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"train.batch_size=8"`` → ``{"train": {"batch_size": 8}}`` (value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    nested: dict[str, Any] = {}
+    cursor = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build and type-check a :class:`Config` from a nested dict."""
+    return _build(Config, values, "")
+
+
+def load_config(
+    dataset: str = "phantom",
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Resolve the configuration of a run.
+
+    Args:
+        dataset: one of :data:`DATASETS`; selects ``configs/<dataset>.yaml``.
+        config_file: optional user YAML merged on top (any subset of keys).
+        overrides: ``section.key=value`` strings merged last.
+
+    Returns:
+        The resolved :class:`Config`.
+
+    Raises:
+        ConfigError: unknown dataset, unknown key, or a value of the wrong type.
+    """
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    values = read_yaml(CONFIG_DIR / f"{dataset}.yaml")
+    if config_file is not None:
+        values = _merge(values, read_yaml(config_file))
+    for text in overrides or []:
+        values = _merge(values, parse_override(text))
+    config = config_from_dict(values)
+    if config.data.dataset != dataset and config_file is None:
+        raise ConfigError(f"configs/{dataset}.yaml declares data.dataset={config.data.dataset!r}")
+    return config

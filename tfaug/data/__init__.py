@@ -1,0 +1,1 @@
+"""Datasets: readers, the phantom, preprocessing, splits, TFRecords and tf.data."""

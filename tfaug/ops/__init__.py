@@ -1,0 +1,1 @@
+"""TensorFlow ops: the dense warp and the random augmentations."""
