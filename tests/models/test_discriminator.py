@@ -1,0 +1,44 @@
+"""Tests for tfaug/models/discriminator.py."""
+
+import numpy as np
+import pytest
+
+from tfaug.models.discriminator import Discriminator
+
+SMALL = {"filters": (4, 4, 8, 8, 8), "units": 8}
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32, 1), (2, 64, 64, 1), (1, 64, 32, 1)])
+def test_one_float32_logit_per_image(shape):
+    logits = Discriminator(**SMALL)(np.random.default_rng(0).random(shape, "float32"))
+    assert tuple(logits.shape) == (shape[0], 1)
+    assert logits.dtype == "float32"
+
+
+def test_logit_depends_on_the_image_and_has_no_sigmoid():
+    model = Discriminator(**SMALL)
+    rng = np.random.default_rng(0)
+    images = np.concatenate([rng.random((2, 32, 32, 1)), 5.0 * rng.random((2, 32, 32, 1))])
+    logits = np.asarray(model(images.astype("float32"))).ravel()
+    assert len(np.unique(np.round(logits, 6))) == 4
+    model.logit.kernel.assign(100.0 * np.asarray(model.logit.kernel))
+    scaled = np.asarray(model(images.astype("float32"))).ravel()
+    assert np.abs(scaled).max() > 1.0
+
+
+def test_parameter_count_matches_hand_count():
+    model = Discriminator(filters=(2, 2, 2, 2, 2), units=3)
+    model.build((None, 32, 32, 1))
+    convs = (5 * 5 * 1 * 2 + 4 * 2) + 4 * (5 * 5 * 2 * 2 + 4 * 2)  # bias-free conv + BN
+    dense = (1 * 1 * 2 * 3 + 3) + (3 * 3 + 3) + (3 * 1 + 1)  # 32/2^5 = 1 → flatten to 2
+    assert model.count_params() == convs + dense == 515
+
+
+def test_side_not_multiple_of_32_is_a_clear_error():
+    with pytest.raises(ValueError, match="multiples of 32"):
+        Discriminator(**SMALL)(np.zeros((1, 48, 48, 1), "float32"))
+
+
+def test_unknown_sides_cannot_be_built():
+    with pytest.raises(ValueError, match="unknown sides"):
+        Discriminator(**SMALL).build((None, None, None, 1))

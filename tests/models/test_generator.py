@@ -1,0 +1,93 @@
+"""Tests for tfaug/models/generator.py."""
+
+import numpy as np
+import pytest
+
+from tfaug.models.generator import Generator
+
+SMALL = {"filters": (8, 8, 4, 4, 4), "image_filters": 4, "z_dim": 6}
+
+
+def _inputs(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random(shape, "float32"), rng.normal(size=(shape[0], 6)).astype("float32")
+
+
+@pytest.mark.parametrize("kind", ["deformation", "intensity"])
+@pytest.mark.parametrize("shape", [(2, 32, 32, 1), (2, 64, 64, 1), (1, 64, 32, 1)])
+def test_field_shape_and_float32_dtype(kind, shape):
+    field = Generator(kind, **SMALL)(_inputs(shape))
+    channels = 2 if kind == "deformation" else 1
+    assert tuple(field.shape) == (*shape[:3], channels)
+    assert field.dtype == "float32"
+
+
+def test_intensity_field_lies_in_open_unit_interval():
+    image, z = _inputs((2, 32, 32, 1))
+    field = np.asarray(Generator("intensity", **SMALL)((10.0 * image, 10.0 * z)))
+    assert np.all(field > -1.0) and np.all(field < 1.0)
+    assert field.std() > 0.0
+
+
+@pytest.mark.parametrize("kind", ["deformation", "intensity"])
+def test_field_depends_on_z_and_on_the_image(kind):
+    generator = Generator(kind, **SMALL)
+    image, z = _inputs((2, 32, 32, 1))
+    other_image, other_z = _inputs((2, 32, 32, 1), seed=1)
+    reference = np.asarray(generator((image, z), training=False))
+    assert np.abs(reference - np.asarray(generator((image, other_z), training=False))).max() > 1e-6
+    assert np.abs(reference - np.asarray(generator((other_image, z), training=False))).max() > 1e-6
+
+
+def test_parameter_count_matches_hand_count():
+    def conv_bn(c_in, c_out, k):
+        return k * k * c_in * c_out + 4 * c_out
+
+    kwargs = {"filters": (4, 3, 2, 2, 2), "image_filters": 2, "z_dim": 5}
+    dense = 5 * (1 * 1 * 4) + 4  # 32x32 image → a 1x1x4 seed
+    z_branch = conv_bn(4, 4, 2) + conv_bn(4, 3, 2) + conv_bn(3, 2, 2) + conv_bn(2, 2, 2)
+    z_branch += 2 * 2 * 2 * 2 + 2  # last block: linear conv with bias
+    image_branch = conv_bn(1, 2, 3) + conv_bn(2, 2, 3)
+    fusion = conv_bn(2 + 2, 2, 3) + conv_bn(2, 2, 3)
+    trunk = dense + z_branch + image_branch + fusion
+    shapes = ((None, 32, 32, 1), (None, 5))
+    deformation = Generator("deformation", flow_kernel=3, **kwargs)
+    deformation.build(shapes)
+    intensity = Generator("intensity", **kwargs)
+    intensity.build(shapes)
+    assert deformation.count_params() == trunk + (3 * 3 * 2 * 2 + 2) == 470
+    assert intensity.count_params() == trunk + 1 * 1 * 2 * 1 == 434
+
+
+def test_flow_kernel_sets_the_deformation_head():
+    generator = Generator("deformation", flow_kernel=1, **SMALL)
+    generator.build(((None, 32, 32, 1), (None, 6)))
+    assert tuple(generator.head.kernel.shape) == (1, 1, 4, 2)
+
+
+@pytest.mark.parametrize("shape", [(1, 48, 48, 1), (1, 32, 40, 1)])
+def test_side_not_multiple_of_32_is_a_clear_error(shape):
+    with pytest.raises(ValueError, match="multiples of 32"):
+        Generator("deformation", **SMALL)(_inputs(shape))
+
+
+def test_calling_with_another_slice_size_than_built_is_a_clear_error():
+    generator = Generator("intensity", **SMALL)
+    generator(_inputs((1, 32, 32, 1)))
+    with pytest.raises(ValueError, match="built for 32x32"):
+        generator(_inputs((1, 64, 64, 1)))
+
+
+def test_wrong_z_size_is_a_clear_error():
+    image, _ = _inputs((1, 32, 32, 1))
+    with pytest.raises(ValueError, match=r"z of shape \(B, 6\)"):
+        Generator("intensity", **SMALL)((image, np.zeros((1, 7), "float32")))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"kind": "elastic"}, "kind must be"), ({"kind": "intensity", "filters": (8,)}, "five")],
+)
+def test_bad_arguments_are_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Generator(**kwargs)

@@ -1,0 +1,103 @@
+"""The image discriminator D (METHOD.md §3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+from tfaug.models.layers import ConvBNAct, check_spatial_size
+
+LEAKY_SLOPE = 0.2
+
+
+@keras.saving.register_keras_serializable(package="tfaug")
+class Discriminator(keras.Model):
+    """Scores whether an image slice looks like the unlabeled population.
+
+    Five 5x5 stride-2 convs, each conv → BN → LeakyReLU(0.2); flatten; two dense layers of
+    ``units`` with LeakyReLU(0.2); a dense layer to one logit, computed in float32.
+    The logit is for "real" (sigmoid cross-entropy, ``tfaug.losses``); no sigmoid is applied.
+    D sees images only, never labels.
+
+    Input shape: (B,H,W,1) float32; H and W multiples of 32, fixed by the first build (the
+    flattened size depends on them).
+    Output shape: (B,1) float32 logits.
+
+    Args:
+        filters: filters of the five strided convs.
+        units: units of the two hidden dense layers.
+        bn_momentum: BatchNormalization momentum.
+        bn_epsilon: BatchNormalization epsilon.
+    """
+
+    def __init__(
+        self,
+        filters: Sequence[int] = (16, 32, 64, 128, 128),
+        units: int = 128,
+        bn_momentum: float = 0.99,
+        bn_epsilon: float = 1e-3,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if len(filters) != 5:
+            raise ValueError(
+                f"Discriminator: expected five conv filter counts, found {list(filters)}. "
+                "Set model.discriminator_filters to five values, e.g. [16, 32, 64, 128, 128]."
+            )
+        self.filters = tuple(int(f) for f in filters)
+        self.units = units
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.convs = [
+            ConvBNAct(
+                f,
+                5,
+                strides=2,
+                negative_slope=LEAKY_SLOPE,
+                bn_momentum=bn_momentum,
+                bn_epsilon=bn_epsilon,
+                name=f"conv{i}",
+            )
+            for i, f in enumerate(self.filters)
+        ]
+        self.flatten = keras.layers.Flatten(name="flatten")
+        self.hidden = [keras.layers.Dense(units, name=f"dense{i}") for i in range(2)]
+        self.logit = keras.layers.Dense(1, name="logit", dtype="float32")
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        check_spatial_size(input_shape, "Discriminator", require_static=True)
+        shape = tuple(input_shape)
+        for conv in self.convs:
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+        shape = self.flatten.compute_output_shape(shape)
+        for dense in self.hidden:
+            dense.build(shape)
+            shape = dense.compute_output_shape(shape)
+        self.logit.build(shape)
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        check_spatial_size(tuple(inputs.shape), "Discriminator", require_static=False)
+        x = inputs
+        for conv in self.convs:
+            x = conv(x, training=training)
+        x = self.flatten(x)
+        for dense in self.hidden:
+            x = ops.leaky_relu(dense(x), negative_slope=LEAKY_SLOPE)
+        return self.logit(x)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return (tuple(input_shape)[0], 1)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            filters=list(self.filters),
+            units=self.units,
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+        )
+        return config
