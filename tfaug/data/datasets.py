@@ -1,0 +1,147 @@
+"""The one entry point to the dataset readers: list, load and verify by ``data.dataset``.
+
+``acdc`` and ``phantom`` are read by :mod:`tfaug.data.acdc` (the phantom is written in the
+ACDC layout); ``prostate`` and ``pancreas`` by :mod:`tfaug.data.msd`. The label set of a
+dataset is ``range(len(data.class_names))`` after ``data.merge_labels`` is applied.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tfaug.config import DataConfig
+from tfaug.data.acdc import load_acdc, scan_acdc
+from tfaug.data.msd import load_msd, scan_msd
+from tfaug.data.nifti import problems_message
+from tfaug.data.volume import CaseRef, DatasetError, Volume
+
+_ACDC_READER = ("acdc", "phantom")
+_MSD_READER = ("prostate", "pancreas")
+
+DOWNLOAD_HINTS: dict[str, str] = {
+    "acdc": (
+        "Download ACDC from https://www.creatis.insa-lyon.fr/Challenge/acdc/databases.html "
+        "(the 2023 release is on https://humanheart-project.creatis.insa-lyon.fr/database/) "
+        "and pass its folder with --data-root"
+    ),
+    "prostate": (
+        "Download Task05_Prostate from the Medical Segmentation Decathlon "
+        "(http://medicaldecathlon.com/), extract it, and pass the Task05_Prostate folder "
+        "with --data-root"
+    ),
+    "pancreas": (
+        "Download Task07_Pancreas from the Medical Segmentation Decathlon "
+        "(http://medicaldecathlon.com/), extract it, and pass the Task07_Pancreas folder "
+        "with --data-root"
+    ),
+    "phantom": (
+        "Generate the phantom with tfaug.data.phantom (leave data.root unset to generate "
+        "it into the cache) or pass the folder it was written to with --data-root"
+    ),
+}
+"""Where each dataset comes from, quoted when its folder is missing (docs/datasets.md)."""
+
+
+def label_set(data: DataConfig) -> set[int]:
+    """Valid label values after merging: ``{0, ..., len(data.class_names) - 1}``."""
+    return set(range(len(data.class_names)))
+
+
+def _check_known(data: DataConfig) -> None:
+    if data.dataset not in _ACDC_READER + _MSD_READER:
+        raise DatasetError(
+            f"data.dataset {data.dataset!r}: no reader for it; expected one of "
+            f"{', '.join(_ACDC_READER + _MSD_READER)}."
+        )
+
+
+def _scan(data: DataConfig, root: Path) -> tuple[list[CaseRef], list[str]]:
+    """Cases and listing problems; raises only when ``root`` itself is unusable."""
+    _check_known(data)
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(
+            f"{root}: {data.dataset} dataset folder not found. {DOWNLOAD_HINTS[data.dataset]}."
+        )
+    return scan_acdc(root) if data.dataset in _ACDC_READER else scan_msd(root)
+
+
+def list_cases(data: DataConfig, root: Path) -> list[CaseRef]:
+    """List every labeled case of the configured dataset; no voxel data is read.
+
+    Args:
+        data: the data config (``data.dataset`` selects the reader).
+        root: the dataset folder (see docs/datasets.md for each layout).
+
+    Returns:
+        CaseRefs sorted by id.
+
+    Raises:
+        DatasetError: an unknown dataset, a missing folder (the message says where to
+            download it), or one error listing every listing problem.
+    """
+    cases, problems = _scan(data, root)
+    if problems:
+        raise DatasetError(problems_message(root, problems))
+    return cases
+
+
+def load_case(data: DataConfig, ref: CaseRef) -> Volume:
+    """Load one case: ``image`` float32 (X, Y, Z), ``label`` uint8 (X, Y, Z), spacing in mm.
+
+    ACDC/phantom read the ES frame; MSD reads channel ``data.modality`` of 4D images and
+    applies ``data.merge_labels``. No preprocessing (bias correction, normalisation,
+    resampling) is done here.
+
+    Raises:
+        DatasetError: an unknown dataset or any problem with the case's files.
+    """
+    _check_known(data)
+    if data.dataset in _ACDC_READER:
+        return load_acdc(ref, label_set=label_set(data))
+    return load_msd(
+        ref,
+        modality=data.modality,
+        merge_labels=data.merge_labels,
+        label_set=label_set(data),
+    )
+
+
+def _verify(data: DataConfig, root: Path) -> tuple[list[CaseRef], list[str]]:
+    """Listed cases and the problems of listing and of loading every case in full."""
+    cases, problems = _scan(data, root)
+    for ref in cases:
+        try:
+            load_case(data, ref)
+        except DatasetError as error:
+            problems.append(str(error))
+    return cases, problems
+
+
+def verify_dataset(data: DataConfig, root: Path) -> list[str]:
+    """Collect every problem of every case without raising.
+
+    Lists the dataset, then loads each listed case in full (headers, voxels, label grid
+    and values), as nnU-Net's ``verify_dataset_integrity`` does. Slow for large datasets:
+    every voxel is read once; nothing is kept in memory.
+
+    Returns:
+        One message per problem (empty when the dataset is usable). A missing folder, an
+        unknown dataset or an unreadable dataset.json is a single message.
+    """
+    try:
+        return _verify(data, root)[1]
+    except DatasetError as error:
+        return [str(error)]
+
+
+def check_dataset(data: DataConfig, root: Path) -> list[CaseRef]:
+    """Verify the dataset as :func:`verify_dataset` does and return its cases.
+
+    Raises:
+        DatasetError: one error listing every problem found.
+    """
+    cases, problems = _verify(data, root)
+    if problems:
+        raise DatasetError(problems_message(root, problems))
+    return cases
