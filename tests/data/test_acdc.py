@@ -189,3 +189,13 @@ def test_verify_dataset_reports_every_problem_at_once(classic):
     assert any("label shape (12, 10, 2) differs" in p for p in problems)
     with pytest.raises(DatasetError, match=r"3 problem\(s\)"):
         check_dataset(data, root)
+
+
+def test_listing_reads_no_voxel_data(classic):
+    root, written = classic
+    path = written["patient002"].image_path
+    path.write_bytes(path.read_bytes()[:-100])  # truncated: only loading can notice
+    case = list_acdc(root)[1]
+    assert case.image_path == path
+    with pytest.raises(DatasetError, match="truncated or damaged"):
+        load_acdc(case)
