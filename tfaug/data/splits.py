@@ -1,0 +1,291 @@
+"""Division of a dataset's cases into test / validation / unlabeled / labeled sets (METHOD.md §7).
+
+Two schemes (``SplitConfig.scheme``):
+
+* ``random``: a seeded partition of the sorted case ids into test, validation, unlabeled and
+  the labeled *pool*, then ``draws`` seeded labeled draws of ``n_labeled`` volumes from the
+  pool; ``draw`` selects one. The partition depends only on the set of ids, ``split_seed``
+  and the set sizes (never on ``draw`` or ``n_labeled``), so runs with different draws share
+  their test, validation and unlabeled sets. With ``balance_groups`` and groups (ACDC's
+  ``Group`` from Info.cfg), every set is stratified: it holds each group in proportion to the
+  group's size, within one case (equal groups, as in ACDC: counts per group differ by at most
+  one), and each labeled draw takes its volumes from distinct groups where possible.
+* ``paper``: the original ACDC ids of the paper (:data:`PAPER_ACDC_SPLIT`), for N_L 1 or 3,
+  with its five fixed draws (``draws`` is ignored). A smaller ``n_unlabeled`` takes the first
+  ids of the paper's unlabeled list (the N_UL ablation); the pool is every other case outside
+  the paper's test, validation and full unlabeled lists, so it does not change with N_UL.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tfaug.config import SplitConfig
+from tfaug.data.volume import DatasetError
+
+
+@dataclass
+class Split:
+    """One run's sets of case ids (each sorted).
+
+    Attributes:
+        labeled: the N_L labeled volumes of this draw (a subset of ``pool``).
+        unlabeled: the N_UL unlabeled volumes (their labels are never used).
+        validation: volumes for model selection.
+        test: volumes for the reported scores.
+        pool: the labeled pool the draws come from (disjoint from the three sets above).
+        draw: index of the labeled draw.
+    """
+
+    labeled: list[str]
+    unlabeled: list[str]
+    validation: list[str]
+    test: list[str]
+    pool: list[str]
+    draw: int
+
+    def to_dict(self) -> dict[str, list[str] | int]:
+        """Plain dict (JSON/YAML-serialisable)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PaperSplit:
+    """The ACDC split of the paper's original code (METHOD.md §7).
+
+    Attributes:
+        test: 20 test ids.
+        validation: 2 validation ids.
+        unlabeled: 25 unlabeled ids, in the order a smaller N_UL takes them.
+        draws: N_L → the five labeled draws.
+    """
+
+    test: tuple[str, ...]
+    validation: tuple[str, ...]
+    unlabeled: tuple[str, ...]
+    draws: Mapping[int, tuple[tuple[str, ...], ...]]
+
+
+def _patients(*ranges: tuple[int, int]) -> tuple[str, ...]:
+    """``(7, 10), (27, 30)`` → ``("patient007", ..., "patient010", "patient027", ...)``."""
+    return tuple(f"patient{i:03d}" for low, high in ranges for i in range(low, high + 1))
+
+
+PAPER_ACDC_SPLIT = PaperSplit(
+    test=_patients((7, 10), (27, 30), (47, 50), (67, 70), (87, 90)),
+    validation=_patients((11, 11), (71, 71)),
+    unlabeled=_patients((16, 20), (36, 40), (56, 60), (76, 80), (96, 100)),
+    draws={
+        1: tuple(_patients((i, i)) for i in (2, 42, 22, 62, 95)),
+        3: tuple(
+            _patients(*((i, i) for i in ids))
+            for ids in ((2, 22, 42), (42, 62, 82), (22, 42, 82), (2, 42, 82), (2, 42, 95))
+        ),
+    },
+)
+
+
+def make_split(
+    case_ids: list[str], cfg: SplitConfig, groups: dict[str, str] | None = None
+) -> Split:
+    """Divide ``case_ids`` into the sets of one run.
+
+    Args:
+        case_ids: every case of the dataset (order irrelevant, ids unique).
+        cfg: scheme, set sizes, number of draws, draw index and seed.
+        groups: case id → group name (ACDC pathology); used by ``scheme: random`` when
+            ``cfg.balance_groups`` is true, ignored otherwise.
+
+    Returns:
+        The :class:`Split` of draw ``cfg.draw``. Nothing is read from disk.
+
+    Raises:
+        DatasetError: duplicate ids, unknown scheme, bad sizes or draw index, too few cases
+            for the requested sizes, a pool smaller than ``n_labeled``, ids missing from
+            ``groups``, or (``paper``) paper ids missing from the dataset.
+    """
+    duplicates = sorted(c for c, n in Counter(case_ids).items() if n > 1)
+    if duplicates:
+        raise DatasetError(f"split: case ids must be unique, found duplicates {duplicates}")
+    _check_sizes(cfg)
+    if cfg.scheme == "paper":
+        return _paper_split(case_ids, cfg)
+    if cfg.scheme == "random":
+        use_groups = groups if cfg.balance_groups else None
+        return _random_split(case_ids, cfg, use_groups)
+    raise DatasetError(
+        f"split: unknown split.scheme {cfg.scheme!r}; use 'random' or 'paper' (ACDC ids)"
+    )
+
+
+def _check_sizes(cfg: SplitConfig) -> None:
+    sizes = {
+        "n_test": cfg.n_test,
+        "n_validation": cfg.n_validation,
+        "n_unlabeled": cfg.n_unlabeled,
+    }
+    negative = {k: v for k, v in sizes.items() if v < 0}
+    if negative:
+        raise DatasetError(f"split: set sizes must be >= 0, found {negative}")
+    if cfg.n_labeled < 1:
+        raise DatasetError(f"split: --nl must be >= 1, found {cfg.n_labeled}")
+    if cfg.draws < 1:
+        raise DatasetError(f"split: split.draws must be >= 1, found {cfg.draws}")
+
+
+def _check_draw(draw: int, n_draws: int, what: str) -> None:
+    if not 0 <= draw < n_draws:
+        raise DatasetError(
+            f"split: draw index {draw} is out of range for {what} with {n_draws} draws; "
+            f"use --split 0..{n_draws - 1}"
+        )
+
+
+def _random_split(case_ids: list[str], cfg: SplitConfig, groups: dict[str, str] | None) -> Split:
+    _check_draw(cfg.draw, cfg.draws, "scheme 'random'")
+    held_out = cfg.n_test + cfg.n_validation + cfg.n_unlabeled
+    if held_out >= len(case_ids):
+        raise DatasetError(
+            f"split: {len(case_ids)} cases cannot hold {cfg.n_test} test + {cfg.n_validation} "
+            f"validation + {cfg.n_unlabeled} unlabeled volumes and a labeled pool; lower "
+            "--n-unlabeled, split.n_test or split.n_validation, or add cases"
+        )
+    pool_size = len(case_ids) - held_out
+    if pool_size < cfg.n_labeled:
+        raise DatasetError(
+            f"split: the labeled pool has {pool_size} volumes but --nl {cfg.n_labeled} was "
+            "asked; lower --nl or --n-unlabeled"
+        )
+    group_of = _group_map(case_ids, groups)
+    rng = np.random.default_rng([cfg.split_seed, 0])
+    order = _stratified_order(_shuffled_groups(case_ids, group_of, rng))
+    test, rest = order[: cfg.n_test], order[cfg.n_test :]
+    validation, rest = rest[: cfg.n_validation], rest[cfg.n_validation :]
+    unlabeled, pool = rest[: cfg.n_unlabeled], rest[cfg.n_unlabeled :]
+    draw_rng = np.random.default_rng([cfg.split_seed, 1, cfg.n_labeled])
+    draws = _labeled_draws(pool, group_of, cfg.n_labeled, cfg.draws, draw_rng)
+    return Split(
+        labeled=sorted(draws[cfg.draw]),
+        unlabeled=sorted(unlabeled),
+        validation=sorted(validation),
+        test=sorted(test),
+        pool=sorted(pool),
+        draw=cfg.draw,
+    )
+
+
+def _group_map(case_ids: list[str], groups: dict[str, str] | None) -> dict[str, str]:
+    """Case id → group; a single group when ``groups`` is None."""
+    if groups is None:
+        return dict.fromkeys(case_ids, "")
+    missing = sorted(c for c in case_ids if c not in groups)
+    if missing:
+        raise DatasetError(
+            f"split: no group for {len(missing)} case(s) {missing[:10]}; every case needs its "
+            "Info.cfg Group, or set split.balance_groups=false"
+        )
+    return {c: str(groups[c]) for c in case_ids}
+
+
+def _shuffled_groups(
+    case_ids: list[str], group_of: dict[str, str], rng: np.random.Generator
+) -> list[list[str]]:
+    """Members of each group in a seeded random order; the groups in a seeded random order."""
+    names = sorted(set(group_of.values()))
+    members = [sorted(c for c in case_ids if group_of[c] == name) for name in names]
+    shuffled = [[group[i] for i in rng.permutation(len(group))] for group in members]
+    return [shuffled[i] for i in rng.permutation(len(shuffled))]
+
+
+def _stratified_order(groups: list[list[str]]) -> list[str]:
+    """Interleave the groups so that any run of consecutive cases holds each group in
+    proportion to its size, within one case.
+
+    The ``r``-th member of a group of ``n`` sits at position ``(r + 0.5) / n``; ties (equal
+    group sizes) follow the group order, which makes equal groups a plain round-robin.
+    """
+    keyed = [
+        ((rank + 0.5) / len(members), index, case)
+        for index, members in enumerate(groups)
+        for rank, case in enumerate(members)
+    ]
+    return [case for _, _, case in sorted(keyed)]
+
+
+def _labeled_draws(
+    pool: list[str],
+    group_of: dict[str, str],
+    n_labeled: int,
+    n_draws: int,
+    rng: np.random.Generator,
+) -> list[list[str]]:
+    """``n_draws`` draws of ``n_labeled`` distinct pool volumes.
+
+    Groups are visited in a seeded rotation that continues across draws, so a draw spans
+    distinct groups where possible and successive draws move on to the next groups; within a
+    group, the volumes used least often by earlier draws are preferred.
+    """
+    names = sorted({group_of[c] for c in pool})
+    rotation = [names[i] for i in rng.permutation(len(names))]
+    members = {name: sorted(c for c in pool if group_of[c] == name) for name in names}
+    used = dict.fromkeys(pool, 0)
+    cursor = 0
+    draws = []
+    for _ in range(n_draws):
+        chosen: list[str] = []
+        while len(chosen) < n_labeled:
+            name = rotation[cursor % len(rotation)]
+            cursor += 1
+            candidates = [c for c in members[name] if c not in chosen]
+            if not candidates:
+                continue
+            fewest = min(used[c] for c in candidates)
+            least_used = [c for c in candidates if used[c] == fewest]
+            chosen.append(least_used[int(rng.integers(len(least_used)))])
+        for case in chosen:
+            used[case] += 1
+        draws.append(chosen)
+    return draws
+
+
+def _paper_split(case_ids: list[str], cfg: SplitConfig) -> Split:
+    paper = PAPER_ACDC_SPLIT
+    if cfg.n_labeled not in paper.draws:
+        raise DatasetError(
+            f"split: scheme 'paper' has labeled draws for --nl {sorted(paper.draws)} only, "
+            f"found --nl {cfg.n_labeled}; use split.scheme=random for other N_L"
+        )
+    fixed = {"n_test": len(paper.test), "n_validation": len(paper.validation)}
+    asked = {"n_test": cfg.n_test, "n_validation": cfg.n_validation}
+    if asked != fixed:
+        raise DatasetError(
+            f"split: scheme 'paper' fixes {fixed}, found {asked}; set these values or use "
+            "split.scheme=random"
+        )
+    if cfg.n_unlabeled > len(paper.unlabeled):
+        raise DatasetError(
+            f"split: scheme 'paper' has {len(paper.unlabeled)} unlabeled volumes, found "
+            f"--n-unlabeled {cfg.n_unlabeled}; lower it or use split.scheme=random"
+        )
+    draws = paper.draws[cfg.n_labeled]
+    _check_draw(cfg.draw, len(draws), f"scheme 'paper' (--nl {cfg.n_labeled})")
+    held_out = set(paper.test) | set(paper.validation) | set(paper.unlabeled)
+    missing = sorted((held_out | {c for draw in draws for c in draw}) - set(case_ids))
+    if missing:
+        raise DatasetError(
+            f"split: scheme 'paper' needs the original ACDC ids, but {len(missing)} are missing "
+            f"from the dataset: {missing[:10]}; check data.root (ACDC training/ with "
+            "patient001..patient100) or use split.scheme=random"
+        )
+    return Split(
+        labeled=sorted(draws[cfg.draw]),
+        unlabeled=sorted(paper.unlabeled[: cfg.n_unlabeled]),
+        validation=sorted(paper.validation),
+        test=sorted(paper.test),
+        pool=sorted(set(case_ids) - held_out),
+        draw=cfg.draw,
+    )
