@@ -109,6 +109,11 @@ def test_resample_slices_shape_and_centred_geometry():
     np.testing.assert_allclose(out[1], -expected, atol=1e-3)
 
 
+def test_non_positive_target_spacing_raises():
+    with pytest.raises(ValueError, match="preprocess.spacing_mm"):
+        resample_slices(np.zeros((4, 4, 1)), (1.0, 1.0, 1.0), 0.0, "linear")
+
+
 def test_resample_labels_nearest_keeps_label_values():
     labels = _random_labels((20, 20, 2))
     out = resample_slices(labels, (1.0, 1.0, 5.0), 1.7, "nearest")

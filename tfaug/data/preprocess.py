@@ -296,6 +296,11 @@ def resample_slices(
         (Z, H, W) with H, W from :func:`resampled_shape`, same dtype as the input;
         axis 1 ↔ X, axis 2 ↔ Y. Slices are not mixed along z.
     """
+    if not target_spacing > 0:
+        raise ValueError(
+            f"resample_slices: target spacing must be > 0 mm, found {target_spacing}; "
+            "check preprocess.spacing_mm"
+        )
     out_hw = resampled_shape(volume_xyz.shape[:2], spacing, target_spacing)
     step = [target_spacing / float(s) for s in spacing[:2]]
     resampled = _resample_plane(np.asarray(volume_xyz), out_hw, step, order)
