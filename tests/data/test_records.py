@@ -1,0 +1,163 @@
+"""The TFRecords cache: layout, manifest, reuse, resume, hashing and errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfaug.config import Config, load_config
+from tfaug.data.datasets import list_cases, load_case
+from tfaug.data.preprocess import preprocess_volume
+from tfaug.data.records import cache_path, open_cache, prepare_cache, resolve_data_root
+from tfaug.data.volume import DatasetError
+
+TINY = ["phantom.subjects=5", "preprocess.crop_size=32", "preprocess.n4=false"]
+
+
+def tiny_config(cache_dir: Path, *overrides: str) -> Config:
+    """The phantom config shrunk to 5 subjects, 32x32 slices and no N4."""
+    cfg = load_config("phantom", overrides=[*TINY, *overrides])
+    cfg.data.cache_dir = str(cache_dir)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def shared_dir(tmp_path_factory):
+    """One cache folder for the session: later modules reuse its phantom and records."""
+    return tmp_path_factory.getbasetemp() / "tiny-cache"
+
+
+@pytest.fixture(scope="module")
+def cache(shared_dir):
+    return prepare_cache(tiny_config(shared_dir), progress=False)
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+def test_phantom_root_is_generated_into_the_cache_dir(shared_dir, cache):
+    root = resolve_data_root(tiny_config(shared_dir))
+    assert root == (shared_dir / "phantom-default-s0-n5").resolve()
+    assert (root / "training" / "patient005" / "Info.cfg").is_file()
+    assert cache.manifest["hash_inputs"]["root"] == str(root)
+
+
+def test_real_dataset_without_root_names_the_flag(tmp_path):
+    cfg = load_config("acdc")
+    with pytest.raises(DatasetError, match="--data-root"):
+        resolve_data_root(cfg)
+
+
+def test_missing_root_names_the_folder(tmp_path):
+    cfg = load_config("prostate")
+    cfg.data.root = str(tmp_path / "Task05_Prostate")
+    with pytest.raises(DatasetError, match="Task05_Prostate: data folder not found"):
+        resolve_data_root(cfg)
+
+
+def test_manifest_describes_every_case(shared_dir, cache):
+    cfg = tiny_config(shared_dir)
+    refs = list_cases(cfg.data, resolve_data_root(cfg))
+    assert cache.case_ids == [ref.case_id for ref in refs]
+    assert cache.groups == {ref.case_id: ref.meta["group"] for ref in refs}
+    assert set(cache.groups.values()) == {"NOR", "MINF", "DCM", "HCM", "RV"}
+    assert (cache.crop_size, cache.n_classes) == (32, 4)
+    for ref in refs:
+        pre = preprocess_volume(load_case(cfg.data, ref), cfg.preprocess)
+        assert cache.n_slices(ref.case_id) == pre.image.shape[0]
+        assert cache.geometry(ref.case_id) == pre.geometry
+        n_records = sum(1 for _ in tf.data.TFRecordDataset(str(cache.record_file(ref.case_id))))
+        assert n_records == pre.image.shape[0]
+        assert cache.case(ref.case_id)["meta"]["frame"] == ref.meta["frame"]
+        assert cache.case(ref.case_id)["image_path"] == str(ref.image_path)
+    assert not [p.name for p in cache.path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_records_hold_the_preprocessed_slices(shared_dir, cache):
+    """Checked with tf.train.Example directly, independently of the pipeline's decoder."""
+    cfg = tiny_config(shared_dir)
+    ref = list_cases(cfg.data, resolve_data_root(cfg))[2]
+    pre = preprocess_volume(load_case(cfg.data, ref), cfg.preprocess)
+    records = tf.data.TFRecordDataset(str(cache.record_file(ref.case_id)))
+    for index, record in enumerate(records):
+        feature = tf.train.Example.FromString(record.numpy()).features.feature
+        image = np.frombuffer(feature["image"].bytes_list.value[0], dtype="<f4")
+        label = np.frombuffer(feature["label"].bytes_list.value[0], dtype=np.uint8)
+        np.testing.assert_array_equal(image.reshape(32, 32), pre.image[index])
+        np.testing.assert_array_equal(label.reshape(32, 32), pre.label[index])
+        assert feature["case_id"].bytes_list.value[0] == ref.case_id.encode()
+        assert feature["slice_index"].int64_list.value[0] == index
+        assert feature["n_slices"].int64_list.value[0] == pre.image.shape[0]
+
+
+def test_second_prepare_reuses_the_cache_without_rewriting(shared_dir, cache):
+    before = mtimes(cache.path)
+    again = prepare_cache(tiny_config(shared_dir), progress=False)
+    assert again.path == cache.path
+    assert again.manifest == cache.manifest
+    assert mtimes(cache.path) == before
+
+
+def test_interrupted_preparation_redoes_only_what_is_missing(shared_dir, cache, tmp_path):
+    cfg = tiny_config(tmp_path, f"data.root={resolve_data_root(tiny_config(shared_dir))}")
+    copy = cache_path(cfg, resolve_data_root(cfg))
+    assert copy.name == cache.path.name  # same inputs, same hash: the copy is this cache
+    shutil.copytree(cache.path, copy, copy_function=shutil.copy2)
+    (copy / "manifest.json").unlink()
+    (copy / "patient003.tfrecord").unlink()
+    kept = {name: t for name, t in mtimes(copy).items() if name != "patient003.json"}
+    with pytest.raises(DatasetError, match="manifest.json not found"):
+        open_cache(copy)
+
+    resumed = prepare_cache(cfg, progress=False)
+
+    assert resumed.path == copy
+    after = mtimes(copy)
+    assert {name: after[name] for name in kept} == kept
+    assert (copy / "patient003.tfrecord").read_bytes() == cache.record_file(
+        "patient003"
+    ).read_bytes()
+    assert resumed.manifest["cases"] == cache.manifest["cases"]
+
+
+def test_cache_with_a_missing_record_is_rejected_then_repaired(shared_dir, cache, tmp_path):
+    cfg = tiny_config(tmp_path, f"data.root={resolve_data_root(tiny_config(shared_dir))}")
+    copy = cache_path(cfg, resolve_data_root(cfg))
+    shutil.copytree(cache.path, copy)
+    (copy / "patient001.tfrecord").unlink()
+    with pytest.raises(DatasetError, match=r"missing \(patient001.tfrecord\)"):
+        open_cache(copy)
+    assert prepare_cache(cfg, progress=False).n_slices("patient001") == cache.n_slices("patient001")
+    assert (copy / "patient001.tfrecord").is_file()
+
+
+def test_foreign_manifest_is_rejected(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": 99, "cases": []}))
+    with pytest.raises(DatasetError, match="found format 99"):
+        open_cache(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        open_cache(tmp_path)
+
+
+def test_hash_changes_with_what_changes_the_records(tmp_path):
+    root = tmp_path / "data"
+    base = cache_path(tiny_config(tmp_path), root)
+    assert cache_path(tiny_config(tmp_path), root) == base
+    assert cache_path(tiny_config(tmp_path, "preprocess.crop_size=48"), root) != base
+    assert cache_path(tiny_config(tmp_path, "preprocess.spacing_mm=2.0"), root) != base
+    assert cache_path(tiny_config(tmp_path), tmp_path / "other") != base
+    # Splits and training settings do not change the records.
+    assert cache_path(tiny_config(tmp_path, "split.n_test=3", "train.batch_size=2"), root) == base
+    assert base.parent == tmp_path.resolve() / "records"
+    assert base.name.startswith("phantom-")
+
+
+def test_unknown_case_id_names_the_cache(cache):
+    with pytest.raises(DatasetError, match="'patient999' is not in this cache") as error:
+        cache.record_file("patient999")
+    assert str(cache.path) in str(error.value)

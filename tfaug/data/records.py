@@ -1,0 +1,379 @@
+"""The TFRecords cache: every case preprocessed once, one record file per case.
+
+Layout of a cache folder ``<cache_dir>/records/<dataset>-<hash>/``::
+
+    patient001.tfrecord    one tf.train.Example per slice, in slice order
+    patient001.json        the case's slice count, geometry and metadata
+    ...
+    manifest.json          written last; a cache is complete only if it exists
+
+The hash covers everything that changes the records (see :func:`cache_key_inputs`), so a
+different crop size or spacing gives a different folder and old caches stay valid.
+Selecting the cases of a split is choosing files: no split is baked into the cache.
+
+Each Example holds one slice (features of :func:`example_features`):
+``image`` (float32 little-endian bytes, H×W, normalised intensities), ``label`` (uint8
+bytes, H×W, class indices), ``case_id``, ``slice_index`` (0-based), ``n_slices``,
+``height`` and ``width`` (H = W = crop size). Decoding lives in :mod:`tfaug.data.pipeline`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from tfaug.config import Config
+from tfaug.data.datasets import DOWNLOAD_HINTS, check_dataset, list_cases, load_case
+from tfaug.data.phantom import generate_phantom
+from tfaug.data.preprocess import PreprocessedVolume, SliceGeometry, preprocess_volume
+from tfaug.data.volume import CaseRef, DatasetError
+
+RECORDS_FORMAT = 1
+MANIFEST = "manifest.json"
+
+
+def resolve_data_root(cfg: Config) -> Path:
+    """The dataset folder of ``cfg``, generating the phantom if it is needed.
+
+    The phantom with ``data.root`` unset is generated (or reused, if complete) into
+    ``<cache_dir>/phantom-<variant>-s<seed>-n<subjects>``. Every other dataset needs
+    ``data.root`` (``--data-root``). This function does not check the folder's content
+    (:func:`tfaug.data.datasets.check_dataset` does).
+
+    Returns:
+        The absolute dataset folder.
+
+    Raises:
+        DatasetError: ``data.root`` is unset for a real dataset, or the folder is missing.
+    """
+    data = cfg.data
+    if data.root is None:
+        if data.dataset != "phantom":
+            raise DatasetError(
+                f"dataset {data.dataset!r}: no data folder given (data.root is unset). "
+                f"{DOWNLOAD_HINTS.get(data.dataset, 'Pass its folder with --data-root')} "
+                "(or --set data.root=PATH)."
+            )
+        phantom = cfg.phantom
+        out_dir = (
+            Path(data.cache_dir).expanduser()
+            / f"phantom-{phantom.variant}-s{phantom.seed}-n{phantom.subjects}"
+        )
+        return generate_phantom(
+            out_dir, subjects=phantom.subjects, seed=phantom.seed, variant=phantom.variant
+        ).resolve()
+    root = Path(data.root).expanduser().resolve()
+    if not root.is_dir():
+        raise DatasetError(
+            f"{root}: data folder not found (dataset {data.dataset!r}, from --data-root / "
+            "data.root). Check the path; 'tfaug data inspect' lists what a dataset folder "
+            "must contain."
+        )
+    return root
+
+
+def cache_key_inputs(cfg: Config, root: Path) -> dict[str, Any]:
+    """Everything that changes the records: the inputs of the cache folder's hash.
+
+    Args:
+        cfg: the run configuration.
+        root: the resolved dataset folder (from :func:`resolve_data_root`).
+
+    Returns:
+        A JSON-serialisable dict: format version, dataset name, root path, the
+        PreprocessConfig, modality, label merging, class count and (phantom only) the
+        phantom parameters. Split, model and training settings are not part of it.
+    """
+    return {
+        "format": RECORDS_FORMAT,
+        "dataset": cfg.data.dataset,
+        "root": str(root),
+        "preprocess": dataclasses.asdict(cfg.preprocess),
+        "modality": cfg.data.modality,
+        "merge_labels": {str(k): v for k, v in sorted(cfg.data.merge_labels.items())},
+        "n_classes": cfg.data.n_classes,
+        "phantom": dataclasses.asdict(cfg.phantom) if cfg.data.dataset == "phantom" else None,
+    }
+
+
+def cache_path(cfg: Config, root: Path) -> Path:
+    """``<cache_dir>/records/<dataset>-<hash>`` for ``cfg`` and the resolved ``root``."""
+    text = json.dumps(cache_key_inputs(cfg, root), sort_keys=True)
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return (
+        Path(cfg.data.cache_dir).expanduser().resolve()
+        / "records"
+        / (f"{cfg.data.dataset}-{digest}")
+    )
+
+
+@dataclass(frozen=True)
+class Cache:
+    """A complete TFRecords cache, described by its manifest.
+
+    Attributes:
+        path: the cache folder.
+        manifest: the parsed ``manifest.json``.
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Case ids in dataset order."""
+        return [case["case_id"] for case in self.manifest["cases"]]
+
+    @property
+    def groups(self) -> dict[str, str | None]:
+        """Case id → ACDC pathology group (``None`` for datasets without groups)."""
+        return {case["case_id"]: case["meta"].get("group") for case in self.manifest["cases"]}
+
+    @property
+    def crop_size(self) -> int:
+        """Side S of every slice, in pixels."""
+        return int(self.manifest["crop_size"])
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes, background included."""
+        return int(self.manifest["n_classes"])
+
+    def case(self, case_id: str) -> dict[str, Any]:
+        """The manifest entry of ``case_id``; a DatasetError names the cache if unknown."""
+        for case in self.manifest["cases"]:
+            if case["case_id"] == case_id:
+                return case
+        raise DatasetError(
+            f"{self.path}: case {case_id!r} is not in this cache (it holds "
+            f"{len(self.manifest['cases'])} cases, e.g. {self.case_ids[:3]}). Use ids from "
+            "Cache.case_ids, or prepare a cache of the dataset that holds the case."
+        )
+
+    def record_file(self, case_id: str) -> Path:
+        """The TFRecord file of ``case_id`` (one Example per slice, in slice order)."""
+        return self.path / self.case(case_id)["record"]
+
+    def geometry(self, case_id: str) -> SliceGeometry:
+        """How ``case_id``'s slices map back to its native grid."""
+        return SliceGeometry.from_dict(self.case(case_id)["geometry"])
+
+    def n_slices(self, case_id: str) -> int:
+        """Number of slices Z of ``case_id``."""
+        return int(self.case(case_id)["n_slices"])
+
+
+def open_cache(path: str | Path) -> Cache:
+    """Open a complete cache folder.
+
+    Raises:
+        DatasetError: no ``manifest.json`` (preparation unfinished), an unreadable or
+            foreign manifest, or a record file listed by the manifest is missing.
+    """
+    path = Path(path).expanduser().resolve()
+    manifest_path = path / MANIFEST
+    fix = "Run 'tfaug data prepare' with the same config to (re)build it."
+    if not manifest_path.is_file():
+        raise DatasetError(
+            f"{path}: incomplete TFRecords cache: {MANIFEST} not found (it is written last, "
+            f"so preparation was interrupted or never ran). {fix}"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{manifest_path}: not valid JSON ({error}). {fix}") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != RECORDS_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest)
+        raise DatasetError(
+            f"{manifest_path}: expected a records manifest of format {RECORDS_FORMAT}, "
+            f"found format {found!r}. Delete the folder and {fix[0].lower()}{fix[1:]}"
+        )
+    missing = [c["record"] for c in manifest["cases"] if not (path / c["record"]).is_file()]
+    if missing:
+        raise DatasetError(
+            f"{path}: {len(missing)} record file(s) listed in {MANIFEST} are missing "
+            f"({', '.join(missing[:5])}). Delete {manifest_path.name} and {fix[0].lower()}"
+            f"{fix[1:]}"
+        )
+    return Cache(path=path, manifest=manifest)
+
+
+def prepare_cache(cfg: Config, *, progress: bool = True) -> Cache:
+    """Build (or reuse, or finish) the TFRecords cache of ``cfg``.
+
+    A complete cache whose case ids match the dataset listing is reused without reading
+    any image. Otherwise the dataset is checked (all problems reported at once), and every
+    case whose record file is not yet in the folder is loaded, preprocessed
+    (:func:`tfaug.data.preprocess.preprocess_volume`) and written atomically; cases
+    already written by an interrupted run are kept. The manifest is written last.
+
+    This function does not split the dataset, augment, or notice files edited inside the
+    dataset folder after their case was written (delete the cache folder to rebuild).
+
+    Args:
+        cfg: the run configuration (``data``, ``phantom`` and ``preprocess`` are used).
+        progress: show a progress bar on stderr while preprocessing.
+
+    Returns:
+        The complete :class:`Cache`.
+
+    Raises:
+        DatasetError: the dataset folder is missing or inconsistent, or a case has no label.
+    """
+    root = resolve_data_root(cfg)
+    path = cache_path(cfg, root)
+    cache = _reusable_cache(cfg, root, path)
+    if cache is not None:
+        return cache
+    refs = check_dataset(cfg.data, root)
+    path.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for ref in tqdm(
+        refs, desc=f"preprocess {cfg.data.dataset}", disable=not progress, file=sys.stderr
+    ):
+        if not (_record_path(path, ref).is_file() and _case_info_path(path, ref).is_file()):
+            _write_case(cfg, ref, path)
+        cases.append(json.loads(_case_info_path(path, ref).read_text(encoding="utf-8")))
+    manifest = {
+        "format": RECORDS_FORMAT,
+        "dataset": cfg.data.dataset,
+        "crop_size": cfg.preprocess.crop_size,
+        "n_classes": cfg.data.n_classes,
+        "class_names": list(cfg.data.class_names),
+        "preprocess": dataclasses.asdict(cfg.preprocess),
+        "hash_inputs": cache_key_inputs(cfg, root),
+        "cases": cases,
+    }
+    _write_atomic(path / MANIFEST, _to_json(manifest).encode("utf-8"))
+    return open_cache(path)
+
+
+def encode_slice(pre: PreprocessedVolume, index: int) -> bytes:
+    """Serialise slice ``index`` of a preprocessed volume as a tf.train.Example.
+
+    Args:
+        pre: image float32 (Z, S, S) and label uint8 (Z, S, S).
+        index: slice index in [0, Z).
+
+    Returns:
+        The serialised Example (features of :func:`example_features`).
+    """
+    image = np.ascontiguousarray(pre.image[index], dtype="<f4")
+    label = np.ascontiguousarray(pre.label[index], dtype=np.uint8)
+    feature = {
+        "image": _bytes_feature(image.tobytes()),
+        "label": _bytes_feature(label.tobytes()),
+        "case_id": _bytes_feature(pre.case_id.encode("utf-8")),
+        "slice_index": _int_feature(index),
+        "n_slices": _int_feature(pre.image.shape[0]),
+        "height": _int_feature(image.shape[0]),
+        "width": _int_feature(image.shape[1]),
+    }
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString()
+
+
+def example_features() -> dict[str, tf.io.FixedLenFeature]:
+    """The parsing spec of one slice Example (the counterpart of :func:`encode_slice`)."""
+    return {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.string),
+        "case_id": tf.io.FixedLenFeature([], tf.string),
+        "slice_index": tf.io.FixedLenFeature([], tf.int64),
+        "n_slices": tf.io.FixedLenFeature([], tf.int64),
+        "height": tf.io.FixedLenFeature([], tf.int64),
+        "width": tf.io.FixedLenFeature([], tf.int64),
+    }
+
+
+def _reusable_cache(cfg: Config, root: Path, path: Path) -> Cache | None:
+    """The complete cache at ``path`` if it holds exactly the dataset's cases, else None."""
+    if not (path / MANIFEST).is_file():
+        return None
+    try:
+        cache = open_cache(path)
+    except DatasetError:
+        return None  # damaged (e.g. a record deleted): preparing again repairs it
+    listed = [ref.case_id for ref in list_cases(cfg.data, root)]
+    return cache if cache.case_ids == listed else None
+
+
+def _record_path(path: Path, ref: CaseRef) -> Path:
+    return path / f"{ref.case_id}.tfrecord"
+
+
+def _case_info_path(path: Path, ref: CaseRef) -> Path:
+    return path / f"{ref.case_id}.json"
+
+
+def _write_case(cfg: Config, ref: CaseRef, path: Path) -> None:
+    """Preprocess one case; write its case info, then its record file (the marker of done)."""
+    pre = preprocess_volume(load_case(cfg.data, ref), cfg.preprocess)
+    if pre.label is None:
+        raise DatasetError(
+            f"{ref.image_path}: case {ref.case_id!r} has no label, but the records cache "
+            "holds labeled training cases only. Remove the case from the dataset listing."
+        )
+    info = {
+        "case_id": ref.case_id,
+        "record": _record_path(path, ref).name,
+        "n_slices": int(pre.image.shape[0]),
+        "geometry": pre.geometry.to_dict(),
+        "meta": ref.meta,
+        "image_path": str(ref.image_path),
+        "label_path": None if ref.label_path is None else str(ref.label_path),
+    }
+    _write_atomic(_case_info_path(path, ref), _to_json(info).encode("utf-8"))
+    tmp = _temporary(_record_path(path, ref))
+    with tf.io.TFRecordWriter(str(tmp)) as writer:
+        for serialized in _serialized_slices(pre):
+            writer.write(serialized)
+    os.replace(tmp, _record_path(path, ref))
+
+
+def _serialized_slices(pre: PreprocessedVolume) -> Iterator[bytes]:
+    for index in range(pre.image.shape[0]):
+        yield encode_slice(pre, index)
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _write_atomic(path: Path, content: bytes) -> None:
+    tmp = _temporary(path)
+    tmp.write_bytes(content)
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} {value!r} in a cache manifest")
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(value, indent=1, sort_keys=True, default=_json_default)
+
+
+def _bytes_feature(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
