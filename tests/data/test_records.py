@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from data.fixtures import write_msd_dataset
 from tfaug.config import Config, load_config
 from tfaug.data.datasets import list_cases, load_case
 from tfaug.data.preprocess import preprocess_volume
@@ -161,3 +162,23 @@ def test_unknown_case_id_names_the_cache(cache):
     with pytest.raises(DatasetError, match="'patient999' is not in this cache") as error:
         cache.record_file("patient999")
     assert str(cache.path) in str(error.value)
+
+
+def test_decathlon_task_is_cached_with_its_modality(tmp_path):
+    written = write_msd_dataset(tmp_path, "Task05_Prostate", ids=[2, 7], shape=(12, 10, 3))
+    cfg = load_config("prostate", overrides=["preprocess.crop_size=16", "preprocess.n4=false"])
+    cfg.data.root, cfg.data.cache_dir = str(written.root), str(tmp_path / "cache")
+
+    cache = prepare_cache(cfg, progress=False)
+
+    assert cache.case_ids == ["prostate_02", "prostate_07"]
+    assert cache.groups == {"prostate_02": None, "prostate_07": None}
+    assert cache.manifest["hash_inputs"]["phantom"] is None
+    assert cache.manifest["hash_inputs"]["modality"] == "T2"
+    assert cache.path.name.startswith("prostate-")
+    ref = list_cases(cfg.data, written.root)[1]
+    pre = preprocess_volume(load_case(cfg.data, ref), cfg.preprocess)
+    record = next(iter(tf.data.TFRecordDataset(str(cache.record_file("prostate_07")))))
+    feature = tf.train.Example.FromString(record.numpy()).features.feature
+    image = np.frombuffer(feature["image"].bytes_list.value[0], dtype="<f4").reshape(16, 16)
+    np.testing.assert_array_equal(image, pre.image[0])
