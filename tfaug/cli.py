@@ -1,0 +1,254 @@
+"""The ``tfaug`` command line: argument parsing only; the work is done by library functions.
+
+Each command is added to the parser by one ``add_<command>_command(subparsers)`` function
+listed in :data:`COMMANDS`; it sets ``func``, a handler ``(args) -> exit code``. Library
+modules are imported inside the handlers, so ``tfaug --help`` does not load TensorFlow.
+
+Exit codes: 0 success, 1 a check found problems, 2 bad input (a :class:`ConfigError` or
+:class:`DatasetError`, printed as one message without a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tfaug.config import DATASETS, Config, ConfigError, load_config
+from tfaug.data.volume import DatasetError
+
+
+def config_options() -> argparse.ArgumentParser:
+    """A parent parser with the options every dataset command shares.
+
+    ``--dataset``, ``--data-root``, ``--cache-dir``, ``--config`` and ``--set k=v``;
+    :func:`config_from_args` turns them into a :class:`Config`.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="phantom",
+        help="dataset config to start from (default: phantom)",
+    )
+    parent.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="dataset folder (sets data.root; not needed for the phantom)",
+    )
+    parent.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="folder for the generated phantom and TFRecords (data.cache_dir)",
+    )
+    parent.add_argument(
+        "--config", type=Path, default=None, help="YAML file merged over the dataset config"
+    )
+    parent.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable), e.g. train.batch_size=8",
+    )
+    return parent
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The resolved :class:`Config` of the options of :func:`config_options`.
+
+    ``--data-root`` and ``--cache-dir`` are applied after ``--config`` and ``--set``.
+
+    Raises:
+        ConfigError: unknown dataset, key or a value of the wrong type.
+    """
+    cfg = load_config(args.dataset, args.config, args.overrides)
+    if args.data_root is not None:
+        cfg.data.root = str(args.data_root.expanduser())
+    if args.cache_dir is not None:
+        cfg.data.cache_dir = str(args.cache_dir.expanduser())
+    return cfg
+
+
+def add_phantom_command(subparsers: Any) -> None:
+    """``tfaug phantom --out DIR [--subjects N] [--seed S] [--variant V]``."""
+    parser = subparsers.add_parser("phantom", help="generate the synthetic cardiac dataset")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (ACDC layout)")
+    parser.add_argument("--subjects", type=int, default=100, help="number of subjects")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--variant", default="default", help="phantom variant")
+    parser.set_defaults(func=run_phantom)
+
+
+def run_phantom(args: argparse.Namespace) -> int:
+    from tfaug.data.phantom import generate_phantom
+
+    try:
+        out_dir = generate_phantom(
+            args.out, subjects=args.subjects, seed=args.seed, variant=args.variant
+        )
+    except ValueError as error:  # bad --subjects, --seed or --variant
+        raise ConfigError(f"tfaug phantom: {error}") from error
+    print(out_dir)
+    return 0
+
+
+def add_data_command(subparsers: Any) -> None:
+    """``tfaug data inspect|prepare`` with the :func:`config_options`."""
+    parser = subparsers.add_parser("data", help="inspect a dataset or prepare its cache")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    inspect = actions.add_parser(
+        "inspect",
+        parents=[config_options()],
+        help="list volumes, labels and the split; report every problem (exit 1 if any)",
+    )
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.set_defaults(func=run_data_inspect)
+    prepare = actions.add_parser(
+        "prepare",
+        parents=[config_options()],
+        help="preprocess every volume into the TFRecords cache and print its folder",
+    )
+    prepare.set_defaults(func=run_data_prepare)
+
+
+def run_data_inspect(args: argparse.Namespace) -> int:
+    report = inspection_report(config_from_args(args))
+    print(json.dumps(report, indent=2) if args.json else format_inspection(report))
+    return 1 if report["problems"] else 0
+
+
+def inspection_report(cfg: Config) -> dict[str, Any]:
+    """What ``tfaug data inspect`` shows, gathered from the dataset library functions.
+
+    Every case is loaded once more after :func:`verify_dataset` to read its shape,
+    spacing and label values, so this reads every voxel twice; nothing is cached.
+
+    Returns:
+        ``dataset``, ``root``; ``cases``: one dict per loadable case with ``case_id``,
+        ``group`` and ``frame`` (ACDC/phantom, else None), ``shape`` (X, Y, Z) in voxels,
+        ``spacing`` (mm) and ``labels`` (sorted values found); ``split``: the
+        :class:`Split` of draw 0 as a dict, or None if the dataset cannot be split;
+        ``problems``: every problem found (messages).
+
+    Raises:
+        DatasetError: the dataset folder is missing or ``data.root`` is unset.
+    """
+    import numpy as np
+
+    from tfaug.data.datasets import list_cases, load_case, verify_dataset
+    from tfaug.data.records import resolve_data_root
+    from tfaug.data.splits import make_split
+
+    root = resolve_data_root(cfg)
+    problems = verify_dataset(cfg.data, root)
+    try:
+        refs = list_cases(cfg.data, root)
+    except DatasetError:
+        refs = []  # the listing problems are already in `problems`
+    cases = []
+    for ref in refs:
+        try:
+            volume = load_case(cfg.data, ref)
+        except DatasetError:
+            continue  # reported by verify_dataset
+        cases.append(
+            {
+                "case_id": ref.case_id,
+                "group": ref.meta.get("group"),
+                "frame": ref.meta.get("frame"),
+                "shape": [int(n) for n in volume.image.shape],
+                "spacing": [round(float(s), 4) for s in volume.spacing],
+                "labels": [int(v) for v in np.unique(volume.label)],
+            }
+        )
+    groups = {ref.case_id: ref.meta.get("group") for ref in refs}
+    split = None
+    try:
+        split_cfg = dataclasses.replace(cfg.split, draw=0)
+        use_groups = groups if all(g is not None for g in groups.values()) else None
+        split = make_split([ref.case_id for ref in refs], split_cfg, use_groups).to_dict()
+    except DatasetError as error:
+        problems.append(str(error))
+    return {
+        "dataset": cfg.data.dataset,
+        "root": str(root),
+        "cases": cases,
+        "split": split,
+        "problems": problems,
+    }
+
+
+def format_inspection(report: dict[str, Any]) -> str:
+    """The report of :func:`inspection_report` as a plain-text table."""
+    header = ("case", "group", "frame", "shape (X,Y,Z)", "spacing (mm)", "labels")
+    rows = [
+        (
+            case["case_id"],
+            str(case["group"] or "-"),
+            str(case["frame"] or "-"),
+            "x".join(str(n) for n in case["shape"]),
+            "x".join(f"{s:g}" for s in case["spacing"]),
+            ",".join(str(v) for v in case["labels"]),
+        )
+        for case in report["cases"]
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [f"{report['dataset']} dataset at {report['root']}: {len(rows)} volumes", ""]
+    lines += [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    split = report["split"]
+    if split is not None:
+        lines += ["", f"split (draw {split['draw']}):"]
+        for name in ("labeled", "unlabeled", "validation", "test", "pool"):
+            lines.append(f"  {name:<10} {len(split[name]):>3}  {' '.join(split[name])}")
+    problems = report["problems"]
+    lines += ["", f"{len(problems)} problem(s)" + (":" if problems else "")]
+    lines += [f"  - {problem}" for problem in problems]
+    return "\n".join(lines)
+
+
+def run_data_prepare(args: argparse.Namespace) -> int:
+    from tfaug.data.records import prepare_cache
+
+    print(prepare_cache(config_from_args(args), progress=True).path)
+    return 0
+
+
+COMMANDS: tuple[Callable[[Any], None], ...] = (add_phantom_command, add_data_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tfaug`` parser with every command of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="tfaug",
+        description="Semi-supervised task-driven data augmentation for medical image "
+        "segmentation (TensorFlow 2 / Keras 3).",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``tfaug`` command line; returns the exit code (see the module docstring)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError) as error:
+        print(f"tfaug: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
