@@ -122,22 +122,22 @@ class GroupShape:
 
 
 GROUP_SHAPES: dict[str, GroupShape] = {
-    # group: GroupShape(lv_radius, wall, rv_depth, rv_half_span_deg, lv_contr., rv_contr.)
-    "NOR": GroupShape((26, 2), (8, 1), (20, 3), (60, 80), (0.6, 0.75), (0.55, 0.75)),
+    # lv_radius, wall, rv_depth, rv_half_span_deg, lv_contraction, rv_contraction
+    "NOR": GroupShape((28, 3), (8, 1), (24, 3), (60, 80), (0.6, 0.75), (0.55, 0.75)),
     "MINF": GroupShape(
-        (30, 3), (8, 1), (20, 3), (60, 80), (0.78, 0.9), (0.6, 0.8), infarct_thinning=(0.4, 0.7)
+        (31, 4), (8, 1), (24, 3), (60, 80), (0.78, 0.9), (0.6, 0.8), infarct_thinning=(0.4, 0.7)
     ),
-    "DCM": GroupShape((35, 3), (6, 0.8), (20, 3), (60, 80), (0.85, 0.95), (0.7, 0.9)),
+    "DCM": GroupShape((36, 4), (6, 0.8), (24, 3), (60, 80), (0.85, 0.95), (0.7, 0.9)),
     "HCM": GroupShape(
-        (21, 2),
+        (25, 3),
         (14, 2),
-        (18, 3),
+        (22, 3),
         (60, 80),
         (0.45, 0.6),
         (0.55, 0.75),
         septal_hypertrophy=(0.2, 0.5),
     ),
-    "RV": GroupShape((25, 2), (8, 1), (34, 4), (75, 100), (0.6, 0.75), (0.8, 0.95)),
+    "RV": GroupShape((27, 3), (8, 1), (38, 4), (75, 100), (0.6, 0.75), (0.8, 0.95)),
 }
 
 
@@ -284,7 +284,7 @@ def _draw_surroundings(rng: np.random.Generator, grid: _Grid, heart: _Heart) -> 
     rotation = heart.rv_angle - 0.75 * np.pi
 
     def around(angle: float, distance: float) -> np.ndarray:
-        return heart.centre + distance * np.array([np.cos(angle), np.sin(angle)])
+        return np.asarray(heart.centre) + distance * np.array([np.cos(angle), np.sin(angle)])
 
     lungs = []  # right lung beyond the RV, left lung along the LV free wall
     for side, distance in ((0.0, (95.0, 120.0)), (np.pi, (65.0, 85.0))):
@@ -568,9 +568,10 @@ def _existing_phantom(out_dir: Path, wanted: dict[str, object]) -> bool:
         return False
     marker = out_dir / MARKER
     if not marker.is_file():
+        found = "a file" if out_dir.is_file() else f"a folder without {MARKER}"
         raise DatasetError(
-            f"{out_dir}: expected a complete phantom (with {MARKER}) or no folder, found a "
-            f"folder without {MARKER}. Remove it or choose another out_dir."
+            f"{out_dir}: expected a complete phantom (with {MARKER}) or nothing, found "
+            f"{found}. Remove it or choose another out_dir."
         )
     try:
         found = json.loads(marker.read_text(encoding="utf-8"))
@@ -595,11 +596,12 @@ def generate_phantom(
     Layout: ``out_dir/training/patientXXX/`` (XXX = 001..subjects) with ``Info.cfg``
     (``ED: 1``, ``ES: k``, ``Group``, ``Height`` cm, ``NbFrame``, ``Weight`` kg),
     ``patientXXX_frame01.nii.gz`` and ``patientXXX_frameKK.nii.gz`` (int16, shape (X, Y, Z),
-    X, Y about 130-290 pixels, Z 6-12 slices; affine diagonal with the spacing in mm) and the
+    X 130-290 and Y 105-290 pixels, Z 6-12 slices; affine diagonal with the spacing in mm) and the
     matching ``..._gt.nii.gz`` labels (uint8, 0 background, 1 RV, 2 myocardium, 3 LV), plus a
-    ``phantom.json`` marker with the arguments. Groups NOR, MINF, DCM, HCM, RV come in
-    contiguous blocks of subjects / 5. Voxel data (and file bytes) are identical for the same
-    (subjects, seed, variant); subject i does not depend on ``subjects`` except for its group.
+    ``phantom.json`` marker with the arguments and the variant's parameters. Groups NOR, MINF,
+    DCM, HCM, RV come in contiguous blocks of subjects / 5. Voxel data (and file bytes) are
+    identical for the same (subjects, seed, variant); subject i's random stream does not
+    depend on ``subjects`` (only its group does).
 
     Writing is atomic: the dataset is built in a hidden sibling folder and renamed into
     place, so an interrupted run leaves no partial ``out_dir`` (a leftover hidden folder is
