@@ -66,7 +66,8 @@ def test_inspect_reports_every_problem_and_exits_1(phantom, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(phantom, broken)
     for case in ("patient002", "patient005"):
-        next((broken / "training" / case).glob("*_gt.nii.gz")).write_bytes(b"not a nifti")
+        for label in (broken / "training" / case).glob("*_gt.nii.gz"):  # ED and ES
+            label.write_bytes(b"not a nifti")
     code = main(["data", "inspect", "--json", "--data-root", str(broken), *SMALL])
     report = json.loads(capsys.readouterr().out)
     assert code == 1
