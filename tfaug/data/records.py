@@ -183,28 +183,27 @@ def open_cache(path: str | Path) -> Cache:
     """
     path = Path(path).expanduser().resolve()
     manifest_path = path / MANIFEST
-    fix = "Run 'tfaug data prepare' with the same config to (re)build it."
+    rebuild = "run 'tfaug data prepare' with the same config to rebuild it"
     if not manifest_path.is_file():
         raise DatasetError(
             f"{path}: incomplete TFRecords cache: {MANIFEST} not found (it is written last, "
-            f"so preparation was interrupted or never ran). {fix}"
+            f"so preparation was interrupted or never ran); {rebuild}."
         )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise DatasetError(f"{manifest_path}: not valid JSON ({error}). {fix}") from error
+        raise DatasetError(f"{manifest_path}: not valid JSON ({error}); {rebuild}.") from error
     if not isinstance(manifest, dict) or manifest.get("format") != RECORDS_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest)
         raise DatasetError(
             f"{manifest_path}: expected a records manifest of format {RECORDS_FORMAT}, "
-            f"found format {found!r}. Delete the folder and {fix[0].lower()}{fix[1:]}"
+            f"found format {found!r}; delete the folder and {rebuild}."
         )
     missing = [c["record"] for c in manifest["cases"] if not (path / c["record"]).is_file()]
     if missing:
         raise DatasetError(
             f"{path}: {len(missing)} record file(s) listed in {MANIFEST} are missing "
-            f"({', '.join(missing[:5])}). Delete {manifest_path.name} and {fix[0].lower()}"
-            f"{fix[1:]}"
+            f"({', '.join(missing[:5])}); {rebuild} (cases already written are kept)."
         )
     return Cache(path=path, manifest=manifest)
 
