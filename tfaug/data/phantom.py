@@ -56,7 +56,8 @@ class PhantomParams:
         position_jitter_mm: standard deviation of the LV centre around the image centre, mm.
         blood, myocardium, tissue, fat, lung: relative intensities.
         blur_px: standard deviation of the in-plane Gaussian point-spread function, pixels.
-        bias: maximum absolute log-gain of the smooth multiplicative bias field.
+        bias: maximum absolute log-gain of the smooth multiplicative bias field (quadratic
+            in-plane, linear through the slices).
         noise: Rician noise standard deviation relative to the blood intensity.
         scale_probability: probability that a subject's intensities are globally rescaled.
         scale: range of that global factor (sampled log-uniformly).
@@ -213,7 +214,7 @@ class _Look:
     liver: float
     blood_slices: np.ndarray  # (Z,) per-slice blood factor (inflow)
     blur: float
-    bias: list[float]  # 7 coefficients of the smooth log-gain (see _acquire)
+    bias: list[float]  # 6 coefficients of the smooth log-gain (see _acquire)
     bias_strength: float
     noise: float
     scale: float
@@ -229,7 +230,7 @@ def _draw_grid(rng: np.random.Generator, params: PhantomParams, group: str) -> _
     fov_x = rng.uniform(*params.fov_mm)
     fov_y = fov_x * rng.uniform(0.8, 1.0)
     slice_spacing = rng.uniform(*params.slice_spacing_mm)
-    length = rng.normal(90.0, 10.0) * (1.15 if group == "DCM" else 1.0)
+    length = rng.uniform(55.0, 100.0) * (1.15 if group == "DCM" else 1.0)  # covered, mm
     n_slices = int(np.clip(round(length / slice_spacing), *params.slices))
     sizes = [int(round(fov / spacing)) for fov in (fov_x, fov_y)]
     x, y = ((np.arange(n, dtype=np.float32) - (n - 1) / 2) * spacing for n in sizes)
@@ -338,7 +339,7 @@ def _draw_look(rng: np.random.Generator, params: PhantomParams, n_slices: int) -
         liver=rng.uniform(0.3, 0.5),
         blood_slices=(1.0 + rng.normal(0.0, 0.03, n_slices)).astype(np.float32),
         blur=rng.uniform(*params.blur_px),
-        bias=rng.normal(0.0, 1.0, 7).tolist(),
+        bias=rng.normal(0.0, 1.0, 6).tolist(),
         bias_strength=rng.uniform(*params.bias),
         noise=rng.uniform(*params.noise),
         scale=float(scale),
@@ -463,7 +464,7 @@ def _acquire(image: np.ndarray, grid: _Grid, look: _Look, rng: np.random.Generat
     u = grid.x / np.abs(grid.x).max()
     v = grid.y / np.abs(grid.y).max()
     w = grid.t - 0.5
-    terms = (u, v, u * v, u**2, v**2, u + v, w)
+    terms = (u, v, u * v, u**2, v**2, w)
     log_gain = sum(c * term for c, term in zip(look.bias, terms, strict=True))
     log_gain = log_gain * (look.bias_strength / max(float(np.abs(log_gain).max()), 1e-6))
     image = image * np.exp(log_gain)
