@@ -226,6 +226,7 @@ def _angle_diff(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
 
 
 def _draw_grid(rng: np.random.Generator, params: PhantomParams, group: str) -> _Grid:
+    """Pixel and slice spacing, image size and slice positions t of one subject."""
     spacing = rng.uniform(*params.spacing_mm)
     fov_x = rng.uniform(*params.fov_mm)
     fov_y = fov_x * rng.uniform(0.8, 1.0)
@@ -244,6 +245,7 @@ def _draw_grid(rng: np.random.Generator, params: PhantomParams, group: str) -> _
 
 
 def _draw_heart(rng: np.random.Generator, params: PhantomParams, group: str) -> _Heart:
+    """End-diastolic heart shape, from the group tendencies and the variant's spreads."""
     shape = GROUP_SHAPES[group]
     spread = params.shape_spread
 
@@ -282,6 +284,7 @@ def _draw_heart(rng: np.random.Generator, params: PhantomParams, group: str) -> 
 
 
 def _draw_surroundings(rng: np.random.Generator, grid: _Grid, heart: _Heart) -> _Surroundings:
+    """Body, lungs, liver, aorta, spine and blobs, placed relative to the heart."""
     rotation = heart.rv_angle - 0.75 * np.pi
 
     def around(angle: float, distance: float) -> np.ndarray:
@@ -324,6 +327,7 @@ def _draw_surroundings(rng: np.random.Generator, grid: _Grid, heart: _Heart) -> 
 
 
 def _draw_look(rng: np.random.Generator, params: PhantomParams, n_slices: int) -> _Look:
+    """Tissue intensities, blur, bias field, noise level and global scale of one subject."""
     blood = rng.uniform(*params.blood)
     tissue = rng.uniform(*params.tissue)
     rescaled = rng.random() < params.scale_probability
@@ -506,6 +510,7 @@ def _group_of(index: int, subjects: int) -> str:
 
 
 def _subject_rng(seed: int, variant: str, index: int) -> np.random.Generator:
+    """The generator of one subject: independent of the number of subjects."""
     return np.random.default_rng([seed, zlib.crc32(variant.encode()), index])
 
 
@@ -542,6 +547,7 @@ def _write_subject(
 
 
 def _check_arguments(subjects: int, seed: int, variant: str) -> None:
+    """Raise ValueError for arguments :func:`generate_phantom` cannot use."""
     if isinstance(subjects, bool) or not isinstance(subjects, int) or not 1 <= subjects <= 999:
         raise ValueError(
             f"generate_phantom: subjects must be an integer in 1..999 (ACDC ids have three "
