@@ -18,9 +18,9 @@ setup(
     include_package_data=True,
     package_data={"tfaug": ["configs/*.yaml"]},
     install_requires=[
-        # tensorflow-cpu by default; GPU users install `tensorflow[and-cuda]` instead
-        # (see the README). Never mix with tf-keras or tensorflow-addons.
-        "tensorflow-cpu>=2.16,<2.22",
+        # TensorFlow itself comes from an extra: `.[cpu]` (tensorflow-cpu) or `.[gpu]`
+        # (tensorflow[and-cuda]); the two wheels must not be installed together. Never
+        # add tf-keras or tensorflow-addons (see the README).
         "keras>=3.3,<4",
         "keras-tuner>=1.4.7,<2",
         "tf2onnx>=1.16,<2",
@@ -33,8 +33,11 @@ setup(
         "matplotlib>=3.7,<4",
         "PyYAML>=6,<7",
         "tqdm>=4.60,<5",
+        "tensorboard>=2.16,<3",
     ],
     extras_require={
+        "cpu": ["tensorflow-cpu>=2.16,<2.22"],
+        "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
         "test": ["pytest>=7,<10", "medpy>=0.5,<0.6", "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["tfaug=tfaug.cli:main"]},

@@ -224,7 +224,88 @@ def run_data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: tuple[Callable[[Any], None], ...] = (add_phantom_command, add_data_command)
+def add_train_command(subparsers: Any) -> None:
+    """``tfaug train`` (also ``python train/run.py``): Algorithm 1 into a run directory."""
+    from tfaug.training.sources import METHODS
+
+    parser = subparsers.add_parser(
+        "train", parents=[config_options()], help="run Algorithm 1 for one method, draw and seed"
+    )
+    parser.add_argument("--method", choices=METHODS, default=None, help="default: gdgi")
+    parser.add_argument("--nl", type=int, default=None, help="number of labeled volumes N_L")
+    parser.add_argument("--split", type=int, default=None, help="labeled draw index")
+    parser.add_argument("--seed", type=int, default=None, help="training seed")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="iterations of every stage (pre-training, generators, segmenter)",
+    )
+    parser.add_argument("--runs-dir", type=Path, default=None, help="default: runs")
+    parser.add_argument(
+        "--strategy", choices=("default",), default=None, help="tf.distribute strategy"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="move a finished run aside and train again"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run_train)
+
+
+def train_config_from_args(args: argparse.Namespace) -> Config:
+    """The :func:`config_from_args` config with the ``train`` command's flags applied."""
+    cfg = config_from_args(args)
+    flags = {
+        ("method",): args.method,
+        ("split", "n_labeled"): args.nl,
+        ("split", "draw"): args.split,
+        ("train", "seed"): args.seed,
+        ("runs_dir",): None if args.runs_dir is None else str(args.runs_dir.expanduser()),
+        ("strategy",): args.strategy,
+    }
+    if args.iterations is not None:
+        for key in ("pretrain_iterations", "generator_iterations", "segmenter_iterations"):
+            flags[("train", key)] = args.iterations
+    for path, value in flags.items():
+        if value is not None:
+            owner = cfg
+            for part in path[:-1]:
+                owner = getattr(owner, part)
+            setattr(owner, path[-1], value)
+    return cfg
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from tfaug.training.algorithm import run_algorithm
+    from tfaug.training.rundir import RunDirectoryError, RunFinishedError, open_run_directory
+
+    cfg = train_config_from_args(args)
+    try:
+        run = open_run_directory(cfg, force=args.force)
+    except RunFinishedError as finished:
+        print(f"tfaug: {finished}", file=sys.stderr)
+        return 0
+    except RunDirectoryError as error:
+        print(f"tfaug: error: {error}", file=sys.stderr)
+        return 2
+    results = run_algorithm(cfg, run, progress=not args.quiet, command=sys.argv)
+    print(format_summary(run.path, results))
+    return 0
+
+
+def format_summary(path: Path, results: dict[str, Any]) -> str:
+    """A few lines: the run directory and the test Dice per structure."""
+    lines = [f"run finished: {path}", "test 3D Dice (mean ± std over volumes):"]
+    for name, stats in results["summary"].items():
+        lines.append(f"  {name:<12} {stats['mean']:.3f} ± {stats['std']:.3f}  (n={stats['n']})")
+    return "\n".join(lines)
+
+
+COMMANDS: tuple[Callable[[Any], None], ...] = (
+    add_phantom_command,
+    add_data_command,
+    add_train_command,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,332 @@
+"""Algorithm 1 of the paper, end to end (METHOD.md §2), as resumable stages.
+
+1. Prepare (or reuse) the TFRecords cache and the split.
+2. ``pretrain``: S on labeled slices with affine augmentation (generator methods only).
+3. ``generator_deformation``: (S, GV, DV) trained jointly from the pre-trained S; S is
+   validated every k iterations and GV's weights at the best score are kept.
+4. ``generator_intensity``: the same for (S, GI, DI), independently.
+5. ``segmenter``: a fresh S trained on labeled + affine + the method's samples (for
+   ``gdgi``: X_GV, X_GI, X_GVI generated on the fly from the frozen best generators);
+   the best validation checkpoint is kept.
+6. Test evaluation at native resolution, figures, and ``results.json`` (written last).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import tfaug
+from tfaug.config import Config
+from tfaug.data.pipeline import labeled_dataset, unlabeled_dataset
+from tfaug.data.records import Cache, prepare_cache, resolve_data_root
+from tfaug.data.splits import Split, make_split
+from tfaug.evaluation import evaluate_test, load_volumes, summarise, validation_dice
+from tfaug.figures import save_generator_figures, save_prediction_figure
+from tfaug.models.discriminator import Discriminator
+from tfaug.models.generator import Generator
+from tfaug.models.unet import UNet
+from tfaug.training.joint import JointAugmentationModel
+from tfaug.training.loop import StageResult, load_best, run_stage, write_json_atomic
+from tfaug.training.rundir import RunDirectory
+from tfaug.training.segmenter import SegmenterModel
+from tfaug.training.sources import (
+    GENERATOR_METHODS,
+    METHODS,
+    build_affine,
+    build_method_augmentation,
+)
+
+STAGE_SEEDS = {
+    "pretrain": 1,
+    "generator_deformation": 2,
+    "generator_intensity": 3,
+    "segmenter": 4,
+}
+
+
+def build_segmenter(cfg: Config) -> UNet:
+    """A fresh U-Net S built for the configured slice size."""
+    model = UNet(
+        n_classes=cfg.data.n_classes,
+        filters=tuple(cfg.model.unet_filters),
+        bn_momentum=cfg.model.bn_momentum,
+        bn_epsilon=cfg.model.bn_epsilon,
+    )
+    size = cfg.preprocess.crop_size
+    model(tf.zeros((1, size, size, 1)))
+    return model
+
+
+def build_generator(cfg: Config, kind: str) -> Generator:
+    """A fresh generator (``"deformation"`` or ``"intensity"``) built for the slice size."""
+    model = Generator(
+        kind=kind,
+        filters=tuple(cfg.model.generator_filters),
+        image_filters=cfg.model.generator_image_filters,
+        z_dim=cfg.model.z_dim,
+        flow_kernel=cfg.model.flow_kernel,
+        bn_momentum=cfg.model.bn_momentum,
+        bn_epsilon=cfg.model.bn_epsilon,
+    )
+    size = cfg.preprocess.crop_size
+    model((tf.zeros((1, size, size, 1)), tf.zeros((1, cfg.model.z_dim))))
+    return model
+
+
+def build_discriminator(cfg: Config) -> Discriminator:
+    """A fresh discriminator built for the slice size."""
+    model = Discriminator(
+        filters=tuple(cfg.model.discriminator_filters),
+        units=cfg.model.discriminator_units,
+        bn_momentum=cfg.model.bn_momentum,
+        bn_epsilon=cfg.model.bn_epsilon,
+    )
+    size = cfg.preprocess.crop_size
+    model(tf.zeros((1, size, size, 1)))
+    return model
+
+
+class Algorithm:
+    """Runs Algorithm 1 for one (dataset, method, draw, seed) into a run directory.
+
+    Args:
+        cfg: the resolved config (``cfg.method`` selects the method).
+        run: the opened run directory.
+        progress: show progress bars.
+    """
+
+    def __init__(self, cfg: Config, run: RunDirectory, *, progress: bool = True) -> None:
+        if cfg.method not in METHODS:
+            raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+        self.cfg = cfg
+        self.run = run
+        self.progress = progress
+        self.writer = tf.summary.create_file_writer(str(run.tensorboard))
+        self.stages: dict[str, StageResult] = {}
+
+    # -- data ---------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Steps 1: the cache, the split and the validation volumes in memory."""
+        self.root = resolve_data_root(self.cfg)
+        self.cache: Cache = prepare_cache(self.cfg, progress=self.progress)
+        self.split: Split = make_split(self.cache.case_ids, self.cfg.split, self.cache.groups)
+        self.validation = load_volumes(self.cache, self.split.validation)
+
+    def _seed(self, stage: str) -> int:
+        return self.cfg.train.seed * 1000 + STAGE_SEEDS[stage]
+
+    def _labeled(self, stage: str, start: int) -> tf.data.Dataset:
+        return labeled_dataset(
+            self.cache, self.split.labeled, self.cfg.train.batch_size, self._seed(stage) + start
+        )
+
+    def _validate(self, segmenter: keras.Model):
+        return lambda: validation_dice(segmenter, self.validation, self.cfg.data.n_classes)
+
+    # -- stages -------------------------------------------------------------------------
+    def pretrain(self) -> keras.Model:
+        """Step 2: S on labeled affine-augmented slices; returns S with the last weights."""
+        keras.utils.set_random_seed(self._seed("pretrain"))
+        segmenter = build_segmenter(self.cfg)
+        model = self._segmenter_model(segmenter, augmentation=None, stage="pretrain")
+        stage_dir = self.run.stage("pretrain")
+        self.stages["pretrain"] = run_stage(
+            name="pretrain",
+            model=model,
+            make_dataset=lambda start: self._labeled("pretrain", start),
+            iterations=self.cfg.train.pretrain_iterations,
+            stage_dir=stage_dir,
+            keep={"segmenter": segmenter},
+            validate=None,
+            validate_every=self.cfg.train.validate_every,
+            writer=self.writer,
+            jit_compile=self.cfg.train.jit_compile,
+            progress=self.progress,
+        )
+        load_best({"segmenter": segmenter}, stage_dir)
+        return segmenter
+
+    def train_generator(self, kind: str) -> Generator:
+        """Steps 3/4: (S, G, D) jointly from the pre-trained S; returns G at the best score."""
+        stage = f"generator_{kind}"
+        keras.utils.set_random_seed(self._seed(stage))
+        cfg = self.cfg
+        segmenter = build_segmenter(cfg)
+        load_best({"segmenter": segmenter}, self.run.stage("pretrain"))
+        generator = build_generator(cfg, kind)
+        discriminator = build_discriminator(cfg)
+        model = JointAugmentationModel(
+            segmenter,
+            generator,
+            discriminator,
+            kind=kind,
+            n_classes=cfg.data.n_classes,
+            class_weights=cfg.train.class_weights,
+            lambda_seg=cfg.train.lambda_seg,
+            lambda_adv=cfg.train.lambda_adv,
+            lambda_ld=cfg.train.lambda_ld,
+            mode=cfg.train.generator_mode,
+            generated_fraction=tuple(cfg.train.generated_fraction),
+            affine=build_affine(cfg, self._seed(stage)),
+            z_dim=cfg.model.z_dim,
+            seed=self._seed(stage),
+        )
+        model.compile(
+            g_optimizer=keras.optimizers.Adam(cfg.train.learning_rate, beta_1=0.9, beta_2=0.999),
+            d_optimizer=keras.optimizers.Adam(cfg.train.learning_rate, beta_1=0.9, beta_2=0.999),
+        )
+        samples = self._sample_batch()
+        stage_dir = self.run.stage(stage)
+
+        def make_dataset(start: int) -> tf.data.Dataset:
+            unlabeled = unlabeled_dataset(
+                self.cache, self.split.unlabeled, cfg.train.batch_size, self._seed(stage) + start
+            )
+            return tf.data.Dataset.zip((self._labeled(stage, start), unlabeled))
+
+        def on_validation(step: int) -> None:
+            x_g, _, _ = model.generate(samples[0], samples[1], samples[2], training=False)
+            with self.writer.as_default(step=step):
+                tf.summary.image(f"{stage}/generated", _to_unit(x_g), max_outputs=4)
+
+        self.stages[stage] = run_stage(
+            name=stage,
+            model=model,
+            make_dataset=make_dataset,
+            iterations=cfg.train.generator_iterations,
+            stage_dir=stage_dir,
+            keep={"generator": generator, "discriminator": discriminator, "segmenter": segmenter},
+            validate=self._validate(segmenter),
+            validate_every=cfg.train.validate_every,
+            writer=self.writer,
+            on_validation=on_validation,
+            jit_compile=cfg.train.jit_compile,
+            progress=self.progress,
+        )
+        load_best({"generator": generator}, stage_dir)
+        return generator
+
+    def train_segmenter(self, generators: dict[str, Generator]) -> keras.Model:
+        """Step 5: a fresh S with the method's augmentation; returns S at the best score."""
+        keras.utils.set_random_seed(self._seed("segmenter"))
+        segmenter = build_segmenter(self.cfg)
+        augmentation = build_method_augmentation(
+            self.cfg.method, self.cfg, generators, self._seed("segmenter")
+        )
+        model = self._segmenter_model(segmenter, augmentation, stage="segmenter")
+        stage_dir = self.run.stage("segmenter")
+        self.stages["segmenter"] = run_stage(
+            name="segmenter",
+            model=model,
+            make_dataset=lambda start: self._labeled("segmenter", start),
+            iterations=self.cfg.train.segmenter_iterations,
+            stage_dir=stage_dir,
+            keep={"segmenter": segmenter},
+            validate=self._validate(segmenter),
+            validate_every=self.cfg.train.validate_every,
+            writer=self.writer,
+            jit_compile=self.cfg.train.jit_compile,
+            progress=self.progress,
+        )
+        load_best({"segmenter": segmenter}, stage_dir)
+        return segmenter
+
+    def _segmenter_model(
+        self, segmenter: keras.Model, augmentation: keras.layers.Layer | None, stage: str
+    ) -> SegmenterModel:
+        cfg = self.cfg
+        affine = None if cfg.method == "none" else build_affine(cfg, self._seed(stage))
+        model = SegmenterModel(
+            segmenter,
+            n_classes=cfg.data.n_classes,
+            class_weights=cfg.train.class_weights,
+            affine=affine,
+            augmentation=augmentation,
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(cfg.train.learning_rate, beta_1=0.9, beta_2=0.999)
+        )
+        return model
+
+    def _sample_batch(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """A fixed batch of up to 4 labeled slices with a fixed z, for image summaries."""
+        images, labels = next(iter(labeled_dataset(self.cache, self.split.labeled, 4, seed=0)))
+        onehot = tf.one_hot(labels, self.cfg.data.n_classes)
+        z = tf.random.stateless_normal((4, self.cfg.model.z_dim), seed=(0, 1))
+        return images, onehot, z
+
+    # -- the whole algorithm ------------------------------------------------------------
+    def execute(self, command: list[str] | None = None) -> dict:
+        """Run every stage (skipping finished ones), evaluate, draw, write results.json."""
+        started = time.perf_counter()
+        self.prepare()
+        generators: dict[str, Generator] = {}
+        kinds = GENERATOR_METHODS.get(self.cfg.method, ())
+        if kinds:
+            self.pretrain()
+            for kind in kinds:
+                generators[kind] = self.train_generator(kind)
+        segmenter = self.train_segmenter(generators)
+
+        test = evaluate_test(segmenter, self.cache, self.split.test, self.cfg.data, self.root)
+        self.run.figures.mkdir(parents=True, exist_ok=True)
+        samples = self._sample_batch()
+        for kind, generator in generators.items():
+            save_generator_figures(
+                generator,
+                samples[0],
+                samples[1],
+                samples[2],
+                self.run.figures / f"generated_{kind}.png",
+                spacing_mm=self.cfg.preprocess.spacing_mm,
+            )
+        test_volumes = load_volumes(self.cache, self.split.test[:3])
+        save_prediction_figure(segmenter, test_volumes, self.run.figures / "test_predictions.png")
+
+        results = {
+            "run": self.run.path.name,
+            "dataset": self.cfg.data.dataset,
+            "method": self.cfg.method,
+            "n_labeled": self.cfg.split.n_labeled,
+            "draw": self.cfg.split.draw,
+            "seed": self.cfg.train.seed,
+            "generator_mode": self.cfg.train.generator_mode,
+            "split": self.split.to_dict(),
+            "stages": {name: vars(result) for name, result in self.stages.items()},
+            "test": test,
+            "summary": summarise(test, self.cfg.data.class_names[1:]),
+            "command": command if command is not None else sys.argv,
+            "versions": {
+                "tfaug": tfaug.__version__,
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "numpy": np.__version__,
+                "python": platform.python_version(),
+            },
+            "wall_time_s": {
+                **{name: result.wall_time_s for name, result in self.stages.items()},
+                "this_session_total": time.perf_counter() - started,
+            },
+        }
+        write_json_atomic(self.run.results_path, results)
+        return results
+
+
+def _to_unit(images: tf.Tensor) -> tf.Tensor:
+    """Map normalised intensities (about [0, 1]) to [0, 1] for image summaries."""
+    return tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 1.0)
+
+
+def run_algorithm(
+    cfg: Config, run: RunDirectory, *, progress: bool = True, command: list[str] | None = None
+) -> dict:
+    """Run Algorithm 1 for ``cfg`` into ``run``; returns the content of results.json."""
+    if cfg.train.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    return Algorithm(cfg, run, progress=progress).execute(command)

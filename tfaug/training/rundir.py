@@ -1,0 +1,127 @@
+"""The run directory (DESIGN.md "A run directory").
+
+``<runs_dir>/<dataset>-nl<N>-<method>-split<k>-seed<s>/`` holds ``config.yaml`` (the
+fully resolved config), ``checkpoints/<stage>/`` (resumable), ``tb/`` (TensorBoard),
+``results.json`` (written last: its presence means the run is finished) and ``figures/``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tfaug.config import Config
+
+
+class RunDirectoryError(RuntimeError):
+    """The run directory cannot be used as asked (different config, unwritable)."""
+
+
+class RunFinishedError(RunDirectoryError):
+    """The run is finished (its results.json exists) and ``force`` was not given."""
+
+
+def run_name(cfg: Config) -> str:
+    """``<dataset>-nl<N>-<method>-split<k>-seed<s>``, plus ``-<mode>`` for the ablation."""
+    name = (
+        f"{cfg.data.dataset}-nl{cfg.split.n_labeled}-{cfg.method}"
+        f"-split{cfg.split.draw}-seed{cfg.train.seed}"
+    )
+    if cfg.train.generator_mode != "joint":
+        name += f"-{cfg.train.generator_mode}"
+    return name
+
+
+@dataclass(frozen=True)
+class RunDirectory:
+    """Paths of one run."""
+
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / "results.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tb"
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    def stage(self, name: str) -> Path:
+        return self.checkpoints / name
+
+    @property
+    def finished(self) -> bool:
+        return self.results_path.is_file()
+
+
+def open_run_directory(cfg: Config, *, force: bool = False) -> RunDirectory:
+    """Create or reopen the run directory of ``cfg``.
+
+    A new directory gets ``config.yaml``. An existing unfinished one is resumed if its
+    recorded config equals ``cfg``. With ``force``, an existing directory is moved aside to
+    ``<name>.replaced-<timestamp>`` (nothing is deleted) and a new run starts.
+
+    Raises:
+        RunFinishedError: the run is finished and ``force`` is not given.
+        RunDirectoryError: the runs folder is not writable; the existing unfinished run was
+            started with a different config.
+    """
+    runs_dir = Path(cfg.runs_dir)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirectoryError(
+            f"{runs_dir}: cannot create the runs directory ({error.strerror}); "
+            "pass a writable folder with --runs-dir"
+        ) from error
+    if not os.access(runs_dir, os.W_OK):
+        raise RunDirectoryError(f"{runs_dir}: the runs directory is not writable; pass --runs-dir")
+    run = RunDirectory(runs_dir / run_name(cfg))
+    if run.path.exists() and force:
+        aside = run.path.with_name(f"{run.path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        run.path.rename(aside)
+    if run.finished:
+        raise RunFinishedError(
+            f"{run.path}: this run is finished (results.json exists); nothing was changed. "
+            "Pass --force to move it aside and train again."
+        )
+    if run.config_path.is_file():
+        recorded = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
+        if recorded != cfg.to_dict():
+            changed = sorted(_differences(recorded, cfg.to_dict()))
+            raise RunDirectoryError(
+                f"{run.config_path}: an unfinished run with a different config is here "
+                f"(differs in {', '.join(changed)}). Re-run with the same settings to resume, "
+                "pass --force to move it aside, or choose another --runs-dir."
+            )
+    else:
+        run.path.mkdir(parents=True, exist_ok=True)
+        temporary = run.config_path.with_name(".config.yaml.tmp")
+        temporary.write_text(cfg.to_yaml(), encoding="utf-8")
+        os.replace(temporary, run.config_path)
+    return run
+
+
+def _differences(old: object, new: object, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return found
+    return [] if old == new else [prefix.rstrip(".")]

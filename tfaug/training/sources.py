@@ -1,0 +1,184 @@
+"""Augmentation methods for the segmenter stage, and the learned-generator augmentation.
+
+Every method is a Keras layer acting on ``{"images": (B,H,W,1), "segmentation_masks":
+(B,H,W,C)}`` dicts (the convention of Keras' preprocessing layers and of
+:mod:`tfaug.ops.augment`), applied by :class:`tfaug.training.segmenter.SegmenterModel` to
+the second half of each affine-augmented batch (METHOD.md §6).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tfaug.config import Config
+from tfaug.ops.augment import Mixup, RandomAffine, RandomElastic, RandomIntensity, sigma_px_from_mm
+from tfaug.ops.warp import dense_image_warp
+
+# Which generators each method needs; the others need none.
+GENERATOR_METHODS: dict[str, tuple[str, ...]] = {
+    "gd": ("deformation",),
+    "gi": ("intensity",),
+    "gdgi": ("deformation", "intensity"),
+    "gdgi_mixup": ("deformation", "intensity"),
+}
+METHODS = ("none", "aff", "rd", "ri", "rdri", "mixup", *GENERATOR_METHODS)
+
+
+def apply_deformation(
+    images: tf.Tensor, masks: tf.Tensor, flow: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Warp an image and its soft label map with the same flow.
+
+    Args:
+        images: (B,H,W,1) float.
+        masks: (B,H,W,C) one-hot or soft labels.
+        flow: (B,H,W,2) displacement in pixels (``dense_image_warp`` convention).
+
+    Returns:
+        Warped ``(images, masks)``; masks stay soft (bilinear on one-hot maps).
+    """
+    flow = tf.cast(flow, images.dtype)
+    return dense_image_warp(images, flow), dense_image_warp(masks, tf.cast(flow, masks.dtype))
+
+
+def apply_intensity(images: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
+    """``x + ΔI``: the additive intensity transformation (no clipping; labels unchanged)."""
+    return images + tf.cast(delta, images.dtype)
+
+
+@keras.saving.register_keras_serializable(package="tfaug")
+class GeneratedAugmentation(keras.layers.Layer):
+    """Task-driven augmentation from frozen generators GV and/or GI.
+
+    Each row gets, with equal probability, one of the transformations available: GV alone
+    (deformation), GI alone (additive intensity), or GI applied to GV's output (GVI, the
+    same z fed to both, as in the original final stage). z ~ N(0, I) is drawn per row.
+    The generators run in inference mode; no gradient flows through this layer.
+
+    Args:
+        deformation: the GV generator, or ``None``.
+        intensity: the GI generator, or ``None``.
+        z_dim: size of z.
+        seed: seed of z and of the per-row choice.
+
+    Call on ``{"images": (B,H,W,1), "segmentation_masks": (B,H,W,C)}``.
+    """
+
+    def __init__(
+        self,
+        deformation: keras.Model | None = None,
+        intensity: keras.Model | None = None,
+        z_dim: int = 100,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if deformation is None and intensity is None:
+            raise ValueError("GeneratedAugmentation needs at least one generator")
+        self.deformation = deformation
+        self.intensity = intensity
+        self.z_dim = z_dim
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs: dict[str, tf.Tensor], training: bool | None = None) -> dict:
+        images, masks = inputs["images"], inputs["segmentation_masks"]
+        batch = tf.shape(images)[0]
+        z = keras.random.normal((batch, self.z_dim), seed=self.seed_generator)
+        candidates = []
+        if self.deformation is not None:
+            flow = self.deformation((images, z), training=False)
+            warped_images, warped_masks = apply_deformation(images, masks, flow)
+            candidates.append((warped_images, warped_masks))
+        if self.intensity is not None:
+            delta = self.intensity((images, z), training=False)
+            candidates.append((apply_intensity(images, delta), masks))
+        if self.deformation is not None and self.intensity is not None:
+            delta = self.intensity((warped_images, z), training=False)
+            candidates.append((apply_intensity(warped_images, delta), warped_masks))
+        choice = keras.random.randint((batch,), 0, len(candidates), seed=self.seed_generator)
+        out_images, out_masks = candidates[0]
+        for index, (cand_images, cand_masks) in enumerate(candidates[1:], start=1):
+            chosen = tf.reshape(tf.equal(choice, index), (-1, 1, 1, 1))
+            out_images = tf.where(chosen, cand_images, out_images)
+            out_masks = tf.where(chosen, cand_masks, out_masks)
+        return {
+            "images": tf.stop_gradient(out_images),
+            "segmentation_masks": tf.stop_gradient(out_masks),
+        }
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "z_dim": self.z_dim, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="tfaug")
+class ChainAugmentation(keras.layers.Layer):
+    """Applies dict-to-dict augmentation layers one after the other (e.g. RD then RI)."""
+
+    def __init__(self, stages: list[keras.layers.Layer], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stages = stages
+
+    def call(self, inputs: dict[str, tf.Tensor], training: bool | None = None) -> dict:
+        for stage in self.stages:
+            inputs = stage(inputs, training=training)
+        return inputs
+
+
+def build_affine(cfg: Config, seed: int) -> RandomAffine:
+    """The random affine augmentation of METHOD.md §6 from ``cfg.augment``."""
+    return RandomAffine(
+        probability=cfg.augment.affine_probability,
+        scale_range=tuple(cfg.augment.scale_range),
+        rotation_degrees=cfg.augment.rotation_degrees,
+        seed=seed,
+    )
+
+
+def build_method_augmentation(
+    method: str, cfg: Config, generators: dict[str, keras.Model], seed: int
+) -> keras.layers.Layer | None:
+    """The layer applied to the method half of each batch (``None`` for none/aff).
+
+    Args:
+        method: one of :data:`METHODS`.
+        cfg: the run's config (``augment`` section; spacing to convert σ from mm).
+        generators: frozen generators by kind (``"deformation"``, ``"intensity"``), as
+            needed by :data:`GENERATOR_METHODS`.
+        seed: seed of the layer's random draws.
+    """
+    aug = cfg.augment
+    elastic = RandomElastic(
+        sigma_px=sigma_px_from_mm(aug.elastic_sigma_mm, cfg.preprocess.spacing_mm),
+        grid_size=aug.elastic_grid,
+        seed=seed,
+    )
+    intensity = RandomIntensity(
+        contrast_range=tuple(aug.contrast_range),
+        brightness_range=tuple(aug.brightness_range),
+        seed=seed + 1,
+    )
+    if method in ("none", "aff"):
+        return None
+    if method == "rd":
+        return elastic
+    if method == "ri":
+        return intensity
+    if method == "rdri":
+        return ChainAugmentation([elastic, intensity])
+    if method == "mixup":
+        return Mixup(alpha=aug.mixup_alpha, seed=seed)
+    if method in GENERATOR_METHODS:
+        generated = GeneratedAugmentation(
+            deformation=generators.get("deformation"),
+            intensity=generators.get("intensity"),
+            z_dim=cfg.model.z_dim,
+            seed=seed,
+        )
+        if method == "gdgi_mixup":
+            return ChainAugmentation([generated, Mixup(alpha=aug.mixup_alpha, seed=seed + 2)])
+        return generated
+    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
