@@ -43,7 +43,6 @@ class DataConfig:
         modality: the MSD modality to read from 4D images (e.g. ``"T2"``); ``None`` for 3D.
         merge_labels: label remapping applied on load, ``{source: target}``
             (pancreas: ``{2: 1}`` merges cancer into pancreas).
-        records_shards: number of TFRecord shards per split of the cache.
     """
 
     dataset: str = "phantom"
@@ -52,7 +51,6 @@ class DataConfig:
     class_names: list[str] = field(default_factory=lambda: ["background", "RV", "Myo", "LV"])
     modality: str | None = None
     merge_labels: dict[int, int] = field(default_factory=dict)
-    records_shards: int = 4
 
     @property
     def n_classes(self) -> int:
