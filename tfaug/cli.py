@@ -210,10 +210,85 @@ def format_summary(path: Path, results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _comma_list(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected integers like 1,3, found {text!r}") from error
+
+
+def add_grid_command(subparsers: Any) -> None:
+    """``tfaug grid`` (also ``python train/grid.py``): every (N_L, method, draw, seed) run."""
+    parser = subparsers.add_parser(
+        "grid",
+        parents=[config_options()],
+        help="run (or list) every method x draw x seed; skips finished runs, resumes others",
+    )
+    parser.add_argument("--nl", type=_int_list, default=(1,), help="N_L values, e.g. 1 or 1,3")
+    parser.add_argument(
+        "--methods", type=_comma_list, default=("none", "aff", "rdri", "mixup", "gdgi")
+    )
+    parser.add_argument("--draws", type=int, default=5, help="labeled draws 0..D-1")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..S-1")
+    parser.add_argument("--shard", default="0/1", help="run only shard i/n (i from 0)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their status")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    parser.add_argument("--generator-mode", choices=("joint", "independent"), default="joint")
+    parser.add_argument("--iterations", type=int, default=None, help="iterations of every stage")
+    parser.set_defaults(func=run_grid)
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    from tfaug.grid import GridSpec, execute_grid, format_plan, parse_shard, plan_grid, shard_runs
+
+    index, count = parse_shard(args.shard)
+    spec = GridSpec(
+        dataset=args.dataset,
+        n_labeled=args.nl,
+        methods=args.methods,
+        draws=args.draws,
+        seeds=args.seeds,
+        runs_dir=args.runs_dir.expanduser(),
+        generator_mode=args.generator_mode,
+        iterations=args.iterations,
+        config_file=args.config,
+        overrides=tuple(args.overrides),
+        data_root=args.data_root,
+        cache_dir=args.cache_dir,
+    )
+    runs = shard_runs(plan_grid(spec), index, count)
+    if args.dry_run:
+        print(format_plan(runs))
+        return 0
+    failed = execute_grid(runs)
+    return 1 if failed else 0
+
+
+def add_report_command(subparsers: Any) -> None:
+    """``tfaug report RUNS_DIR --out DIR``: the markdown comparison of every finished run."""
+    parser = subparsers.add_parser("report", help="compare the methods of a runs directory")
+    parser.add_argument("runs_dir", type=Path, help="folder of run directories")
+    parser.add_argument("--out", type=Path, required=True, help="folder for report.md and PNGs")
+    parser.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from tfaug.report import write_report
+
+    print(write_report(args.runs_dir, args.out))
+    return 0
+
+
 COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_phantom_command,
     add_data_command,
     add_train_command,
+    add_grid_command,
+    add_report_command,
 )
 
 
