@@ -277,9 +277,13 @@ def add_report_command(subparsers: Any) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from tfaug.report import write_report
+    from tfaug.report import ReportError, write_report
 
-    print(write_report(args.runs_dir, args.out))
+    try:
+        print(write_report(args.runs_dir, args.out))
+    except ReportError as error:
+        print(f"tfaug: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

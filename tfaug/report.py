@@ -1,0 +1,443 @@
+"""The method comparison: a markdown report over the finished runs of a runs directory.
+
+Every ``<runs_dir>/*/results.json`` (written last by a run, so only finished runs count) is
+read. Runs are grouped into *settings* ``(dataset, N_L, generator mode)``; within a setting
+every number is computed over all runs × test volumes (METHOD.md §7 "Evaluation"):
+
+- mean (std) 3D Dice per structure and method, with the runs and volumes it rests on;
+- the paper's three Wilcoxon signed-rank tests (GD vs RD, GI vs RI, GD+GI vs the best
+  other method), two-sided, paired per (test volume, draw, seed), ``scipy.stats.wilcoxon``;
+- box plots per structure (Fig. 2) and mean Dice per test subject (Fig. 9);
+- the runs missing from the grid inferred as methods × draws × seeds present.
+
+Across settings: Dice against N_L (Fig. 3c) when several N_L exist, and joint vs
+independent generator training (Table I) when both exist. Nothing is trained or evaluated
+here; Dice values are taken from the results files as they are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from tfaug import plots
+
+MEAN = "mean"  # the column of the per-volume mean foreground Dice
+# The paper's comparisons: (proposed, baseline); None = the best method not in PROPOSED.
+COMPARISONS: tuple[tuple[str, str | None], ...] = (("gd", "rd"), ("gi", "ri"), ("gdgi", None))
+PROPOSED = ("gdgi", "gdgi_mixup")
+METHOD_ORDER = ("none", "aff", "rd", "ri", "rdri", "mixup", "gd", "gi", "gdgi", "gdgi_mixup")
+
+
+class ReportError(ValueError):
+    """The runs directory holds no usable results, or a results file is malformed."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The test Dice of one finished run.
+
+    Attributes:
+        name: the run directory name.
+        dataset, n_labeled, generator_mode, method, draw, seed: the run's coordinates.
+        dice: test case id → structure → 3D Dice in [0, 1]; structure :data:`MEAN` is the
+            volume's mean foreground Dice.
+    """
+
+    name: str
+    dataset: str
+    n_labeled: int
+    generator_mode: str
+    method: str
+    draw: int
+    seed: int
+    dice: dict[str, dict[str, float]]
+
+    @property
+    def setting(self) -> tuple[str, int, str]:
+        return (self.dataset, self.n_labeled, self.generator_mode)
+
+
+@dataclass(frozen=True)
+class WilcoxonResult:
+    """One two-sided signed-rank test of method ``a`` against ``b`` on one structure.
+
+    ``n`` is the number of (volume, draw, seed) pairs; ``difference`` the mean of a − b;
+    ``p`` is ``None`` (with ``note``) when the test cannot be run.
+    """
+
+    a: str
+    b: str
+    structure: str
+    n: int
+    statistic: float | None
+    p: float | None
+    difference: float | None
+    note: str = ""
+
+
+def load_runs(runs_dir: Path) -> list[RunResult]:
+    """Read ``<runs_dir>/*/results.json``; moved-aside ``*.replaced-*`` runs are ignored.
+
+    Raises:
+        ReportError: ``runs_dir`` is not a folder, or results files are malformed (every
+            bad file is named in one message).
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ReportError(f"{runs_dir}: runs directory not found; pass the folder of run dirs")
+    runs, problems = [], []
+    for path in sorted(runs_dir.glob("*/results.json")):
+        if ".replaced-" in path.parent.name:
+            continue
+        try:
+            runs.append(_parse_results(path))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            problems.append(f"{path}: {error!r}")
+    if problems:
+        raise ReportError(
+            "malformed results.json (expected the file a finished `tfaug train` writes): "
+            + "; ".join(problems)
+            + ". Delete these run directories and run them again."
+        )
+    return runs
+
+
+def _parse_results(path: Path) -> RunResult:
+    content = json.loads(path.read_text(encoding="utf-8"))
+    dice = {}
+    for volume in content["test"]:
+        scores = {name: float(value) for name, value in volume["dice"].items()}
+        scores[MEAN] = float(volume["mean_dice"])
+        dice[str(volume["case_id"])] = scores
+    if not dice:
+        raise ValueError("no test volumes")
+    return RunResult(
+        name=path.parent.name,
+        dataset=str(content["dataset"]),
+        n_labeled=int(content["n_labeled"]),
+        generator_mode=str(content.get("generator_mode", "joint")),
+        method=str(content["method"]),
+        draw=int(content["draw"]),
+        seed=int(content["seed"]),
+        dice=dice,
+    )
+
+
+def unfinished_runs(runs_dir: Path) -> list[str]:
+    """Names of run directories with a ``config.yaml`` but no ``results.json``."""
+    return sorted(
+        p.parent.name
+        for p in Path(runs_dir).glob("*/config.yaml")
+        if not (p.parent / "results.json").is_file() and ".replaced-" not in p.parent.name
+    )
+
+
+def ordered_methods(methods: Iterable[str]) -> list[str]:
+    """The paper's order (none, aff, …, gdgi_mixup), unknown names last, alphabetically."""
+    known = [m for m in METHOD_ORDER if m in set(methods)]
+    return known + sorted(set(methods) - set(METHOD_ORDER))
+
+
+def structures_of(runs: Sequence[RunResult]) -> list[str]:
+    """The structures of the first run's first volume, :data:`MEAN` last."""
+    first = next(iter(runs[0].dice.values()))
+    return [name for name in first if name != MEAN] + [MEAN]
+
+
+def dice_values(runs: Sequence[RunResult], method: str, structure: str) -> np.ndarray:
+    """(runs × volumes,) float64 Dice of ``method`` on ``structure`` (every run and volume)."""
+    return np.array(
+        [d[structure] for r in runs if r.method == method for d in r.dice.values()], np.float64
+    )
+
+
+def paired_values(
+    runs: Sequence[RunResult], a: str, b: str, structure: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dice of ``a`` and ``b`` on the (test volume, draw, seed) keys both have, sorted by key."""
+
+    def keyed(method: str) -> dict[tuple[str, int, int], float]:
+        return {
+            (case, r.draw, r.seed): d[structure]
+            for r in runs
+            if r.method == method
+            for case, d in r.dice.items()
+        }
+
+    left, right = keyed(a), keyed(b)
+    keys = sorted(set(left) & set(right))
+    return np.array([left[k] for k in keys]), np.array([right[k] for k in keys])
+
+
+def wilcoxon_test(runs: Sequence[RunResult], a: str, b: str, structure: str) -> WilcoxonResult:
+    """Two-sided Wilcoxon signed-rank test of ``a`` vs ``b`` (``scipy.stats.wilcoxon``)."""
+    x, y = paired_values(runs, a, b, structure)
+    if len(x) == 0:
+        return WilcoxonResult(a, b, structure, 0, None, None, None, "no paired volumes")
+    difference = float(np.mean(x - y))
+    if np.all(x == y):
+        note = "all paired differences are zero"
+        return WilcoxonResult(a, b, structure, len(x), None, None, difference, note)
+    test = stats.wilcoxon(x, y)
+    return WilcoxonResult(
+        a, b, structure, len(x), float(test.statistic), float(test.pvalue), difference
+    )
+
+
+def subject_means(runs: Sequence[RunResult], method: str) -> dict[str, float]:
+    """Test case id → mean foreground Dice of ``method`` over its runs (paper Fig. 9)."""
+    scores: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        if run.method == method:
+            for case, dice in run.dice.items():
+                scores[case].append(dice[MEAN])
+    return {case: float(np.mean(values)) for case, values in scores.items()}
+
+
+def best_other_method(runs: Sequence[RunResult]) -> str | None:
+    """The method outside :data:`PROPOSED` with the highest mean foreground Dice, if any."""
+    others = [m for m in ordered_methods({r.method for r in runs}) if m not in PROPOSED]
+    if not others:
+        return None
+    return max(others, key=lambda m: float(dice_values(runs, m, MEAN).mean()))
+
+
+def missing_runs(runs: Sequence[RunResult]) -> list[tuple[str, int, int]]:
+    """(method, draw, seed) absent from the grid methods × draws × seeds present in ``runs``."""
+    present = {(r.method, r.draw, r.seed) for r in runs}
+    grid = itertools.product(
+        ordered_methods({r.method for r in runs}),
+        sorted({r.draw for r in runs}),
+        sorted({r.seed for r in runs}),
+    )
+    return [key for key in grid if key not in present]
+
+
+def _cell(values: np.ndarray) -> str:
+    return f"{values.mean():.3f} ({values.std():.3f})"
+
+
+def _label(structure: str) -> str:
+    return "mean (fg)" if structure == MEAN else structure
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else f"{p:.2g}"
+
+
+def method_table(runs: Sequence[RunResult], structures: Sequence[str]) -> list[str]:
+    """Markdown rows: method | mean (std) per structure | runs | volumes."""
+    header = ["method", *map(_label, structures), "runs", "volumes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in ordered_methods({r.method for r in runs}):
+        own = [r for r in runs if r.method == method]
+        cells = [_cell(dice_values(own, method, s)) for s in structures]
+        volumes = sum(len(r.dice) for r in own)
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {len(own)} | {volumes} |")
+    return lines
+
+
+def wilcoxon_section(runs: Sequence[RunResult], structures: Sequence[str]) -> list[str]:
+    """Markdown of the paper's three tests; a note in place of each test that cannot run."""
+    present = {r.method for r in runs}
+    lines = [
+        "Two-sided Wilcoxon signed-rank tests (scipy.stats.wilcoxon), paired per "
+        "(test volume, draw, seed); n = pairs, Δ = mean Dice difference (first − second).",
+        "",
+        "| comparison | structure | n | Δ | W | p |",
+        "|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for a, b in COMPARISONS:
+        if b is None:
+            b = best_other_method(runs)
+            if b is not None:
+                notes.append(f"Best other method (highest mean foreground Dice): {b}.")
+        if a not in present or b is None or b not in present:
+            missing = [m for m in (a, b or "another method") if m not in present]
+            notes.append(f"{a} vs {b or 'best other'}: skipped, no runs of {', '.join(missing)}.")
+            continue
+        for structure in structures:
+            test = wilcoxon_test(runs, a, b, structure)
+            delta = "–" if test.difference is None else f"{test.difference:+.3f}"
+            w = "–" if test.statistic is None else f"{test.statistic:.1f}"
+            p = _p(test.p) + (f" ({test.note})" if test.note else "")
+            lines.append(f"| {a} vs {b} | {_label(structure)} | {test.n} | {delta} | {w} | {p} |")
+    return lines + [""] + notes
+
+
+def _setting_title(setting: tuple[str, int, str]) -> str:
+    dataset, n_labeled, mode = setting
+    return f"{dataset}, N_L = {n_labeled}, {mode} generators"
+
+
+def _slug(setting: tuple[str, int, str]) -> str:
+    dataset, n_labeled, mode = setting
+    return f"{dataset}-nl{n_labeled}-{mode}"
+
+
+def setting_section(
+    runs: Sequence[RunResult], setting: tuple[str, int, str], out_dir: Path
+) -> list[str]:
+    """Markdown (and PNGs in ``out_dir``) for the runs of one setting."""
+    structures = structures_of(runs)
+    methods = ordered_methods({r.method for r in runs})
+    title = _setting_title(setting)
+    box = {m: {s: dice_values(runs, m, s) for s in structures} for m in methods}
+    box_path = plots.save_box_plots(box, structures, out_dir / f"{_slug(setting)}-box.png", title)
+    per_subject = {m: subject_means(runs, m) for m in methods}
+    subject_path = plots.save_per_subject_plot(
+        per_subject, out_dir / f"{_slug(setting)}-subjects.png", title
+    )
+    lines = [
+        f"## {title}",
+        "",
+        "Mean (std) 3D Dice over all runs × test volumes; *runs* and *volumes* give how many "
+        "numbers each row rests on.",
+        "",
+        *method_table(runs, structures),
+        "",
+        *wilcoxon_section(runs, structures),
+        "",
+        f"![Dice per structure]({box_path.name})",
+        "",
+        f"![Mean Dice per test subject]({subject_path.name})",
+        "",
+    ]
+    missing = missing_runs(runs)
+    draws = sorted({r.draw for r in runs})
+    seeds = sorted({r.seed for r in runs})
+    grid = f"{len(methods)} methods × draws {draws} × seeds {seeds}"
+    if missing:
+        listed = ", ".join(f"{m} draw {d} seed {s}" for m, d, s in missing)
+        lines.append(f"**Missing runs** ({len(missing)} of the grid {grid}): {listed}.")
+    else:
+        lines.append(f"Grid complete: {grid} = {len(runs)} runs.")
+    return lines + [""]
+
+
+def dice_vs_nl_section(runs: Sequence[RunResult], out_dir: Path) -> list[str]:
+    """Fig. 3c: per dataset (joint generators), when more than one N_L is present."""
+    lines = []
+    for dataset in sorted({r.dataset for r in runs}):
+        own = [r for r in runs if r.dataset == dataset and r.generator_mode == "joint"]
+        nls = sorted({r.n_labeled for r in own})
+        if len(nls) < 2:
+            continue
+        structures = structures_of(own)
+        curves: dict[str, dict[int, dict[str, tuple[float, float]]]] = defaultdict(dict)
+        rows = [
+            "| method | " + " | ".join(f"N_L = {n}" for n in nls) + " |",
+            "|" + "---|" * (len(nls) + 1),
+        ]
+        for method in ordered_methods({r.method for r in own}):
+            cells = []
+            for n in nls:
+                subset = [r for r in own if r.n_labeled == n]
+                values = {s: dice_values(subset, method, s) for s in structures}
+                if len(values[MEAN]) == 0:
+                    cells.append("–")
+                    continue
+                curves[method][n] = {
+                    s: (float(v.mean()), float(v.std())) for s, v in values.items()
+                }
+                runs_n = sum(r.method == method for r in subset)
+                cells.append(f"{_cell(values[MEAN])}, {runs_n} runs / {len(values[MEAN])} vol.")
+            rows.append(f"| {method} | " + " | ".join(cells) + " |")
+        path = plots.save_dice_vs_nl_plot(
+            curves, structures, out_dir / f"{dataset}-dice-vs-nl.png", f"{dataset}: Dice vs N_L"
+        )
+        lines += [
+            f"## {dataset}: Dice against N_L (joint generators)",
+            "",
+            "Mean foreground Dice, mean (std) over runs × test volumes.",
+            "",
+            *rows,
+            "",
+            f"![Dice against N_L]({path.name})",
+            "",
+        ]
+    return lines
+
+
+def joint_vs_independent_section(runs: Sequence[RunResult]) -> list[str]:
+    """Table I: (dataset, N_L, method) with runs in both generator modes."""
+    modes = defaultdict(set)
+    for r in runs:
+        modes[(r.dataset, r.n_labeled, r.method)].add(r.generator_mode)
+    both = sorted(key for key, found in modes.items() if {"joint", "independent"} <= found)
+    if not both:
+        return []
+    structures = structures_of([r for r in runs if (r.dataset, r.n_labeled, r.method) in both])
+    header = ["dataset", "N_L", "method", "generators", *map(_label, structures), "runs", "volumes"]
+    lines = [
+        "## Joint vs independent generator training (Table I)",
+        "",
+        "Independent: the segmentation loss does not reach the generators. Mean (std) Dice.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for dataset, n_labeled, method in both:
+        for mode in ("joint", "independent"):
+            own = [r for r in runs if r.setting == (dataset, n_labeled, mode)]
+            cells = [_cell(dice_values(own, method, s)) for s in structures]
+            n_runs = sum(r.method == method for r in own)
+            volumes = len(dice_values(own, method, MEAN))
+            lines.append(
+                f"| {dataset} | {n_labeled} | {method} | {mode} | "
+                + " | ".join(cells)
+                + f" | {n_runs} | {volumes} |"
+            )
+    return lines + [""]
+
+
+def build_report(runs_dir: Path, out_dir: Path) -> str:
+    """The markdown text of the report; figures are written into ``out_dir``.
+
+    Raises:
+        ReportError: no finished run in ``runs_dir`` or a malformed results file.
+    """
+    runs = load_runs(runs_dir)
+    if not runs:
+        raise ReportError(
+            f"{runs_dir}: no finished run (no */results.json); run `tfaug grid` or "
+            "`tfaug train` with --runs-dir pointing here first"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = sorted({r.setting for r in runs})
+    lines = [
+        "# Method comparison",
+        "",
+        f"{len(runs)} finished runs from `{runs_dir}` in {len(settings)} setting(s).",
+        "",
+    ]
+    unfinished = unfinished_runs(runs_dir)
+    if unfinished:
+        lines += [f"**Unfinished runs** (not counted): {', '.join(unfinished)}.", ""]
+    for setting in settings:
+        lines += setting_section([r for r in runs if r.setting == setting], setting, out_dir)
+    lines += dice_vs_nl_section(runs, out_dir)
+    lines += joint_vs_independent_section(runs)
+    return "\n".join(lines)
+
+
+def write_report(runs_dir: Path, out_dir: Path) -> Path:
+    """Write ``<out_dir>/report.md`` and its PNG figures; returns the report's path.
+
+    Raises:
+        ReportError: see :func:`build_report`.
+    """
+    out_dir = Path(out_dir)
+    text = build_report(Path(runs_dir), out_dir)
+    path = out_dir / "report.md"
+    path.write_text(text, encoding="utf-8")
+    return path
