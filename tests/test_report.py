@@ -1,0 +1,261 @@
+"""The method comparison report on synthetic results.json files, and one real tiny grid."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+from scipy import stats
+
+from tfaug.cli import main
+from tfaug.grid import GridSpec, execute_grid, plan_grid
+from tfaug.report import (
+    ReportError,
+    best_other_method,
+    load_runs,
+    missing_runs,
+    paired_values,
+    wilcoxon_test,
+    write_report,
+)
+
+STRUCTURES = ("RV", "Myo", "LV")
+CASES = ("patient003", "patient008", "patient013", "patient021")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _known_dice(method: str, draw: int, seed: int, case: int) -> dict[str, float]:
+    """Deterministic Dice in [0, 1]: gd beats rd by a varying margin, aff lowest."""
+    base = {"aff": 0.40, "rd": 0.50, "gd": 0.55}[method]
+    rng = np.random.default_rng([["aff", "rd", "gd"].index(method), draw, seed, case])
+    return {s: float(np.clip(base + 0.1 * rng.standard_normal(), 0, 1)) for s in STRUCTURES}
+
+
+def _write_run(
+    runs_dir: Path,
+    method: str,
+    draw: int,
+    seed: int,
+    n_labeled: int = 1,
+    mode: str = "joint",
+    dice=_known_dice,
+) -> None:
+    name = f"phantom-nl{n_labeled}-{method}-split{draw}-seed{seed}"
+    name += "" if mode == "joint" else f"-{mode}"
+    test = []
+    for i, case in enumerate(CASES):
+        scores = dice(method, draw, seed, i)
+        test.append(
+            {"case_id": case, "dice": scores, "mean_dice": float(np.mean(list(scores.values())))}
+        )
+    path = runs_dir / name
+    path.mkdir(parents=True)
+    content = {
+        "dataset": "phantom",
+        "method": method,
+        "n_labeled": n_labeled,
+        "draw": draw,
+        "seed": seed,
+        "generator_mode": mode,
+        "test": test,
+    }
+    (path / "results.json").write_text(json.dumps(content))
+
+
+@pytest.fixture()
+def runs_dir(tmp_path: Path) -> Path:
+    """3 methods × 2 draws × 2 seeds × 4 volumes, N_L = 1, joint."""
+    runs = tmp_path / "runs"
+    for method in ("aff", "rd", "gd"):
+        for draw in range(2):
+            for seed in range(2):
+                _write_run(runs, method, draw, seed)
+    return runs
+
+
+def _all_values(method: str, structure: str) -> np.ndarray:
+    return np.array(
+        [
+            _known_dice(method, d, s, c)[structure]
+            for d in range(2)
+            for s in range(2)
+            for c in range(len(CASES))
+        ]
+    )
+
+
+def _row(report: str, first_cell: str) -> list[str]:
+    for line in report.splitlines():
+        if line.startswith(f"| {first_cell} |"):
+            return [cell.strip() for cell in line.strip("|").split("|")]
+    raise AssertionError(f"no row {first_cell!r} in the report")
+
+
+def test_table_gives_mean_std_over_runs_and_volumes(runs_dir, tmp_path):
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+    row = _row(report, "gd")
+    for column, structure in enumerate(STRUCTURES, start=1):
+        values = _all_values("gd", structure)
+        assert row[column] == f"{values.mean():.3f} ({values.std():.3f})"
+    assert row[-2:] == ["4", "16"]  # runs, volumes
+    assert "Grid complete: 3 methods" in report
+    # The paper's order: aff before rd before gd.
+    assert report.index("| aff |") < report.index("| rd |") < report.index("| gd |")
+
+
+def test_wilcoxon_matches_scipy_on_the_pairs(runs_dir):
+    runs = load_runs(runs_dir)
+    x, y = paired_values(runs, "gd", "rd", "RV")
+    assert len(x) == 16
+    # Pairs match by (volume, draw, seed): rebuild them independently, in the same key order.
+    keys = sorted((case, d, s) for case in range(len(CASES)) for d in range(2) for s in range(2))
+    np.testing.assert_allclose(x, [_known_dice("gd", d, s, c)["RV"] for c, d, s in keys])
+    np.testing.assert_allclose(y, [_known_dice("rd", d, s, c)["RV"] for c, d, s in keys])
+    expected = stats.wilcoxon(x, y)
+    test = wilcoxon_test(runs, "gd", "rd", "RV")
+    assert test.n == 16
+    assert test.p == pytest.approx(expected.pvalue)
+    assert test.statistic == pytest.approx(expected.statistic)
+    assert test.difference == pytest.approx(np.mean(x - y))
+
+
+def test_report_states_the_tests_and_skips_missing_methods(runs_dir, tmp_path):
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+    runs = load_runs(runs_dir)
+    p = wilcoxon_test(runs, "gd", "rd", "Myo").p
+    assert "| gd vs rd | Myo | 16 |" in report
+    assert _row(report, "gd vs rd")[-1] == f"{wilcoxon_test(runs, 'gd', 'rd', 'RV').p:.2g}"
+    assert f"{p:.2g}" in report
+    assert "gi vs ri: skipped, no runs of gi, ri." in report
+    assert "gdgi vs gd: skipped, no runs of gdgi." in report
+
+
+def test_best_other_method_excludes_the_proposed_ones(runs_dir):
+    runs = load_runs(runs_dir)
+    assert best_other_method(runs) == "gd"  # the highest mean among aff, rd, gd
+    assert best_other_method([r for r in runs if r.method != "gd"]) == "rd"
+
+
+def test_identical_methods_give_a_note_instead_of_a_p_value(tmp_path):
+    def same(method, draw, seed, case):
+        return {s: 0.5 + 0.01 * case for s in STRUCTURES}
+
+    for method in ("rd", "gd"):
+        _write_run(tmp_path, method, 0, 0, dice=same)
+    test = wilcoxon_test(load_runs(tmp_path), "gd", "rd", "LV")
+    assert (test.n, test.p, test.difference) == (4, None, 0.0)
+    assert "zero" in test.note
+
+
+def test_missing_and_unfinished_runs_are_flagged(runs_dir, tmp_path):
+    (runs_dir / "phantom-nl1-rd-split1-seed0" / "results.json").unlink()
+    (runs_dir / "phantom-nl1-rd-split1-seed0" / "config.yaml").write_text("{}\n")
+    assert missing_runs(load_runs(runs_dir)) == [("rd", 1, 0)]
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+    assert "**Missing runs** (1 of the grid 3 methods × draws [0, 1] × seeds [0, 1])" in report
+    assert "rd draw 1 seed 0" in report
+    assert "**Unfinished runs** (not counted): phantom-nl1-rd-split1-seed0" in report
+    assert _row(report, "rd")[-2:] == ["3", "12"]
+
+
+def test_figures_are_written_and_referenced(runs_dir, tmp_path):
+    out = tmp_path / "out"
+    report = write_report(runs_dir, out).read_text()
+    for name in ("phantom-nl1-joint-box.png", "phantom-nl1-joint-subjects.png"):
+        assert f"]({name})" in report
+        image = matplotlib.image.imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 100
+
+
+def test_dice_vs_nl_and_joint_vs_independent_sections(runs_dir, tmp_path):
+    for draw in range(2):
+        _write_run(runs_dir, "gd", draw, 0, n_labeled=3)
+        _write_run(runs_dir, "gd", draw, 0, mode="independent")
+    out = tmp_path / "out"
+    report = write_report(runs_dir, out).read_text()
+    assert "## phantom: Dice against N_L (joint generators)" in report
+    assert (out / "phantom-dice-vs-nl.png").is_file()
+    nl3 = np.array(
+        [np.mean(list(_known_dice("gd", d, 0, c).values())) for d in range(2) for c in range(4)]
+    )
+    assert f"{nl3.mean():.3f} ({nl3.std():.3f}), 2 runs / 8 vol." in report
+    assert "## Joint vs independent generator training (Table I)" in report
+    lines = [line for line in report.splitlines() if line.startswith("| phantom | 1 | gd |")]
+    assert [line.split("|")[4].strip() for line in lines] == ["joint", "independent"]
+    assert lines[0].rstrip(" |").endswith("4 | 16")
+    assert lines[1].rstrip(" |").endswith("2 | 8")
+    # Each setting has its own section; the independent one is missing rd and aff.
+    assert "## phantom, N_L = 1, independent generators" in report
+    assert "gd vs rd: skipped, no runs of rd." in report
+
+
+def test_empty_or_malformed_runs_directory_is_an_error(tmp_path):
+    with pytest.raises(ReportError, match="no finished run"):
+        write_report(tmp_path, tmp_path / "out")
+    bad = tmp_path / "phantom-nl1-aff-split0-seed0"
+    bad.mkdir()
+    (bad / "results.json").write_text('{"method": "aff"}')
+    with pytest.raises(ReportError, match=str(bad / "results.json")):
+        write_report(tmp_path, tmp_path / "out")
+    assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+
+
+TINY_CONFIG = """\
+phantom: {subjects: 12}
+preprocess: {crop_size: 32, spacing_mm: 5.0, n4: false}
+split: {n_unlabeled: 3, n_test: 2, n_validation: 1, draws: 1}
+model:
+  unet_filters: [4, 4, 8, 8, 8]
+  generator_filters: [8, 8, 4, 4, 4]
+  generator_image_filters: 4
+  discriminator_filters: [4, 4, 8, 8, 8]
+  discriminator_units: 8
+  z_dim: 8
+train: {batch_size: 4, pretrain_iterations: 2, generator_iterations: 2,
+        segmenter_iterations: 4, validate_every: 2}
+"""
+
+
+def test_tiny_real_grid_then_report(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG)
+    runs = tmp_path / "runs"
+    grid = [
+        sys.executable,
+        str(REPO / "train" / "grid.py"),
+        "--config",
+        str(config),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--runs-dir",
+        str(runs),
+        "--methods",
+        "none,aff",
+        "--draws",
+        "1",
+        "--seeds",
+        "1",
+    ]
+    first = subprocess.run(grid, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.count(": done") == 2
+    # The same grid again: both runs are finished and skipped without a subprocess.
+    spec = GridSpec("phantom", (1,), ("none", "aff"), 1, 1, runs, config_file=config)
+    assert [r.status for r in plan_grid(spec)] == ["finished", "finished"]
+    assert execute_grid(plan_grid(spec), echo=False) == []
+
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    results = json.loads((runs / "phantom-nl1-aff-split0-seed0" / "results.json").read_text())
+    row = _row(report, "aff")
+    assert row[1].startswith(f"{results['summary']['RV']['mean']:.3f} (")
+    assert row[-2:] == ["1", "2"]  # one run, two test volumes
+    assert "| none |" in report
+    assert "gd vs rd: skipped" in report
+    assert (out / "phantom-nl1-joint-box.png").is_file()
