@@ -94,8 +94,7 @@ def open_run_directory(cfg: Config, *, force: bool = False) -> RunDirectory:
         raise RunDirectoryError(f"{runs_dir}: the runs directory is not writable; pass --runs-dir")
     run = RunDirectory(runs_dir / run_name(cfg))
     if run.path.exists() and force:
-        aside = run.path.with_name(f"{run.path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        run.path.rename(aside)
+        run.path.rename(_aside_path(run.path))
     if run.finished:
         raise RunFinishedError(
             f"{run.path}: this run is finished (results.json exists); nothing was changed. "
@@ -116,6 +115,16 @@ def open_run_directory(cfg: Config, *, force: bool = False) -> RunDirectory:
         temporary.write_text(cfg.to_yaml(), encoding="utf-8")
         os.replace(temporary, run.config_path)
     return run
+
+
+def _aside_path(path: Path) -> Path:
+    """``<name>.replaced-<timestamp>``, with ``-2``, ``-3``... if forced again within a second."""
+    stem = f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside, number = path.with_name(stem), 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{stem}-{number}")
+    return aside
 
 
 def _differences(old: object, new: object, prefix: str = "") -> list[str]:
