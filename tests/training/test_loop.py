@@ -1,0 +1,237 @@
+"""Tests for tfaug/training/loop.py: resumable stages, best-step selection, divergence."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tiny import SIDE, build_tiny_unet
+
+from tfaug.ops.augment import RandomAffine
+from tfaug.training.loop import (
+    StageResult,
+    TrainingDivergedError,
+    load_best,
+    run_stage,
+    save_weights_atomic,
+    write_json_atomic,
+)
+
+BATCH = 4
+
+
+def _batch(nan: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed batch of discs: images (4,32,32,1) float32 (all NaN if asked), labels (4,32,32)."""
+    rows, cols = np.mgrid[:SIDE, :SIDE]
+    labels = np.stack(
+        [((rows - 12 - 2 * i) ** 2 + (cols - 16) ** 2 < 36).astype(np.int32) for i in range(BATCH)]
+    )
+    images = labels[..., None].astype(np.float32) * 0.8 + 0.1
+    if nan:
+        images[:] = np.nan
+    return images, labels
+
+
+class Recorder:
+    """``make_dataset`` that records its start steps (and the model's state when called).
+
+    Yields good batches, then NaN batches from the ``nan_from``-th batch on (1-based).
+    """
+
+    def __init__(self, model=None, nan_from: int | None = None):
+        self.model = model
+        self.nan_from = nan_from
+        self.starts: list[int] = []
+        self.optimizer_iterations: list[int] = []
+        self.seed_states: list[np.ndarray] = []
+
+    def __call__(self, start: int) -> tf.data.Dataset:
+        self.starts.append(start)
+        if self.model is not None:
+            self.optimizer_iterations.append(int(self.model.optimizer.iterations.numpy()))
+            if self.model.affine is not None:
+                self.seed_states.append(self.model.affine.generator.state.numpy().copy())
+        good = tf.data.Dataset.from_tensors(_batch())
+        if self.nan_from is None:
+            return good.repeat()
+        bad = tf.data.Dataset.from_tensors(_batch(nan=True)).repeat()
+        return good.repeat(self.nan_from - 1).concatenate(bad)
+
+
+class Script:
+    """A ``validate`` returning scripted scores; an exception entry is raised instead.
+
+    Records the optimizer step and a copy of S's weights at each call.
+    """
+
+    def __init__(self, model, outcomes):
+        self.model = model
+        self.outcomes = list(outcomes)
+        self.steps: list[int] = []
+        self.weights: dict[int, list[np.ndarray]] = {}
+
+    def __call__(self) -> float:
+        step = int(self.model.optimizer.iterations.numpy())
+        self.steps.append(step)
+        self.weights[step] = [w.copy() for w in self.model.segmenter.get_weights()]
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def _stage(model, stage_dir, make_dataset, validate, iterations=9):
+    return run_stage(
+        name="tiny",
+        model=model,
+        make_dataset=make_dataset,
+        iterations=iterations,
+        stage_dir=stage_dir,
+        keep={"segmenter": model.segmenter},
+        validate=validate,
+        validate_every=3,
+        progress=False,
+    )
+
+
+def _assert_weights_equal(actual: list[np.ndarray], expected: list[np.ndarray]) -> None:
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=True):
+        np.testing.assert_array_equal(a, e)
+
+
+def test_stage_runs_to_the_end_and_writes_done_and_best(make_segmenter_model, tmp_path):
+    model = make_segmenter_model()
+    validate = Script(model, [0.1, 0.3, 0.2])
+    result = _stage(model, tmp_path, Recorder(), validate)
+
+    assert int(model.optimizer.iterations.numpy()) == 9
+    assert validate.steps == [3, 6, 9]
+    assert result == StageResult(
+        name="tiny",
+        iterations=9,
+        best_step=6,
+        best_score=0.3,
+        history=[[3.0, 0.1], [6.0, 0.3], [9.0, 0.2]],
+        wall_time_s=result.wall_time_s,
+    )
+    assert result.wall_time_s > 0
+    assert json.loads((tmp_path / "done.json").read_text()) == vars(result)
+    assert (tmp_path / "best" / "segmenter.weights.h5").is_file()
+    assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")) is not None
+
+
+def test_finished_stage_is_not_trained_again(make_segmenter_model, tmp_path):
+    first = _stage(make_segmenter_model(), tmp_path, Recorder(), None, iterations=3)
+    files = [tmp_path / "done.json", tmp_path / "best" / "segmenter.weights.h5"]
+    mtimes = [f.stat().st_mtime_ns for f in files]
+
+    model = make_segmenter_model()
+    dataset = Recorder()
+    again = _stage(model, tmp_path, dataset, None, iterations=3)
+
+    assert again == first
+    assert dataset.starts == []  # no dataset was even built
+    assert int(model.optimizer.iterations.numpy()) == 0
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+
+def test_interrupted_stage_resumes_from_its_checkpoint(make_segmenter_model, tmp_path):
+    model = make_segmenter_model()
+    with pytest.raises(KeyboardInterrupt):
+        _stage(model, tmp_path, Recorder(), Script(model, [0.2, KeyboardInterrupt()]))
+    assert not (tmp_path / "done.json").exists()
+
+    resumed_model = make_segmenter_model()  # a fresh process would build fresh models
+    dataset = Recorder(resumed_model)
+    validate = Script(resumed_model, [0.5, 0.4])
+    result = _stage(resumed_model, tmp_path, dataset, validate)
+
+    assert dataset.starts == [3]  # the step of the last checkpoint
+    assert dataset.optimizer_iterations == [3]  # restored before the dataset was built
+    assert validate.steps == [6, 9]
+    assert int(resumed_model.optimizer.iterations.numpy()) == 9
+    assert result.history == [[3.0, 0.2], [6.0, 0.5], [9.0, 0.4]]
+    assert (result.best_step, result.best_score) == (6, 0.5)
+    kept = build_tiny_unet()
+    load_best({"segmenter": kept}, tmp_path)
+    _assert_weights_equal(kept.get_weights(), validate.weights[6])
+
+
+def test_best_is_the_first_step_reaching_the_maximum(make_segmenter_model, tmp_path):
+    model = make_segmenter_model()
+    validate = Script(model, [0.2, 0.5, 0.4, 0.5])
+    result = _stage(model, tmp_path, Recorder(), validate, iterations=12)
+
+    assert (result.best_step, result.best_score) == (6, 0.5)
+    assert result.history == [[3.0, 0.2], [6.0, 0.5], [9.0, 0.4], [12.0, 0.5]]
+    kept = build_tiny_unet()
+    load_best({"segmenter": kept}, tmp_path)
+    _assert_weights_equal(kept.get_weights(), validate.weights[6])
+    assert not np.array_equal(kept.get_weights()[0], validate.weights[12][0])
+
+
+def test_without_validation_the_last_step_is_kept(make_segmenter_model, tmp_path):
+    model = make_segmenter_model()
+    result = _stage(model, tmp_path, Recorder(), None, iterations=7)
+
+    assert (result.best_step, result.best_score, result.history) == (7, None, [])
+    kept = build_tiny_unet()
+    load_best({"segmenter": kept}, tmp_path)
+    _assert_weights_equal(kept.get_weights(), model.segmenter.get_weights())
+
+
+def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(make_segmenter_model, tmp_path):
+    model = make_segmenter_model()
+    with pytest.raises(TrainingDivergedError, match=r"stage 'tiny'.* at iteration 5\b"):
+        _stage(model, tmp_path, Recorder(nan_from=5), None)
+
+    assert not (tmp_path / "done.json").exists()
+    reader = tf.train.load_checkpoint(str(tmp_path / "ckpt"))
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 3
+    kept = build_tiny_unet()
+    load_best({"segmenter": kept}, tmp_path)  # the step-3 weights, all finite
+    assert all(np.isfinite(w).all() for w in kept.get_weights())
+    assert not all(np.isfinite(w).all() for w in model.segmenter.get_weights())
+
+    resumed_model = make_segmenter_model()
+    dataset = Recorder(resumed_model)
+    result = _stage(resumed_model, tmp_path, dataset, None)
+    assert dataset.starts == [3]
+    assert result.best_step == 9
+
+
+def test_random_generator_states_are_restored(make_segmenter_model, tmp_path):
+    model = make_segmenter_model(affine=RandomAffine(probability=1.0, seed=7))
+    initial_state = model.affine.generator.state.numpy().copy()
+    states_at_validation = []
+
+    def validate() -> float:
+        states_at_validation.append(model.affine.generator.state.numpy().copy())
+        if len(states_at_validation) == 2:
+            raise KeyboardInterrupt
+        return 0.1
+
+    with pytest.raises(KeyboardInterrupt):
+        _stage(model, tmp_path, Recorder(), validate)
+    assert not np.array_equal(states_at_validation[0], initial_state)  # the stream advanced
+
+    resumed_model = make_segmenter_model(affine=RandomAffine(probability=1.0, seed=7))
+    np.testing.assert_array_equal(resumed_model.affine.generator.state.numpy(), initial_state)
+    dataset = Recorder(resumed_model)
+    _stage(resumed_model, tmp_path, dataset, Script(resumed_model, [0.3, 0.2]))
+    np.testing.assert_array_equal(dataset.seed_states[0], states_at_validation[0])
+
+
+def test_atomic_writers_leave_no_temporary_files(make_segmenter_model, tmp_path):
+    segmenter = make_segmenter_model().segmenter
+    write_json_atomic(tmp_path / "a.json", {"x": [1, 2]})
+    save_weights_atomic(segmenter, tmp_path / "s.weights.h5")
+    loaded = build_tiny_unet()
+    loaded.load_weights(tmp_path / "s.weights.h5")
+    _assert_weights_equal(loaded.get_weights(), segmenter.get_weights())
+
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": [1, 2]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "s.weights.h5"]
