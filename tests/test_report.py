@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _known_dice(method: str, draw: int, seed: int, case: int) -> dict[str, float]:
     """Deterministic Dice in [0, 1]: gd beats rd by a varying margin, aff lowest."""
-    base = {"aff": 0.40, "rd": 0.50, "gd": 0.55}[method]
-    rng = np.random.default_rng([["aff", "rd", "gd"].index(method), draw, seed, case])
+    methods = {"aff": 0.40, "rd": 0.50, "gd": 0.55, "gdgi": 0.58}
+    rng = np.random.default_rng([list(methods).index(method), draw, seed, case])
+    base = methods[method]
     return {s: float(np.clip(base + 0.1 * rng.standard_normal(), 0, 1)) for s in STRUCTURES}
 
 
@@ -103,7 +104,10 @@ def test_table_gives_mean_std_over_runs_and_volumes(runs_dir, tmp_path):
         values = _all_values("gd", structure)
         assert row[column] == f"{values.mean():.3f} ({values.std():.3f})"
     assert row[-2:] == ["4", "16"]  # runs, volumes
-    assert "Grid complete: 3 methods" in report
+    assert (
+        "Grid complete: methods ['aff', 'rd', 'gd'] × draws [0, 1] × seeds [0, 1], 12 runs."
+        in report
+    )
     # The paper's order: aff before rd before gd.
     assert report.index("| aff |") < report.index("| rd |") < report.index("| gd |")
 
@@ -129,16 +133,31 @@ def test_report_states_the_tests_and_skips_missing_methods(runs_dir, tmp_path):
     runs = load_runs(runs_dir)
     p = wilcoxon_test(runs, "gd", "rd", "Myo").p
     assert "| gd vs rd | Myo | 16 |" in report
-    assert _row(report, "gd vs rd")[-1] == f"{wilcoxon_test(runs, 'gd', 'rd', 'RV').p:.2g}"
+    p_rv = wilcoxon_test(runs, "gd", "rd", "RV").p
+    assert _row(report, "gd vs rd")[-1] == f"{p_rv:.2g}" + (" *" if p_rv < 0.05 else "")
     assert f"{p:.2g}" in report
     assert "gi vs ri: skipped, no runs of gi, ri." in report
-    assert "gdgi vs gd: skipped, no runs of gdgi." in report
+    assert "gdgi vs rd: skipped, no runs of gdgi." in report
+
+
+def test_gdgi_is_tested_against_the_best_related_method(runs_dir, tmp_path):
+    for draw in range(2):
+        for seed in range(2):
+            _write_run(runs_dir, "gdgi", draw, seed)
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+    assert "Best related method (highest mean foreground Dice, no generators): rd." in report
+    x, y = paired_values(load_runs(runs_dir), "gdgi", "rd", "mean")
+    expected = stats.wilcoxon(x, y).pvalue
+    row = _row(report, "gdgi vs rd | mean (fg)")
+    assert row[2] == "16"
+    assert row[-1] == f"{expected:.2g}" + (" *" if expected < 0.05 else "")
 
 
 def test_best_other_method_excludes_the_proposed_ones(runs_dir):
     runs = load_runs(runs_dir)
-    assert best_other_method(runs) == "gd"  # the highest mean among aff, rd, gd
-    assert best_other_method([r for r in runs if r.method != "gd"]) == "rd"
+    assert best_other_method(runs) == "rd"  # gd uses a learned generator: not related work
+    assert best_other_method([r for r in runs if r.method != "rd"]) == "aff"
+    assert best_other_method([r for r in runs if r.method == "gd"]) is None
 
 
 def test_identical_methods_give_a_note_instead_of_a_p_value(tmp_path):
@@ -157,7 +176,10 @@ def test_missing_and_unfinished_runs_are_flagged(runs_dir, tmp_path):
     (runs_dir / "phantom-nl1-rd-split1-seed0" / "config.yaml").write_text("{}\n")
     assert missing_runs(load_runs(runs_dir)) == [("rd", 1, 0)]
     report = write_report(runs_dir, tmp_path / "out").read_text()
-    assert "**Missing runs** (1 of the grid 3 methods × draws [0, 1] × seeds [0, 1])" in report
+    assert (
+        "**Missing runs** (1 of the grid methods ['aff', 'rd', 'gd'] × draws [0, 1] × seeds [0, 1])"
+        in report
+    )
     assert "rd draw 1 seed 0" in report
     assert "**Unfinished runs** (not counted): phantom-nl1-rd-split1-seed0" in report
     assert _row(report, "rd")[-2:] == ["3", "12"]

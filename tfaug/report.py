@@ -30,9 +30,11 @@ from scipy import stats
 from tfaug import plots
 
 MEAN = "mean"  # the column of the per-volume mean foreground Dice
-# The paper's comparisons: (proposed, baseline); None = the best method not in PROPOSED.
+# The paper's comparisons (Fig. 2): (proposed, baseline); None = the best related method,
+# i.e. the best method that does not use the learned generators.
 COMPARISONS: tuple[tuple[str, str | None], ...] = (("gd", "rd"), ("gi", "ri"), ("gdgi", None))
-PROPOSED = ("gdgi", "gdgi_mixup")
+GENERATOR_METHODS = ("gd", "gi", "gdgi", "gdgi_mixup")
+SIGNIFICANCE = 0.05  # the paper's threshold
 METHOD_ORDER = ("none", "aff", "rd", "ri", "rdri", "mixup", "gd", "gi", "gdgi", "gdgi_mixup")
 
 
@@ -203,8 +205,8 @@ def subject_means(runs: Sequence[RunResult], method: str) -> dict[str, float]:
 
 
 def best_other_method(runs: Sequence[RunResult]) -> str | None:
-    """The method outside :data:`PROPOSED` with the highest mean foreground Dice, if any."""
-    others = [m for m in ordered_methods({r.method for r in runs}) if m not in PROPOSED]
+    """The related method (not in :data:`GENERATOR_METHODS`) with the best mean fg Dice."""
+    others = [m for m in ordered_methods({r.method for r in runs}) if m not in GENERATOR_METHODS]
     if not others:
         return None
     return max(others, key=lambda m: float(dice_values(runs, m, MEAN).mean()))
@@ -248,30 +250,39 @@ def method_table(runs: Sequence[RunResult], structures: Sequence[str]) -> list[s
 def wilcoxon_section(runs: Sequence[RunResult], structures: Sequence[str]) -> list[str]:
     """Markdown of the paper's three tests; a note in place of each test that cannot run."""
     present = {r.method for r in runs}
-    lines = [
-        "Two-sided Wilcoxon signed-rank tests (scipy.stats.wilcoxon), paired per "
-        "(test volume, draw, seed); n = pairs, Δ = mean Dice difference (first − second).",
-        "",
-        "| comparison | structure | n | Δ | W | p |",
-        "|---|---|---|---|---|---|",
-    ]
-    notes = []
-    for a, b in COMPARISONS:
-        if b is None:
-            b = best_other_method(runs)
-            if b is not None:
-                notes.append(f"Best other method (highest mean foreground Dice): {b}.")
-        if a not in present or b is None or b not in present:
-            missing = [m for m in (a, b or "another method") if m not in present]
-            notes.append(f"{a} vs {b or 'best other'}: skipped, no runs of {', '.join(missing)}.")
+    rows, notes = [], []
+    for a, baseline in COMPARISONS:
+        b = baseline or best_other_method(runs)
+        missing = [m for m in (a, b) if m is not None and m not in present]
+        missing += ["a related method"] if b is None else []
+        if missing:
+            notes.append(f"{a} vs {b or 'best related'}: skipped, no runs of {', '.join(missing)}.")
             continue
+        if baseline is None:
+            notes.append(f"Best related method (highest mean foreground Dice, no generators): {b}.")
         for structure in structures:
             test = wilcoxon_test(runs, a, b, structure)
             delta = "–" if test.difference is None else f"{test.difference:+.3f}"
             w = "–" if test.statistic is None else f"{test.statistic:.1f}"
             p = _p(test.p) + (f" ({test.note})" if test.note else "")
-            lines.append(f"| {a} vs {b} | {_label(structure)} | {test.n} | {delta} | {w} | {p} |")
-    return lines + [""] + notes
+            star = " *" if test.p is not None and test.p < SIGNIFICANCE else ""
+            rows.append(
+                f"| {a} vs {b} | {_label(structure)} | {test.n} | {delta} | {w} | {p}{star} |"
+            )
+    lines = [
+        "Two-sided Wilcoxon signed-rank tests (scipy.stats.wilcoxon), paired per "
+        f"(test volume, draw, seed); n = pairs, Δ = mean Dice difference (first − second), "
+        f"* = p < {SIGNIFICANCE}.",
+        "",
+    ]
+    if rows:
+        lines += [
+            "| comparison | structure | n | Δ | W | p |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    return lines + notes
 
 
 def _setting_title(setting: tuple[str, int, str]) -> str:
@@ -315,12 +326,12 @@ def setting_section(
     missing = missing_runs(runs)
     draws = sorted({r.draw for r in runs})
     seeds = sorted({r.seed for r in runs})
-    grid = f"{len(methods)} methods × draws {draws} × seeds {seeds}"
+    grid = f"methods {methods} × draws {draws} × seeds {seeds}"
     if missing:
         listed = ", ".join(f"{m} draw {d} seed {s}" for m, d, s in missing)
         lines.append(f"**Missing runs** ({len(missing)} of the grid {grid}): {listed}.")
     else:
-        lines.append(f"Grid complete: {grid} = {len(runs)} runs.")
+        lines.append(f"Grid complete: {grid}, {len(runs)} runs.")
     return lines + [""]
 
 
@@ -413,7 +424,7 @@ def build_report(runs_dir: Path, out_dir: Path) -> str:
             "`tfaug train` with --runs-dir pointing here first"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = sorted({r.setting for r in runs})
+    settings = sorted({r.setting for r in runs}, key=lambda s: (s[0], s[1], s[2] != "joint", s[2]))
     lines = [
         "# Method comparison",
         "",
