@@ -30,6 +30,7 @@ from tfaug.export import (
     run_onnx,
     run_savedmodel,
 )
+from tfaug.losses import weighted_cross_entropy
 from tfaug.training.algorithm import build_generator, build_segmenter
 from tfaug.training.loop import write_json_atomic
 from tfaug.training.rundir import open_run_directory
@@ -75,11 +76,15 @@ def build_finished_run(base: Path):
     keras.utils.set_random_seed(0)
     segmenter = build_segmenter(cfg)
     segmenter.compile(
-        optimizer=keras.optimizers.Adam(1e-2),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=lambda labels, logits: weighted_cross_entropy(
+            tf.one_hot(tf.cast(labels, tf.int32), cfg.data.n_classes),
+            logits,
+            cfg.train.class_weights,
+        ),
     )
     data = labeled_dataset(cache, split.labeled + split.unlabeled, cfg.train.batch_size, seed=0)
-    segmenter.fit(data, steps_per_epoch=40, epochs=1, verbose=0)
+    segmenter.fit(data, steps_per_epoch=80, epochs=1, verbose=0)
     stages = {"segmenter": ("segmenter", segmenter)}
     for kind in ("deformation", "intensity"):
         stages[f"generator_{kind}"] = ("generator", build_generator(cfg, kind))

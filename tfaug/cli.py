@@ -287,12 +287,83 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_command(subparsers: Any) -> None:
+    """``tfaug export RUN_DIR --format savedmodel onnx --out DIR`` (also export/export.py)."""
+    parser = subparsers.add_parser(
+        "export", help="export a finished run's segmenter, generators and augmenter"
+    )
+    parser.add_argument("run_dir", type=Path, help="a finished run directory")
+    parser.add_argument("--out", type=Path, required=True, help="export folder")
+    parser.add_argument(
+        "--format",
+        dest="formats",
+        nargs="+",
+        choices=("savedmodel", "onnx"),
+        default=["savedmodel", "onnx"],
+        help="formats to write (default: both)",
+    )
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    parser.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from tfaug.export import ExportError, export_run
+
+    try:
+        manifest = export_run(args.run_dir, args.out, args.formats, opset=args.opset)
+    except ExportError as error:
+        print(f"tfaug: error: {error}", file=sys.stderr)
+        return 2
+    print(f"exported {', '.join(manifest['models'])} to {args.out}")
+    return 0
+
+
+def add_segment_command(subparsers: Any) -> None:
+    """``tfaug segment -i IN -o OUT --model DIR/segmenter.onnx`` (or the SavedModel folder)."""
+    parser = subparsers.add_parser("segment", help="segment NIfTI files with an exported model")
+    parser.add_argument("-i", "--input", type=Path, required=True, help="NIfTI file or folder")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="label file or folder")
+    parser.add_argument(
+        "--model", type=Path, required=True, help="DIR/segmenter.onnx or DIR/segmenter"
+    )
+    parser.add_argument("--channel", type=int, default=None, help="channel of 4D inputs")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    parser.add_argument(
+        "--save-probabilities", action="store_true", help="also write <name>_probabilities"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run_segment)
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from tfaug.export import ExportError
+    from tfaug.inference import segment
+
+    try:
+        written = segment(
+            args.input,
+            args.output,
+            args.model,
+            channel=args.channel,
+            batch_size=args.batch_size,
+            save_probabilities=args.save_probabilities,
+            progress=not args.quiet,
+        )
+    except ExportError as error:
+        print(f"tfaug: error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(str(path) for path in written))
+    return 0
+
+
 COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_phantom_command,
     add_data_command,
     add_train_command,
     add_grid_command,
     add_report_command,
+    add_export_command,
+    add_segment_command,
 )
 
 
