@@ -101,8 +101,10 @@ def load_runs(runs_dir: Path) -> list[RunResult]:
             continue
         try:
             runs.append(_parse_results(path))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            problems.append(f"{path}: {error!r}")
+        except KeyError as error:
+            problems.append(f"{path}: missing key {error}")
+        except (OSError, ValueError, TypeError) as error:
+            problems.append(f"{path}: {error}")
     if problems:
         raise ReportError(
             "malformed results.json (expected the file a finished `tfaug train` writes): "
