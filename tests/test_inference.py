@@ -1,3 +1,4 @@
+# ruff: noqa: F811 (pytest fixtures imported from test_export are parameters here)
 """NIfTI inference with the exported segmenter (ONNX Runtime and SavedModel), and the CLI."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_export import export_dir, finished_run  # noqa: F401 (session fixtures)
+from test_export import export_dir, finished_run  # noqa: F401 (session-scoped fixtures)
 
 from tfaug.cli import main
 from tfaug.data.datasets import list_cases, load_case
@@ -21,7 +22,7 @@ from tfaug.metrics import dice_per_class
 
 
 @pytest.fixture(scope="module")
-def test_cases(finished_run):  # noqa: F811
+def test_cases(finished_run):
     """CaseRefs of the run's test volumes, in results.json order, with the reported Dice."""
     run_dir, cfg, _, _ = finished_run
     refs = {ref.case_id: ref for ref in list_cases(cfg.data, resolve_data_root(cfg))}
@@ -31,8 +32,8 @@ def test_cases(finished_run):  # noqa: F811
 
 @pytest.mark.parametrize("model", ["segmenter.onnx", "segmenter"])
 def test_segmenting_the_test_volumes_reproduces_the_reported_dice(
-    export_dir,  # noqa: F811
-    finished_run,  # noqa: F811
+    export_dir,
+    finished_run,
     test_cases,
     tmp_path,
     model,
@@ -48,7 +49,7 @@ def test_segmenting_the_test_volumes_reproduces_the_reported_dice(
             assert abs(value - reported[name]) <= 1e-3, (ref.case_id, name, value, reported)
 
 
-def test_label_file_keeps_the_input_grid_affine_and_header(export_dir, test_cases, tmp_path):  # noqa: F811
+def test_label_file_keeps_the_input_grid_affine_and_header(export_dir, test_cases, tmp_path):
     ref, _ = test_cases[1]
     (written,) = segment(
         ref.image_path,
@@ -73,7 +74,7 @@ def test_label_file_keeps_the_input_grid_affine_and_header(export_dir, test_case
 
 
 def test_folder_input_writes_one_label_per_volume_and_skips_hidden_files(
-    export_dir,  # noqa: F811
+    export_dir,
     test_cases,
     tmp_path,
 ):
@@ -88,7 +89,7 @@ def test_folder_input_writes_one_label_per_volume_and_skips_hidden_files(
 
 
 def test_4d_input_needs_a_channel_and_the_channel_gives_the_3d_result(
-    export_dir,  # noqa: F811
+    export_dir,
     test_cases,
     tmp_path,
 ):
@@ -107,7 +108,7 @@ def test_4d_input_needs_a_channel_and_the_channel_gives_the_3d_result(
         segment(ref.image_path, tmp_path / "d.nii.gz", model, channel=0)
 
 
-def test_a_model_of_another_size_than_export_json_is_refused(export_dir, tmp_path):  # noqa: F811
+def test_a_model_of_another_size_than_export_json_is_refused(export_dir, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(export_dir / "segmenter.onnx", other)
@@ -118,14 +119,14 @@ def test_a_model_of_another_size_than_export_json_is_refused(export_dir, tmp_pat
         load_predictor(other / "segmenter.onnx")
 
 
-def test_a_model_without_export_json_is_refused(export_dir, test_cases, tmp_path):  # noqa: F811
+def test_a_model_without_export_json_is_refused(export_dir, test_cases, tmp_path):
     shutil.copytree(export_dir / "segmenter", tmp_path / "lonely" / "segmenter")
     with pytest.raises(ExportError, match="export.json not found beside the model"):
         segment(test_cases[0][0].image_path, tmp_path / "x.nii.gz", tmp_path / "lonely/segmenter")
 
 
 def test_cli_segment_writes_labels_and_exits_2_on_bad_input(
-    export_dir,  # noqa: F811
+    export_dir,
     test_cases,
     tmp_path,
     capsys,
