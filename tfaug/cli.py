@@ -185,10 +185,11 @@ def train_config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from tfaug.training.algorithm import run_algorithm
+    from tfaug.training.algorithm import plan_split, run_algorithm
     from tfaug.training.rundir import RunDirectoryError, RunFinishedError, open_run_directory
 
     cfg = train_config_from_args(args)
+    plan_split(cfg)  # bad data folder or split: exit 2 before the run directory is touched
     try:
         run = open_run_directory(cfg, force=args.force)
     except RunFinishedError as finished:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -23,6 +24,7 @@ import tensorflow as tf
 
 import tfaug
 from tfaug.config import Config
+from tfaug.data.datasets import list_cases
 from tfaug.data.pipeline import labeled_dataset, unlabeled_dataset
 from tfaug.data.records import Cache, prepare_cache, resolve_data_root
 from tfaug.data.splits import Split, make_split
@@ -92,6 +94,27 @@ def build_discriminator(cfg: Config) -> Discriminator:
     return model
 
 
+def plan_split(cfg: Config) -> tuple[Path, Split]:
+    """The data folder and the split of a run, checked before anything is trained.
+
+    Resolves the data folder (generating the phantom into the cache folder if needed),
+    lists its cases (no voxel is read) and makes the split, so bad input (``--data-root``
+    unset or missing, ``--nl`` larger than the labeled pool, a bad draw index) fails before a
+    run directory is created. Does not preprocess or write the TFRecords cache.
+
+    Returns:
+        The absolute data folder and the :class:`Split` of ``cfg.split``.
+
+    Raises:
+        DatasetError: the data folder is unset, missing or unlistable, or the split is
+            impossible for its cases.
+    """
+    root = resolve_data_root(cfg)
+    refs = list_cases(cfg.data, root)
+    groups = {ref.case_id: ref.meta.get("group") for ref in refs}
+    return root, make_split([ref.case_id for ref in refs], cfg.split, groups)
+
+
 class Algorithm:
     """Runs Algorithm 1 for one (dataset, method, draw, seed) into a run directory.
 
@@ -112,10 +135,9 @@ class Algorithm:
 
     # -- data ---------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Steps 1: the cache, the split and the validation volumes in memory."""
-        self.root = resolve_data_root(self.cfg)
+        """Step 1: the data folder, the split, the cache and the validation volumes in memory."""
+        self.root, self.split = plan_split(self.cfg)
         self.cache: Cache = prepare_cache(self.cfg, progress=self.progress)
-        self.split: Split = make_split(self.cache.case_ids, self.cfg.split, self.cache.groups)
         self.validation = load_volumes(self.cache, self.split.validation)
 
     def _seed(self, stage: str) -> int:
