@@ -1,0 +1,77 @@
+"""Tests of ``tfaug train`` input errors: all exit 2 before anything is trained or written."""
+
+from __future__ import annotations
+
+import pytest
+from tiny import POOL_SIZE, prepare_tiny_cache, write_tiny_yaml
+
+from tfaug.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_args(tmp_path_factory) -> list[str]:
+    """``--config`` and ``--cache-dir`` of the tiny phantom (cache built once per session)."""
+    base = tmp_path_factory.getbasetemp()
+    prepare_tiny_cache(base)
+    config = write_tiny_yaml(tmp_path_factory.mktemp("cli") / "tiny.yaml")
+    return ["--config", str(config), "--cache-dir", str(base / "tiny-cache"), "--quiet"]
+
+
+def _train(args: list[str], capsys) -> tuple[int, str]:
+    code = main(["train", *args])
+    return code, capsys.readouterr().err
+
+
+def test_nl_larger_than_the_labeled_pool(tiny_args, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    code, err = _train([*tiny_args, "--runs-dir", str(runs), "--nl", "7"], capsys)
+
+    assert code == 2
+    assert f"the labeled pool has {POOL_SIZE} volumes but --nl 7 was asked" in err
+    assert not runs.exists()  # no run directory, no config.yaml, no checkpoints
+
+
+def test_real_dataset_without_data_root(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    code, err = _train(["--dataset", "acdc", "--runs-dir", str(runs)], capsys)
+
+    assert code == 2
+    assert "--data-root" in err
+    assert not runs.exists()
+
+
+def test_missing_data_root_folder(tmp_path, capsys):
+    runs, missing = tmp_path / "runs", tmp_path / "no-such-acdc"
+    code, err = _train(
+        ["--dataset", "acdc", "--data-root", str(missing), "--runs-dir", str(runs)], capsys
+    )
+
+    assert code == 2
+    assert f"{missing}: data folder not found" in err
+    assert not runs.exists()  # so a corrected --data-root does not meet a "different config"
+
+
+def test_unwritable_runs_dir(tiny_args, tmp_path, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    code, err = _train([*tiny_args, "--runs-dir", str(tmp_path / "file" / "runs")], capsys)
+
+    assert code == 2
+    assert "file/runs: cannot create the runs directory" in err
+    assert "--runs-dir" in err
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    code, err = _train(["--set", "train.nonsense=1", "--runs-dir", str(runs)], capsys)
+
+    assert code == 2
+    assert "unknown key(s) ['nonsense']" in err
+    assert not runs.exists()
+
+
+def test_unknown_method_is_an_argument_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--method", "gan", "--runs-dir", str(tmp_path / "runs")])
+
+    assert exited.value.code == 2
+    assert "invalid choice: 'gan'" in capsys.readouterr().err
