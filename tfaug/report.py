@@ -304,8 +304,9 @@ def setting_section(
     structures = structures_of(runs)
     methods = ordered_methods({r.method for r in runs})
     title = _setting_title(setting)
-    box = {m: {s: dice_values(runs, m, s) for s in structures} for m in methods}
-    box_path = plots.save_box_plots(box, structures, out_dir / f"{_slug(setting)}-box.png", title)
+    labels = [_label(s) for s in structures]
+    box = {m: {_label(s): dice_values(runs, m, s) for s in structures} for m in methods}
+    box_path = plots.save_box_plots(box, labels, out_dir / f"{_slug(setting)}-box.png", title)
     per_subject = {m: subject_means(runs, m) for m in methods}
     subject_path = plots.save_per_subject_plot(
         per_subject, out_dir / f"{_slug(setting)}-subjects.png", title
