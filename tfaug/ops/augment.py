@@ -255,6 +255,7 @@ def _unpack(data: Any, owner: str) -> tuple[tf.Tensor, tf.Tensor | None]:
 # --------------------------------------------------------------------------- layers
 
 
+@keras.saving.register_keras_serializable(package="tfaug")
 class PairedAugmentation(keras.layers.Layer):
     """Base of the random layers: draw parameters once per slice, apply to image and mask.
 
@@ -295,6 +296,7 @@ class PairedAugmentation(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="tfaug")
 class RandomAffine(PairedAugmentation):
     """With probability p per slice, exactly one of scale / x-flip / rotation / k·45° turn.
 
@@ -383,6 +385,7 @@ class RandomAffine(PairedAugmentation):
         return config
 
 
+@keras.saving.register_keras_serializable(package="tfaug")
 class RandomElastic(PairedAugmentation):
     """Random smooth deformation: a g×g×2 grid of N(0, σ) displacements, bicubic to H×W.
 
@@ -429,6 +432,7 @@ class RandomElastic(PairedAugmentation):
         return config
 
 
+@keras.saving.register_keras_serializable(package="tfaug")
 class RandomIntensity(PairedAugmentation):
     """Random contrast c ~ U(contrast_range) then brightness b ~ U(brightness_range).
 
@@ -473,6 +477,7 @@ class RandomIntensity(PairedAugmentation):
         return config
 
 
+@keras.saving.register_keras_serializable(package="tfaug")
 class Mixup(PairedAugmentation):
     """Mix each slice with a random other slice of the batch, λ ~ Beta(α, α) per pair.
 
