@@ -4,3 +4,12 @@ TensorFlow 2 / Keras 3 implementation of Chaitanya et al., Medical Image Analysi
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``tfaug.LearnedAugmentation``, imported on first use (``import tfaug`` stays TF-free)."""
+    if name == "LearnedAugmentation":
+        from tfaug.augmenter import LearnedAugmentation
+
+        return LearnedAugmentation
+    raise AttributeError(f"module 'tfaug' has no attribute {name!r}")
