@@ -154,25 +154,7 @@ class Algorithm:
     # -- stages -------------------------------------------------------------------------
     def pretrain(self) -> keras.Model:
         """Step 2: S on labeled affine-augmented slices; returns S with the last weights."""
-        keras.utils.set_random_seed(self._seed("pretrain"))
-        segmenter = build_segmenter(self.cfg)
-        model = self._segmenter_model(segmenter, augmentation=None, stage="pretrain")
-        stage_dir = self.run.stage("pretrain")
-        self.stages["pretrain"] = run_stage(
-            name="pretrain",
-            model=model,
-            make_dataset=lambda start: self._labeled("pretrain", start),
-            iterations=self.cfg.train.pretrain_iterations,
-            stage_dir=stage_dir,
-            keep={"segmenter": segmenter},
-            validate=None,
-            validate_every=self.cfg.train.validate_every,
-            writer=self.writer,
-            jit_compile=self.cfg.train.jit_compile,
-            progress=self.progress,
-        )
-        load_best({"segmenter": segmenter}, stage_dir)
-        return segmenter
+        return self._fit_segmenter("pretrain", None, self.cfg.train.pretrain_iterations, False)
 
     def train_generator(self, kind: str) -> Generator:
         """Steps 3/4: (S, G, D) jointly from the pre-trained S; returns G at the best score."""
@@ -236,21 +218,33 @@ class Algorithm:
 
     def train_segmenter(self, generators: dict[str, Generator]) -> keras.Model:
         """Step 5: a fresh S with the method's augmentation; returns S at the best score."""
-        keras.utils.set_random_seed(self._seed("segmenter"))
-        segmenter = build_segmenter(self.cfg)
         augmentation = build_method_augmentation(
             self.cfg.method, self.cfg, generators, self._seed("segmenter")
         )
-        model = self._segmenter_model(segmenter, augmentation, stage="segmenter")
-        stage_dir = self.run.stage("segmenter")
-        self.stages["segmenter"] = run_stage(
-            name="segmenter",
+        return self._fit_segmenter(
+            "segmenter", augmentation, self.cfg.train.segmenter_iterations, True
+        )
+
+    def _fit_segmenter(
+        self,
+        stage: str,
+        augmentation: keras.layers.Layer | None,
+        iterations: int,
+        validated: bool,
+    ) -> keras.Model:
+        """Train a fresh S as one stage; returns it with the kept (best or last) weights."""
+        keras.utils.set_random_seed(self._seed(stage))
+        segmenter = build_segmenter(self.cfg)
+        model = self._segmenter_model(segmenter, augmentation, stage=stage)
+        stage_dir = self.run.stage(stage)
+        self.stages[stage] = run_stage(
+            name=stage,
             model=model,
-            make_dataset=lambda start: self._labeled("segmenter", start),
-            iterations=self.cfg.train.segmenter_iterations,
+            make_dataset=lambda start: self._labeled(stage, start),
+            iterations=iterations,
             stage_dir=stage_dir,
             keep={"segmenter": segmenter},
-            validate=self._validate(segmenter),
+            validate=self._validate(segmenter) if validated else None,
             validate_every=self.cfg.train.validate_every,
             writer=self.writer,
             jit_compile=self.cfg.train.jit_compile,
