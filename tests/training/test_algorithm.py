@@ -1,0 +1,180 @@
+"""End-to-end tests of Algorithm 1 through ``python train/run.py`` on the tiny phantom.
+
+One ``gdgi`` run is killed (SIGKILL) in the middle of its first generator stage and re-run:
+it must resume and produce every artifact. A third run is a no-op; ``aff`` runs have only
+the segmenter stage, and ``--force`` moves a finished run aside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+import yaml
+from tiny import TINY, prepare_tiny_cache, write_tiny_yaml
+
+REPO = Path(__file__).resolve().parents[2]
+GDGI_STAGES = ["pretrain", "generator_deformation", "generator_intensity", "segmenter"]
+JOINT_TAGS = ["seg_loss", "adv_loss", "ld_loss", "d_loss", "field_magnitude", "validation_dice"]
+TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def command(tmp_path_factory) -> list[str]:
+    """The train command on the tiny phantom (shared cache), into a fresh runs folder."""
+    base = tmp_path_factory.getbasetemp()
+    prepare_tiny_cache(base)
+    folder = tmp_path_factory.mktemp("e2e")
+    return [
+        sys.executable,
+        str(REPO / "train" / "run.py"),
+        "--config",
+        str(write_tiny_yaml(folder / "tiny.yaml")),
+        "--cache-dir",
+        str(base / "tiny-cache"),
+        "--runs-dir",
+        str(folder / "runs"),
+        "--quiet",
+    ]
+
+
+def _runs_dir(command: list[str]) -> Path:
+    return Path(command[command.index("--runs-dir") + 1])
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=TIMEOUT_S, env=_env(), cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _events(tb: Path) -> list[list[tuple[str, int]]]:
+    """(tag, step) of every summary, one list per event file (per session), oldest first."""
+    files = sorted(tb.glob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime_ns)
+    return [
+        [
+            (value.tag, event.step)
+            for event in tf.compat.v1.train.summary_iterator(str(f))
+            for value in event.summary.value
+        ]
+        for f in files
+    ]
+
+
+def _snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def gdgi(command):
+    """A gdgi run killed once its first generator stage has a checkpoint, then re-run."""
+    run = _runs_dir(command) / "phantom-nl1-gdgi-split0-seed0"
+    marker = run / "checkpoints" / "generator_deformation" / "ckpt" / "checkpoint"
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(), cwd=REPO
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate()
+    assert process.returncode == -signal.SIGKILL, stderr.decode()[-3000:]
+    killed = {
+        "stage_done": (run / "checkpoints" / "generator_deformation" / "done.json").exists(),
+        "pretrain_mtime": (run / "checkpoints" / "pretrain" / "done.json").stat().st_mtime_ns,
+    }
+    resumed = _run(command)
+    return run, killed, resumed
+
+
+def test_killed_run_resumes_where_it_stopped(gdgi):
+    run, killed, _ = gdgi
+    assert not killed["stage_done"], "the kill came after the stage finished; nothing resumed"
+    assert (run / "checkpoints" / "pretrain" / "done.json").stat().st_mtime_ns == (
+        killed["pretrain_mtime"]
+    )
+    _, second = _events(run / "tb")  # one event file per session
+    # Summaries are written at validations (every 3 steps): a restart from 0 would log step 3.
+    after = {step for tag, step in second if tag.startswith("generator_deformation/")}
+    assert after == {6, 9}
+    assert not any(tag.startswith("pretrain/") for tag, _ in second)  # not trained again
+    results = json.loads((run / "results.json").read_text())
+    history = results["stages"]["generator_deformation"]["history"]
+    assert [step for step, _ in history] == [3.0, 6.0, 9.0]
+
+
+def test_run_writes_every_artifact(gdgi, command):
+    run, _, resumed = gdgi
+    assert f"run finished: {run}" in resumed.stdout
+
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert recorded["method"] == "gdgi"
+    assert recorded["train"] == {**recorded["train"], **TINY["train"]}
+    for stage in GDGI_STAGES:
+        done = json.loads((run / "checkpoints" / stage / "done.json").read_text())
+        assert done["name"] == stage
+        assert (run / "checkpoints" / stage / "best").is_dir()
+    assert sorted(p.name for p in (run / "figures").glob("*.png")) == [
+        "generated_deformation.png",
+        "generated_intensity.png",
+        "test_predictions.png",
+    ]
+    tags = {tag for session in _events(run / "tb") for tag, _ in session}
+    for stage in ("generator_deformation", "generator_intensity"):
+        for name in JOINT_TAGS:
+            assert f"{stage}/{name}" in tags
+    assert {"pretrain/seg_loss", "segmenter/seg_loss", "segmenter/validation_dice"} <= tags
+
+    results = json.loads((run / "results.json").read_text())
+    assert list(results["stages"]) == GDGI_STAGES
+    assert [r["case_id"] for r in results["test"]] == results["split"]["test"]
+    assert len(results["test"]) == TINY["split"]["n_test"]
+    for volume in results["test"]:
+        assert set(volume["dice"]) == {"RV", "Myo", "LV"}
+        assert all(0.0 <= d <= 1.0 for d in volume["dice"].values())
+    assert set(results["summary"]) == {"RV", "Myo", "LV", "mean_dice"}
+    assert results["summary"]["mean_dice"]["n"] == 2
+    assert results["command"] == command[1:]
+    assert {"tensorflow", "keras", "numpy", "python", "tfaug"} <= set(results["versions"])
+    assert set(GDGI_STAGES) <= set(results["wall_time_s"])
+    assert all(t > 0 for t in results["wall_time_s"].values())
+
+
+def test_finished_run_is_skipped(gdgi, command):
+    run, _, _ = gdgi
+    before = _snapshot(run)
+
+    again = _run(command)
+
+    assert "finished" in again.stderr
+    assert _snapshot(run) == before
+
+
+def test_aff_run_has_only_the_segmenter_stage_and_force_moves_it_aside(command):
+    aff = [*command, "--method", "aff"]
+    _run(aff)
+    run = _runs_dir(command) / "phantom-nl1-aff-split0-seed0"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["segmenter"]
+    assert json.loads((run / "results.json").read_text())["stages"].keys() == {"segmenter"}
+    assert [p.name for p in (run / "figures").iterdir()] == ["test_predictions.png"]
+    first_results = (run / "results.json").read_text()
+
+    _run([*aff, "--force"])
+
+    aside = list(run.parent.glob(f"{run.name}.replaced-*"))
+    assert len(aside) == 1
+    assert (aside[0] / "results.json").read_text() == first_results
+    assert (run / "results.json").is_file()
