@@ -93,17 +93,70 @@ def affine_matrices(
     return tf.stack([tf.stack(row, axis=-1) for row in rows], axis=1)
 
 
-def _project(images: tf.Tensor, matrices: tf.Tensor, interpolation: str) -> tf.Tensor:
-    """Apply (B,3,3) output→input matrices with ``ImageProjectiveTransformV3``, fill 0."""
-    flat = tf.reshape(tf.cast(matrices, tf.float32), [-1, 9])[:, :8]
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=flat,
-        output_shape=tf.shape(images)[1:3],
-        fill_value=tf.constant(0.0, tf.float32),
-        interpolation=interpolation,
-        fill_mode="CONSTANT",
+def _sample_points(matrices: tf.Tensor, height: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+    """Input pixel coordinates (B,H,W,2) as (y, x) float32 of every output pixel.
+
+    ``x_in = m00·x + m01·y + m02``, ``y_in = m10·x + m11·y + m12`` with the terms in the order
+    ``ImageProjectiveTransformV3`` sums them; the projective row of ``matrices`` is ignored.
+    """
+    m = tf.cast(tf.reshape(matrices, [-1, 9]), tf.float32)[:, None, None, :]  # (B,1,1,9)
+    rows, cols = tf.meshgrid(
+        tf.range(height, dtype=tf.float32), tf.range(width, dtype=tf.float32), indexing="ij"
     )
+    x_in = m[..., 0] * cols + m[..., 1] * rows + m[..., 2]
+    y_in = m[..., 3] * cols + m[..., 4] * rows + m[..., 5]
+    return tf.stack([y_in, x_in], axis=-1)
+
+
+def _gather_pixels(values: tf.Tensor, y: tf.Tensor, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """``values[b, y, x, :]`` at integer (B,H,W) indices, and whether each is inside the image.
+
+    Returns (B,H,W,C) gathered values (indices clamped into the image) and a (B,H,W,1) bool
+    mask, true where ``0 <= y < H`` and ``0 <= x < W``; callers replace the outside values.
+    """
+    shape = tf.shape(values)
+    height, width = shape[1], shape[2]
+    inside = (y >= 0) & (y < height) & (x >= 0) & (x < width)
+    y = tf.clip_by_value(y, 0, height - 1)
+    x = tf.clip_by_value(x, 0, width - 1)
+    offsets = tf.reshape(tf.range(shape[0]) * height * width, [-1, 1, 1])
+    flat = tf.reshape(values, [-1, shape[3]])  # (B*H*W, C)
+    return tf.gather(flat, offsets + y * width + x), inside[..., None]
+
+
+def _resample_bilinear(images: tf.Tensor, points: tf.Tensor) -> tf.Tensor:
+    """Bilinear samples of (B,H,W,C) images at (B,H,W,2) (y, x) points; 0 outside the image.
+
+    Each of the four neighbours outside the image counts as 0 (so the image fades to 0 over
+    the last pixel at the border), ``ImageProjectiveTransformV3``'s ``CONSTANT`` fill.
+    """
+    y, x = points[..., 0], points[..., 1]
+    y0, x0 = tf.floor(y), tf.floor(x)
+    # Weights written as the kernel does: (x0 + 1 − x) and (x − x0), exact at integers.
+    weights_x = [x0 + 1.0 - x, x - x0]
+    weights_y = [y0 + 1.0 - y, y - y0]
+    row0, col0 = tf.cast(y0, tf.int32), tf.cast(x0, tf.int32)
+    rows = []
+    for dy in (0, 1):
+        row = 0.0
+        for dx in (0, 1):
+            value, inside = _gather_pixels(images, row0 + dy, col0 + dx)
+            weight = tf.cast(weights_x[dx][..., None], images.dtype)
+            row = row + weight * tf.where(inside, value, tf.zeros_like(value))
+        rows.append(tf.cast(weights_y[dy][..., None], images.dtype) * row)
+    return rows[0] + rows[1]
+
+
+def _resample_nearest(masks: tf.Tensor, points: tf.Tensor) -> tf.Tensor:
+    """Nearest samples of (B,H,W,C) masks at (B,H,W,2) points; the background class outside.
+
+    Rounds half away from zero (``std::round``, as ``ImageProjectiveTransformV3``), so a
+    one-hot mask stays one-hot; outside the image the result is (1, 0, ..., 0).
+    """
+    rounded = tf.cast(tf.sign(points) * tf.floor(tf.abs(points) + 0.5), tf.int32)
+    value, inside = _gather_pixels(masks, rounded[..., 0], rounded[..., 1])
+    background = tf.one_hot(0, tf.shape(masks)[-1], dtype=masks.dtype)
+    return tf.where(inside, value, background)
 
 
 def affine_transform(
@@ -116,12 +169,16 @@ def affine_transform(
     the images are normalised with ``(x − p2)/(p98 − p2)`` so 0 is the background intensity,
     and because a reflection would invent mirrored anatomy (with mirrored labels) at the
     border; the original code filled with 0 and label 0 (``scipy.ndimage`` constant mode).
+    The results are those of ``ImageProjectiveTransformV3`` (``CONSTANT`` fill), computed
+    with ``tf.gather`` so that the op compiles with XLA (``jit_compile=True``), which the
+    projective-transform kernel does not.
 
     Args:
         images: (B,H,W,C) float tensor, any range.
         masks: (B,H,W,n_classes) float one-hot or soft labels, background in channel 0,
             n_classes >= 2; or ``None``.
-        matrices: (B,3,3) output→input pixel maps, e.g. from :func:`affine_matrices`.
+        matrices: (B,3,3) output→input pixel maps, e.g. from :func:`affine_matrices`; the
+            last row is taken as (0, 0, 1) (no projective part).
 
     Returns:
         ``(images, masks)`` with the input shapes and dtypes; a one-hot mask stays one-hot
@@ -129,15 +186,15 @@ def affine_transform(
 
     Does not: interpolate masks linearly, or move intensities (no clipping, no rescaling).
     """
-    images = _project(tf.convert_to_tensor(images), matrices, "BILINEAR")
+    images = tf.convert_to_tensor(images)
+    shape = tf.shape(images)
+    points = _sample_points(matrices, shape[1], shape[2])
+    images = _resample_bilinear(images, points)
     if masks is None:
         return images, None
     masks = tf.convert_to_tensor(masks)
     _check_background_channel(masks, "affine_transform")
-    # Fill with the background class: transform 1 − background (filled with 0), then undo.
-    complement = tf.concat([1.0 - masks[..., :1], masks[..., 1:]], axis=-1)
-    moved = _project(complement, matrices, "NEAREST")
-    return images, tf.concat([1.0 - moved[..., :1], moved[..., 1:]], axis=-1)
+    return images, _resample_nearest(masks, points)
 
 
 def elastic_field(displacements: tf.Tensor, height: int, width: int) -> tf.Tensor:
