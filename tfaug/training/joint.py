@@ -27,6 +27,13 @@ from tfaug.losses import (
 )
 from tfaug.metrics import batch_dice
 from tfaug.ops.warp import dense_image_warp
+from tfaug.training.distribute import (
+    ReplicaSeedGenerator,
+    global_batch_size,
+    replica_rows,
+    scale_for_replicas,
+)
+from tfaug.training.precision import with_loss_scaling
 
 MODES = ("joint", "independent")
 _TRACKERS = (
@@ -86,8 +93,13 @@ class JointAugmentationModel(keras.Model):
         z_dim: size of z; ``None`` takes ``generator.z_dim``.
         seed: seed of the step's own draws (z and the generated rows); ``None``: random.
 
-    Does not: pre-train S, validate, or keep checkpoints (``tfaug.training.algorithm``);
-    scale losses for mixed precision.
+    Distribution and precision: the step runs per replica under
+    ``tfaug.training.distribute`` (B is then the replica's share of the global batch; z and
+    the generated rows are drawn for the global batch and sliced, so the distributed step
+    equals the single-device one), and under ``mixed_float16`` (``compile`` wraps the
+    optimisers in ``LossScaleOptimizer`` s; the losses, the field and the warp are float32).
+
+    Does not: pre-train S, validate, or keep checkpoints (``tfaug.training.algorithm``).
     """
 
     def __init__(
@@ -131,7 +143,7 @@ class JointAugmentationModel(keras.Model):
         self.generated_fraction = tuple(float(f) for f in generated_fraction)
         self.z_dim = int(generator_z_dim)
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = ReplicaSeedGenerator(seed)
         self.ld_loss = deformation_ld_loss if kind == "deformation" else intensity_ld_loss
         self.trackers = {name: keras.metrics.Mean(name=name) for name in _TRACKERS}
         self.dice_tracker = keras.metrics.Mean(name="dice")
@@ -148,13 +160,15 @@ class JointAugmentationModel(keras.Model):
     ) -> None:
         """Set the optimisers. ``g_optimizer`` updates G, and S too unless ``s_optimizer``.
 
+        Under the ``mixed_float16`` policy each is wrapped in a ``LossScaleOptimizer``.
+
         Other keyword arguments (``jit_compile``, ``steps_per_execution``, ...) go to
         ``keras.Model.compile``; no Keras loss or optimizer is set there.
         """
         super().compile(optimizer=None, **kwargs)
-        self.g_optimizer = g_optimizer
-        self.d_optimizer = d_optimizer
-        self.s_optimizer = s_optimizer
+        self.g_optimizer = with_loss_scaling(g_optimizer)
+        self.d_optimizer = with_loss_scaling(d_optimizer)
+        self.s_optimizer = None if s_optimizer is None else with_loss_scaling(s_optimizer)
         if self.built:
             self._build_optimizers()
 
@@ -255,8 +269,12 @@ class JointAugmentationModel(keras.Model):
         """Draw z (B,z_dim) ~ N(0, I) float32 and the generated-rows mask (B,) bool.
 
         The number of generated rows is uniform in [round(f_min·B), max(that,
-        round(f_max·B))] (rounding half up); which rows is a uniform random subset.
+        round(f_max·B))] (rounding half up); which rows is a uniform random subset. Under a
+        distribution strategy, B is the replica's batch: both are drawn for the global batch
+        (identically on every replica) and this replica's rows are returned.
         """
+        rows = batch_size
+        batch_size = global_batch_size(rows)
         size = tf.cast(batch_size, tf.float32)
         f_min, f_max = self.generated_fraction
         low = tf.cast(tf.floor(f_min * size + 0.5), tf.int32)
@@ -265,7 +283,7 @@ class JointAugmentationModel(keras.Model):
         scores = keras.random.uniform(tf.reshape(batch_size, [1]), seed=self.seed_generator)
         generated_rows = tf.argsort(tf.argsort(scores)) < count
         z = keras.random.normal((batch_size, self.z_dim), seed=self.seed_generator)
-        return z, generated_rows
+        return replica_rows(z, rows), replica_rows(generated_rows, rows)
 
     # ----------------------------------------------------------------------- Keras steps
 
@@ -284,20 +302,24 @@ class JointAugmentationModel(keras.Model):
             x_l, y_onehot = augmented["images"], augmented["segmentation_masks"]
         z, generated_rows = self.draw_step_randomness(tf.shape(x_l)[0])
 
-        # 2. One tape over G and S: total = λ_S·L_S + λ_adv·L_adv + λ_LD·L_LD.
-        with tf.GradientTape() as tape:
+        # 2. One tape over G and S: total = λ_S·L_S + λ_adv·L_adv + λ_LD·L_LD, divided by
+        #    the number of replicas and scaled for mixed precision by each optimiser.
+        with tf.GradientTape(persistent=self.s_optimizer is not None) as tape:
             losses = self.generator_segmenter_losses(x_l, y_onehot, z, generated_rows)
+            total = scale_for_replicas(losses["total_loss"])
+            g_scaled = self.g_optimizer.scale_loss(total)
+            s_scaled = g_scaled if self.s_optimizer is None else self.s_optimizer.scale_loss(total)
         # Weights are listed after the forward pass, which builds unbuilt sub-models.
         g_weights = self.generator.trainable_weights
         s_weights = self.segmenter.trainable_weights
-        gradients = _gradients(tape, losses["total_loss"], g_weights + s_weights)
         # G's weights receive λ_adv·L_adv + λ_LD·L_LD, plus λ_S·L_S in joint mode only;
         # S's weights receive λ_S·L_S (on the mixed original/generated batch).
         if self.s_optimizer is None:
-            self.g_optimizer.apply(gradients, g_weights + s_weights)
+            weights = g_weights + s_weights
+            self.g_optimizer.apply(_gradients(tape, g_scaled, weights), weights)
         else:
-            self.g_optimizer.apply(gradients[: len(g_weights)], g_weights)
-            self.s_optimizer.apply(gradients[len(g_weights) :], s_weights)
+            self.g_optimizer.apply(_gradients(tape, g_scaled, g_weights), g_weights)
+            self.s_optimizer.apply(_gradients(tape, s_scaled, s_weights), s_weights)
 
         # 3. Second tape over D only: real = unlabeled images, fake = generated (no G path).
         x_u = tf.cast(x_u, tf.float32)
@@ -307,7 +329,8 @@ class JointAugmentationModel(keras.Model):
             real_logits = self.discriminator(x_u, training=True)
             fake_logits = self.discriminator(fake, training=True)
             d_loss = discriminator_loss(real_logits, fake_logits)
-        self.d_optimizer.apply(tape.gradient(d_loss, d_weights), d_weights)
+            d_scaled = self.d_optimizer.scale_loss(scale_for_replicas(d_loss))
+        self.d_optimizer.apply(tape.gradient(d_scaled, d_weights), d_weights)
 
         # 4. Trackers.
         values = {name: losses[name] for name in ("seg_loss", "adv_loss", "ld_loss", "total_loss")}

@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from tfaug.losses import weighted_cross_entropy
+from tfaug.training.distribute import scale_for_replicas
 
 
 class SegmenterModel(keras.Model):
@@ -30,7 +31,10 @@ class SegmenterModel(keras.Model):
             of the batch after the affine layer; ``None`` for none.
 
     ``train_step`` takes ``(images (B,H,W,1) float32, labels (B,H,W) int32)`` and returns
-    ``{"seg_loss": ...}``. Only S's weights are trained; the method layer (e.g. frozen
+    ``{"seg_loss": ..., "total_loss": ...}`` (float32). It runs on one device or per replica
+    under ``tfaug.training.distribute`` (B is then the replica's share of the global batch),
+    and under the ``mixed_float16`` policy (the optimiser set by ``compile`` is then a
+    ``LossScaleOptimizer``). Only S's weights are trained; the method layer (e.g. frozen
     generators) is called with ``training=False`` so its batch statistics do not move.
     """
 
@@ -95,12 +99,16 @@ class SegmenterModel(keras.Model):
         # 1. Augment (no gradient: the method layer is frozen).
         images, onehot = self.augment_batch(images, onehot)
         images, onehot = tf.stop_gradient(images), tf.stop_gradient(onehot)
-        # 2. L_S on S's logits; the gradient reaches S's weights only.
+        # 2. L_S on S's logits; the gradient reaches S's weights only. The loss is divided
+        #    by the number of replicas (the optimiser sums their gradients) and scaled for
+        #    mixed precision (the optimiser un-scales).
         with tf.GradientTape() as tape:
             logits = self.segmenter(images, training=True)
             loss = weighted_cross_entropy(onehot, logits, self.class_weights)
+            scaled = self.optimizer.scale_loss(scale_for_replicas(loss))
         variables = self.segmenter.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         # 3. Trackers.
         self.seg_loss_tracker.update_state(loss)
         return {"seg_loss": self.seg_loss_tracker.result(), "total_loss": loss}
