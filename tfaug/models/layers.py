@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 #: Every network halves (or doubles) the image five times, so H and W must divide by 32.
@@ -77,6 +78,10 @@ class ConvBNAct(keras.layers.Layer):
         normalize: apply BatchNormalization and the activation.
         bn_momentum: BatchNormalization momentum of the moving statistics.
         bn_epsilon: BatchNormalization epsilon.
+
+    A block created under a ``tf.distribute`` strategy scope synchronises its batch
+    statistics across replicas (``synchronized=True``), so a distributed step normalises
+    with the global batch's statistics, as one device would.
     """
 
     def __init__(
@@ -108,7 +113,12 @@ class ConvBNAct(keras.layers.Layer):
             name="conv",
         )
         self.bn = (
-            keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name="bn")
+            keras.layers.BatchNormalization(
+                momentum=bn_momentum,
+                epsilon=bn_epsilon,
+                synchronized=tf.distribute.has_strategy(),
+                name="bn",
+            )
             if normalize
             else None
         )
