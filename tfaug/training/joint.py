@@ -28,7 +28,6 @@ from tfaug.losses import (
 from tfaug.metrics import batch_dice
 from tfaug.ops.warp import dense_image_warp
 from tfaug.training.distribute import (
-    ReplicaSeedGenerator,
     global_batch_size,
     replica_rows,
     scale_for_replicas,
@@ -143,7 +142,8 @@ class JointAugmentationModel(keras.Model):
         self.generated_fraction = tuple(float(f) for f in generated_fraction)
         self.z_dim = int(generator_z_dim)
         self.seed = seed
-        self.seed_generator = ReplicaSeedGenerator(seed)
+        # Draws for the global batch, identical on every replica (then sliced per replica).
+        self.seed_generator = keras.random.SeedGenerator(seed)
         self.ld_loss = deformation_ld_loss if kind == "deformation" else intensity_ld_loss
         self.trackers = {name: keras.metrics.Mean(name=name) for name in _TRACKERS}
         self.dice_tracker = keras.metrics.Mean(name="dice")
