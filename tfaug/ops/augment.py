@@ -31,6 +31,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tfaug.ops.seeds import ReplicaSeedGenerator
 from tfaug.ops.warp import dense_image_warp
 
 IMAGES = "images"
@@ -322,13 +323,14 @@ class PairedAugmentation(keras.layers.Layer):
     when ``training`` is false.
 
     Args:
-        seed: integer seed of the layer's ``keras.random.SeedGenerator`` (``None``: random).
+        seed: integer seed of the layer's ``keras.random.SeedGenerator`` (``None``: random);
+            under a ``tf.distribute`` strategy each replica draws from its own stream.
     """
 
     def __init__(self, seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.seed = seed
-        self.generator = keras.random.SeedGenerator(seed)
+        self.generator = ReplicaSeedGenerator(seed)  # one device: keras.random.SeedGenerator
 
     def sample_parameters(self, batch_size: tf.Tensor | int) -> dict[str, tf.Tensor]:
         """Draw the random parameters of a batch: a dict of (B, ...) tensors."""

@@ -19,8 +19,9 @@ The contract with the train steps (``SegmenterModel``, ``JointAugmentationModel`
   optimiser sums the gradients over replicas, so the update equals the single-device update
   on the global batch;
 - random draws that must equal the single-device ones are drawn for the global batch and
-  sliced with :func:`replica_rows`; layers' own draws use :class:`ReplicaSeedGenerator`,
-  so replicas draw different parameters for their different rows;
+  sliced with :func:`replica_rows`; the augmentation layers' own draws use
+  :class:`tfaug.ops.seeds.ReplicaSeedGenerator`, so replicas draw different parameters for
+  their different rows;
 - BatchNormalization layers built under a strategy synchronise their batch statistics
   (``tfaug.models.layers.ConvBNAct``), so the forward pass sees the global batch too.
 """
@@ -33,14 +34,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import keras
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multiworker")
+from tfaug.ops.seeds import replica_id
 
-# Added to the first seed component per replica: far from any seed tfaug uses
-# (seed · 1000 + stage), and below TensorFlow's int32 seed range after Keras' floormod.
-_REPLICA_SEED_STRIDE = 1_073_741_789
+STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 class StrategyError(RuntimeError):
@@ -191,7 +189,7 @@ def replica_rows(global_values: tf.Tensor, rows: tf.Tensor | int) -> tf.Tensor:
         (rows, ...) rows ``[r·rows, (r+1)·rows)`` for replica r (all rows on one device), so
         replicas get different values and their union equals the single-device draw.
     """
-    replica = _replica_id()
+    replica = replica_id()
     if isinstance(replica, int) and replica == 0:
         return global_values[:rows]
     start = tf.cast(replica, tf.int32) * tf.cast(rows, tf.int32)
@@ -201,33 +199,6 @@ def replica_rows(global_values: tf.Tensor, rows: tf.Tensor | int) -> tf.Tensor:
 def global_batch_size(rows: tf.Tensor | int) -> tf.Tensor | int:
     """``rows · num_replicas_in_sync``: the global batch of a per-replica batch of ``rows``."""
     return rows * tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def _replica_id() -> tf.Tensor | int:
-    context = tf.distribute.get_replica_context()
-    if context is None:  # cross-replica context: the primary replica's view
-        return 0
-    return context.replica_id_in_sync_group
-
-
-@keras.saving.register_keras_serializable(package="tfaug")
-class ReplicaSeedGenerator(keras.random.SeedGenerator):
-    """A ``keras.random.SeedGenerator`` whose seeds differ between replicas.
-
-    Under a distribution strategy the generator's state is mirrored: every replica would
-    draw the same numbers for its different rows (row i of every replica would get the same
-    affine transform). This generator adds ``replica_id · 1_073_741_789`` to the first seed
-    component of every draw. On one device (replica 0) it is exactly
-    ``keras.random.SeedGenerator``; the state (and so checkpointing and resuming) is the same.
-    """
-
-    def next(self, ordered: bool = True) -> Any:
-        seed = super().next(ordered=ordered)
-        replica = _replica_id()
-        if isinstance(replica, int) and replica == 0:
-            return seed
-        offset = tf.cast(replica, seed.dtype) * _REPLICA_SEED_STRIDE
-        return seed + tf.stack([offset, tf.zeros_like(offset)])
 
 
 def distribute_dataset(
