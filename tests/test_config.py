@@ -59,3 +59,17 @@ def test_round_trip_through_dict():
 def test_unknown_dataset():
     with pytest.raises(ConfigError, match="unknown dataset"):
         load_config("brats")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.generator_mode=indep", "train.generator_mode"),
+        ("train.model_selection=worst", "train.model_selection"),
+        ("split.scheme=paperish", "split.scheme"),
+        ("tag=a/b", "tag"),
+    ],
+)
+def test_values_outside_their_choices_are_rejected(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("phantom", overrides=[override])

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tfaug.config import DATASETS, Config, ConfigError, load_config
+from tfaug.config import DATASETS, Config, ConfigError, config_from_dict, load_config
 from tfaug.data.volume import DatasetError
 
 
@@ -158,6 +158,25 @@ def add_train_command(subparsers: Any) -> None:
         "--force", action="store_true", help="move a finished run aside and train again"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    ablations = parser.add_argument_group(
+        "ablations (each recorded in config.yaml and named in the run directory)"
+    )
+    ablations.add_argument(
+        "--generator-mode",
+        choices=("joint", "independent"),
+        default=None,
+        help="independent: L_S does not reach the generators (Table I)",
+    )
+    ablations.add_argument("--n-unlabeled", type=int, default=None, help="N_UL")
+    ablations.add_argument("--split-seed", type=int, default=None, help="another random split")
+    ablations.add_argument(
+        "--no-validation",
+        action="store_true",
+        help="take generators and S after the fixed iterations instead of the best validation",
+    )
+    ablations.add_argument(
+        "--tag", default=None, help="extra run-name suffix, e.g. for a σ sweep with --set"
+    )
     parser.set_defaults(func=run_train)
 
 
@@ -175,13 +194,31 @@ def train_config_from_args(args: argparse.Namespace) -> Config:
     if args.iterations is not None:
         for key in ("pretrain_iterations", "generator_iterations", "segmenter_iterations"):
             flags[("train", key)] = args.iterations
+    flags.update(
+        {
+            ("train", "generator_mode"): args.generator_mode,
+            ("split", "n_unlabeled"): args.n_unlabeled,
+            ("split", "split_seed"): args.split_seed,
+            ("train", "model_selection"): "last" if args.no_validation else None,
+        }
+    )
+    tags = [cfg.tag] if cfg.tag else []
+    if args.n_unlabeled is not None:
+        tags.append(f"nul{args.n_unlabeled}")
+    if args.split_seed is not None:
+        tags.append(f"splitseed{args.split_seed}")
+    if args.no_validation:
+        tags.append("noval")
+    if args.tag:
+        tags.append(args.tag)
+    flags[("tag",)] = "_".join(tags) or None
     for path, value in flags.items():
         if value is not None:
             owner = cfg
             for part in path[:-1]:
                 owner = getattr(owner, part)
             setattr(owner, path[-1], value)
-    return cfg
+    return config_from_dict(cfg.to_dict())  # re-checks the choices of the flags' values
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -184,6 +185,9 @@ class TrainConfig:
         lambda_adv: weight of the adversarial term.
         lambda_ld: weight of the large-deviation term.
         generator_mode: ``joint`` (L_S reaches G, the paper) or ``independent``.
+        model_selection: ``best`` keeps the weights of the best validation score of each
+            generator and final segmenter stage (the paper); ``last`` takes them after the
+            fixed number of iterations, without validation (the "no validation" ablation).
         generated_fraction: (min, max) fraction of a joint batch that is generated.
         mixed_precision: use the ``mixed_float16`` policy (GPU).
         jit_compile: compile train steps with XLA.
@@ -201,6 +205,7 @@ class TrainConfig:
     lambda_adv: float = 1.0
     lambda_ld: float = 1e-3
     generator_mode: str = "joint"
+    model_selection: str = "best"
     generated_fraction: list[float] = field(default_factory=lambda: [0.25, 0.7])
     mixed_precision: bool = False
     jit_compile: bool = False
@@ -209,7 +214,11 @@ class TrainConfig:
 
 @dataclass
 class Config:
-    """Everything a run needs. ``method``, ``runs_dir`` and ``strategy`` describe the run."""
+    """Everything a run needs. ``method``, ``runs_dir``, ``strategy`` and ``tag`` describe the run.
+
+    ``tag`` is appended to the run directory's name, so runs that differ only in settings
+    outside the name (an ablation such as N_UL or a σ sweep) get their own directories.
+    """
 
     data: DataConfig = field(default_factory=DataConfig)
     phantom: PhantomConfig = field(default_factory=PhantomConfig)
@@ -221,6 +230,7 @@ class Config:
     method: str = "gdgi"
     runs_dir: str = "runs"
     strategy: str = "default"
+    tag: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML-serialisable)."""
@@ -324,9 +334,37 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested
 
 
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": DATASETS,
+    "split.scheme": ("random", "paper"),
+    "train.generator_mode": ("joint", "independent"),
+    "train.model_selection": ("best", "last"),
+}
+
+
+def _check_choices(config: Config) -> None:
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+    if not re.fullmatch(r"[A-Za-z0-9._]*", config.tag):
+        raise ConfigError(
+            f"tag: {config.tag!r} may hold only letters, digits, '.' and '_' "
+            "(it becomes part of the run directory's name)"
+        )
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
-    """Build and type-check a :class:`Config` from a nested dict."""
-    return _build(Config, values, "")
+    """Build and type-check a :class:`Config` from a nested dict.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type, or a value outside its
+            allowed choices (:data:`CHOICES`).
+    """
+    config = _build(Config, values, "")
+    _check_choices(config)
+    return config
 
 
 def load_config(

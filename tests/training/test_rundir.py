@@ -124,3 +124,14 @@ def test_forcing_twice_in_a_row_keeps_both_old_runs(cfg):
         {"attempt": 0},
         {"attempt": 1},
     ]
+
+
+def test_a_recorded_config_without_keys_added_since_still_resumes(tmp_path):
+    from tiny import tiny_config
+
+    cfg = tiny_config(tmp_path, tmp_path / "runs")
+    run = open_run_directory(cfg)
+    recorded = yaml.safe_load(run.config_path.read_text())
+    del recorded["train"]["model_selection"]  # as written by a version without the key
+    run.config_path.write_text(yaml.safe_dump(recorded))
+    assert open_run_directory(cfg).path == run.path

@@ -37,6 +37,7 @@ from tfaug.training.joint import JointAugmentationModel
 from tfaug.training.loop import StageResult, load_best, run_stage, write_json_atomic
 from tfaug.training.rundir import RunDirectory
 from tfaug.training.segmenter import SegmenterModel
+from tfaug.training.shared import exclusive_lock, open_generator_directory
 from tfaug.training.sources import (
     GENERATOR_METHODS,
     METHODS,
@@ -148,6 +149,11 @@ class Algorithm:
             self.cache, self.split.labeled, self.cfg.train.batch_size, self._seed(stage) + start
         )
 
+    @property
+    def _select_best(self) -> bool:
+        """Whether stages keep the best validation checkpoint (else the last one)."""
+        return self.cfg.train.model_selection == "best"
+
     def _validate(self, segmenter: keras.Model):
         return lambda: validation_dice(segmenter, self.validation, self.cfg.data.n_classes)
 
@@ -206,7 +212,7 @@ class Algorithm:
             iterations=cfg.train.generator_iterations,
             stage_dir=stage_dir,
             keep={"generator": generator, "discriminator": discriminator, "segmenter": segmenter},
-            validate=self._validate(segmenter),
+            validate=self._validate(segmenter) if self._select_best else None,
             validate_every=cfg.train.validate_every,
             writer=self.writer,
             on_validation=on_validation,
@@ -216,13 +222,27 @@ class Algorithm:
         load_best({"generator": generator}, stage_dir)
         return generator
 
+    def train_generators(self, kinds: tuple[str, ...]) -> dict[str, Generator]:
+        """Steps 2–4 in the generator directory shared with the other generator methods.
+
+        Stages already trained there (by another method's run) are reused, not repeated.
+        Returns the best generator of each kind in ``kinds`` (none for an empty tuple).
+        """
+        if not kinds:
+            return {}
+        stages = ["pretrain", *(f"generator_{kind}" for kind in kinds)]
+        shared = open_generator_directory(self.cfg, self.run, stages)
+        with exclusive_lock(shared.path / ".lock"):
+            self.pretrain()
+            return {kind: self.train_generator(kind) for kind in kinds}
+
     def train_segmenter(self, generators: dict[str, Generator]) -> keras.Model:
         """Step 5: a fresh S with the method's augmentation; returns S at the best score."""
         augmentation = build_method_augmentation(
             self.cfg.method, self.cfg, generators, self._seed("segmenter")
         )
         return self._fit_segmenter(
-            "segmenter", augmentation, self.cfg.train.segmenter_iterations, True
+            "segmenter", augmentation, self.cfg.train.segmenter_iterations, self._select_best
         )
 
     def _fit_segmenter(
@@ -282,12 +302,7 @@ class Algorithm:
         """Run every stage (skipping finished ones), evaluate, draw, write results.json."""
         started = time.perf_counter()
         self.prepare()
-        generators: dict[str, Generator] = {}
-        kinds = GENERATOR_METHODS.get(self.cfg.method, ())
-        if kinds:
-            self.pretrain()
-            for kind in kinds:
-                generators[kind] = self.train_generator(kind)
+        generators = self.train_generators(GENERATOR_METHODS.get(self.cfg.method, ()))
         segmenter = self.train_segmenter(generators)
 
         test = evaluate_test(segmenter, self.cache, self.split.test, self.cfg.data, self.root)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from tfaug.config import Config
+from tfaug.config import Config, ConfigError, config_from_dict
 
 
 class RunDirectoryError(RuntimeError):
@@ -26,13 +26,16 @@ class RunFinishedError(RunDirectoryError):
 
 
 def run_name(cfg: Config) -> str:
-    """``<dataset>-nl<N>-<method>-split<k>-seed<s>``, plus ``-<mode>`` for the ablation."""
+    """``<dataset>-nl<N>-<method>-split<k>-seed<s>``, then ``-<mode>`` for the independent
+    ablation and ``-<tag>`` when the config has a tag."""
     name = (
         f"{cfg.data.dataset}-nl{cfg.split.n_labeled}-{cfg.method}"
         f"-split{cfg.split.draw}-seed{cfg.train.seed}"
     )
     if cfg.train.generator_mode != "joint":
         name += f"-{cfg.train.generator_mode}"
+    if cfg.tag:
+        name += f"-{cfg.tag}"
     return name
 
 
@@ -101,7 +104,7 @@ def open_run_directory(cfg: Config, *, force: bool = False) -> RunDirectory:
             "Pass --force to move it aside and train again."
         )
     if run.config_path.is_file():
-        recorded = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
+        recorded = _recorded_config(run.config_path)
         if recorded != cfg.to_dict():
             changed = sorted(_differences(recorded, cfg.to_dict()))
             raise RunDirectoryError(
@@ -125,6 +128,18 @@ def _aside_path(path: Path) -> Path:
         number += 1
         aside = path.with_name(f"{stem}-{number}")
     return aside
+
+
+def _recorded_config(path: Path) -> dict:
+    """The config recorded in ``path``, completed with today's defaults for keys added since.
+
+    A key that no longer exists keeps the recorded dict as it is, so the comparison reports it.
+    """
+    recorded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        return config_from_dict(recorded).to_dict()
+    except ConfigError:
+        return recorded
 
 
 def _differences(old: object, new: object, prefix: str = "") -> list[str]:
