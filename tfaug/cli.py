@@ -394,6 +394,68 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_tune_command(subparsers: Any) -> None:
+    """``tfaug tune`` (also ``python train/tune.py``): the keras-tuner λ search (docs/tuning.md)."""
+    from tfaug.tuning import KINDS, TUNERS
+
+    parser = subparsers.add_parser(
+        "tune",
+        parents=[config_options()],
+        help="search λ_adv and λ_LD (keras-tuner) on one generator stage; resumable",
+    )
+    parser.add_argument("--generator", choices=tuple(KINDS), default="deformation")
+    parser.add_argument("--tuner-dir", type=Path, required=True, help="the search's folder")
+    parser.add_argument("--tuner", choices=TUNERS, default="random", help="default: random")
+    parser.add_argument("--max-trials", type=int, default=10, help="trials in total")
+    parser.add_argument(
+        "--iterations", type=int, default=None, help="generator iterations of each trial"
+    )
+    parser.add_argument("--tune-lr", action="store_true", help="also search the learning rate")
+    parser.add_argument(
+        "--max-retries", type=int, default=1, help="re-runs of a crashed trial (default: 1)"
+    )
+    parser.add_argument("--nl", type=int, default=None, help="number of labeled volumes N_L")
+    parser.add_argument("--split", type=int, default=None, help="labeled draw index")
+    parser.add_argument("--seed", type=int, default=None, help="training seed")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run_tune)
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from tfaug.training.algorithm import plan_split
+    from tfaug.tuning import format_leaderboard, run_search
+
+    cfg = config_from_args(args)
+    for owner, key, value in (
+        (cfg.split, "n_labeled", args.nl),
+        (cfg.split, "draw", args.split),
+        (cfg.train, "seed", args.seed),
+    ):
+        if value is not None:
+            setattr(owner, key, value)
+    plan_split(cfg)  # bad data folder or split: exit 2 before the tuner directory is touched
+    outcome = run_search(
+        cfg,
+        kind=args.generator,
+        tuner_dir=args.tuner_dir.expanduser(),
+        tuner=args.tuner,
+        max_trials=args.max_trials,
+        iterations=args.iterations,
+        tune_learning_rate=args.tune_lr,
+        max_retries=args.max_retries,
+        progress=not args.quiet,
+    )
+    if outcome.role == "worker":
+        print(f"worker finished; trials run here: {', '.join(outcome.trials_run) or 'none'}")
+        return 0
+    print(format_leaderboard(outcome.rows))
+    if outcome.best_config is None:
+        print("tfaug: no trial completed; nothing written", file=sys.stderr)
+        return 1
+    print(f"best config: {outcome.best_config}")
+    return 0
+
+
 COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_phantom_command,
     add_data_command,
@@ -402,6 +464,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_report_command,
     add_export_command,
     add_segment_command,
+    add_tune_command,
 )
 
 
