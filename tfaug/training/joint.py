@@ -169,7 +169,10 @@ class JointAugmentationModel(keras.Model):
         self.g_optimizer = with_loss_scaling(g_optimizer)
         self.d_optimizer = with_loss_scaling(d_optimizer)
         self.s_optimizer = None if s_optimizer is None else with_loss_scaling(s_optimizer)
-        if self.built:
+        sub_models = (self.segmenter, self.generator, self.discriminator)
+        if self.built or all(sub_model.built for sub_model in sub_models):
+            # Slots now: a checkpoint restores them, and the first step creates no variable
+            # (a tf.function creating variables traces twice).
             self._build_optimizers()
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
