@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import importlib.util
 import json
 import os
 import socket
@@ -108,6 +109,11 @@ def build_oracle(
     }
     if tuner not in oracles:
         raise ConfigError(f"--tuner {tuner!r}: expected one of {', '.join(TUNERS)}")
+    if tuner == "bayesian" and importlib.util.find_spec("sklearn") is None:
+        raise ConfigError(
+            "--tuner bayesian: keras-tuner's BayesianOptimization needs scikit-learn, which is "
+            "not installed; run pip install 'keras-tuner[bayesian]' or choose --tuner random"
+        )
     return oracles[tuner](
         objective=objective, max_trials=max_trials, seed=seed, max_retries_per_trial=max_retries
     )
