@@ -128,6 +128,8 @@ class ModelConfig:
         flow_kernel: kernel size of the deformation head (3 in the code, 1 in the paper).
         discriminator_filters: filters of the five 5x5 stride-2 convs.
         discriminator_units: units of the two hidden dense layers.
+        pixel_discriminator_filters: filters of the 4x4 stride-2 convs of the fully
+            convolutional discriminator of ``adv_pixel`` (Hung et al. 2018: 64..512).
         bn_momentum: BatchNormalization momentum (0.99 in the paper; lower for short runs).
         bn_epsilon: BatchNormalization epsilon.
     """
@@ -139,6 +141,7 @@ class ModelConfig:
     flow_kernel: int = 3
     discriminator_filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 128])
     discriminator_units: int = 128
+    pixel_discriminator_filters: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
 
@@ -189,6 +192,17 @@ class TrainConfig:
             generator and final segmenter stage (the paper); ``last`` takes them after the
             fixed number of iterations, without validation (the "no validation" ablation).
         generated_fraction: (min, max) fraction of a joint batch that is generated.
+        self_training_rounds: R, pseudo-label/retrain rounds of ``self_training``.
+        self_training_iterations: iterations of each ``self_training`` round (round 0, S on
+            labeled slices alone, uses ``segmenter_iterations``).
+        pseudo_label_confidence: pseudo-labeled pixels whose maximum softmax probability is
+            below this value get zero loss weight (the refinement changes none of them).
+        lambda_adv_segmenter: weight of S's adversarial term in ``adv_pixel`` / ``adv_image``
+            (Hung et al. 2018 use 0.01 and 0.001; ``lambda_adv`` is the generators').
+        lambda_semi: weight of ``adv_pixel``'s self-taught term on unlabeled slices (0: off).
+        semi_threshold: discriminator confidence σ(D) above which an unlabeled pixel's
+            argmax prediction is a target of the self-taught term (Hung et al.: 0.2).
+        semi_start: iteration from which the self-taught term is used (D must learn first).
         mixed_precision: use the ``mixed_float16`` policy (GPU).
         jit_compile: compile train steps with XLA.
         seed: global seed of the run.
@@ -207,6 +221,13 @@ class TrainConfig:
     generator_mode: str = "joint"
     model_selection: str = "best"
     generated_fraction: list[float] = field(default_factory=lambda: [0.25, 0.7])
+    self_training_rounds: int = 3
+    self_training_iterations: int = 10000
+    pseudo_label_confidence: float = 0.9
+    lambda_adv_segmenter: float = 0.01
+    lambda_semi: float = 0.1
+    semi_threshold: float = 0.2
+    semi_start: int = 2500
     mixed_precision: bool = False
     jit_compile: bool = False
     seed: int = 0

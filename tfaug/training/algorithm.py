@@ -33,12 +33,14 @@ from tfaug.figures import save_generator_figures, save_prediction_figure
 from tfaug.models.discriminator import Discriminator
 from tfaug.models.generator import Generator
 from tfaug.models.unet import UNet
+from tfaug.training.comparisons import train_comparison
 from tfaug.training.joint import JointAugmentationModel
 from tfaug.training.loop import StageResult, load_best, run_stage, write_json_atomic
 from tfaug.training.rundir import RunDirectory
 from tfaug.training.segmenter import SegmenterModel
 from tfaug.training.shared import exclusive_lock, open_generator_directory
 from tfaug.training.sources import (
+    COMPARISON_METHODS,
     GENERATOR_METHODS,
     METHODS,
     build_affine,
@@ -303,7 +305,10 @@ class Algorithm:
         started = time.perf_counter()
         self.prepare()
         generators = self.train_generators(GENERATOR_METHODS.get(self.cfg.method, ()))
-        segmenter = self.train_segmenter(generators)
+        if self.cfg.method in COMPARISON_METHODS:
+            segmenter = train_comparison(self)  # self_training, adv_pixel, adv_image
+        else:
+            segmenter = self.train_segmenter(generators)
 
         test = evaluate_test(segmenter, self.cache, self.split.test, self.cfg.data, self.root)
         self.run.figures.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,9 @@ GENERATOR_METHODS: dict[str, tuple[str, ...]] = {
     "gdgi": ("deformation", "intensity"),
     "gdgi_mixup": ("deformation", "intensity"),
 }
-METHODS = ("none", "aff", "rd", "ri", "rdri", "mixup", *GENERATOR_METHODS)
+# Semi-supervised comparisons trained by tfaug.training.comparisons (no augmentation layer).
+COMPARISON_METHODS = ("self_training", "adv_pixel", "adv_image")
+METHODS = ("none", "aff", "rd", "ri", "rdri", "mixup", *GENERATOR_METHODS, *COMPARISON_METHODS)
 
 
 def apply_deformation(
@@ -141,7 +143,8 @@ def build_affine(cfg: Config, seed: int) -> RandomAffine:
 def build_method_augmentation(
     method: str, cfg: Config, generators: dict[str, keras.Model], seed: int
 ) -> keras.layers.Layer | None:
-    """The layer applied to the method half of each batch (``None`` for none/aff).
+    """The layer applied to the method half of each batch (``None`` for none, aff and the
+    :data:`COMPARISON_METHODS`, which use unlabeled slices instead).
 
     Args:
         method: one of :data:`METHODS`.
@@ -161,7 +164,7 @@ def build_method_augmentation(
         brightness_range=tuple(aug.brightness_range),
         seed=seed + 1,
     )
-    if method in ("none", "aff"):
+    if method in ("none", "aff", *COMPARISON_METHODS):
         return None
     if method == "rd":
         return elastic
