@@ -29,6 +29,13 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from tfaug.training.distribute import (
+    distribute_dataset,
+    distributed_train_function,
+    distributes,
+    worker_directory,
+)
+
 
 class TrainingDivergedError(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
@@ -89,6 +96,18 @@ def _optimizers(model: keras.Model) -> dict[str, keras.optimizers.Optimizer]:
     return found
 
 
+def compile_train_step(
+    model: keras.Model, jit_compile: bool
+) -> tf.types.experimental.PolymorphicFunction:
+    """``model.train_step`` wrapped in ``tf.function`` (XLA-compiled if ``jit_compile``).
+
+    This is the function :func:`run_stage` calls once per step; it traces once for a
+    dataset of fixed batch shapes (``experimental_get_tracing_count()`` stays 1). Does not
+    build the model or its optimisers.
+    """
+    return tf.function(model.train_step, jit_compile=jit_compile)
+
+
 def run_stage(
     *,
     name: str,
@@ -103,6 +122,7 @@ def run_stage(
     on_validation: Callable[[int], None] | None = None,
     jit_compile: bool = False,
     progress: bool = True,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> StageResult:
     """Train ``model`` for ``iterations`` steps of its ``train_step``, resumably.
 
@@ -122,6 +142,10 @@ def run_stage(
         on_validation: called with the step after each validation (image summaries).
         jit_compile: compile the step with XLA.
         progress: show a progress bar with ETA.
+        strategy: the ``tf.distribute`` strategy ``model`` was created under (``None``: the
+            default strategy). The dataset's global batches are split across its replicas
+            and the step's results averaged over them; validation runs on one device.
+            Non-chief workers of ``multiworker`` write into ``stage_dir/worker-<i>``.
 
     Returns:
         The :class:`StageResult` (read back from ``done.json`` if the stage was finished).
@@ -129,7 +153,8 @@ def run_stage(
     Raises:
         TrainingDivergedError: a NaN/inf loss; names the stage and the step.
     """
-    stage_dir = Path(stage_dir)
+    strategy = strategy or tf.distribute.get_strategy()
+    stage_dir = worker_directory(Path(stage_dir), strategy)
     done_path = stage_dir / "done.json"
     if done_path.is_file():
         return StageResult(**json.loads(done_path.read_text(encoding="utf-8")))
@@ -156,9 +181,12 @@ def run_stage(
         if int(best_step.numpy()) == int(step.numpy()):
             _save_best(keep, stage_dir)  # the kill may have come between ckpt and best
 
-    train_function = tf.function(model.train_step, jit_compile=jit_compile)
+    if distributes(strategy):
+        train_function = distributed_train_function(strategy, model.train_step, jit_compile)
+    else:
+        train_function = compile_train_step(model, jit_compile)
     start = int(step.numpy())
-    iterator = iter(make_dataset(start))
+    iterator = iter(distribute_dataset(strategy, make_dataset(start)))
     bar = tqdm(total=iterations, initial=start, desc=name, disable=not progress, unit="it")
     session_start = time.perf_counter()
     logs: dict[str, float] = {}
