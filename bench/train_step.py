@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import TRAINING_FACTOR, model_flops  # noqa: E402
 
 from tfaug.config import Config, load_config  # noqa: E402
+from tfaug.ops.warp import dense_image_warp  # noqa: E402
 from tfaug.training.algorithm import (  # noqa: E402
     build_discriminator,
     build_generator,
@@ -163,6 +164,30 @@ def bench_row(
     }
 
 
+def warp_milliseconds(cfg: Config, jit_compile: bool, repeats: int = 5) -> float:
+    """Median ms of the joint GV step's warp part alone: forward and backward.
+
+    Warps a (B,S,S,1) image and a (B,S,S,C) one-hot label map by one (B,S,S,2) flow of up to
+    ±5 px and differentiates the sum of both w.r.t. the flow (the gather-bound part of the
+    step; G, S and D excluded), in a ``tf.function`` with the given ``jit_compile``.
+    """
+    rng = np.random.default_rng(0)
+    size, batch, classes = cfg.preprocess.crop_size, cfg.train.batch_size, cfg.data.n_classes
+    images = tf.constant(rng.uniform(0, 1, (batch, size, size, 1)), tf.float32)
+    labels = tf.one_hot(rng.integers(0, classes, (batch, size, size)), classes)
+    flow = tf.constant(rng.uniform(-5, 5, (batch, size, size, 2)), tf.float32)
+
+    @tf.function(jit_compile=jit_compile)
+    def warp_and_gradient(flow: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            tape.watch(flow)
+            total = tf.reduce_sum(dense_image_warp(images, flow))
+            total += tf.reduce_sum(dense_image_warp(labels, flow) * labels)
+        return tape.gradient(total, flow)
+
+    return 1e3 * step_seconds(warp_and_gradient, [flow] * (repeats + 1), warmup=1)
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a markdown table, with each mode's speed-up over ``tf.function``."""
     baseline = {
@@ -202,6 +227,9 @@ def main() -> None:
     parser.add_argument("--timed-steps", type=int, default=None, help="default 10 / 3 (paper)")
     parser.add_argument("--matmul", type=int, default=2048, help="side of the matmul")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time the GV step's warp part alone"
+    )
     args = parser.parse_args()
     configs = _names(args.configs, CONFIGS, "--configs")
     steps = _names(args.steps, STEPS, "--steps")
@@ -221,6 +249,14 @@ def main() -> None:
                     f"{bench_config:<8} {row['step']:<18} {mode:<12} {row['slices_per_s']:8.1f} "
                     f"slices/s  {row['gflops']:7.1f} GFLOP/s  fraction {row['fraction']:.2f}",
                     flush=True,
+                )
+        if args.breakdown and "GV" in steps:
+            cfg = load_config(CONFIGS[bench_config])
+            for mode, jit_compile in (("tf.function", False), ("xla", True)):
+                milliseconds = warp_milliseconds(cfg, jit_compile)
+                print(
+                    f"{bench_config:<8} GV warp forward+backward alone, {mode}: "
+                    f"{milliseconds:.0f} ms"
                 )
     print()
     print(markdown_table(rows))
