@@ -215,14 +215,7 @@ class LambdaTuner(keras_tuner.engine.base_tuner.BaseTuner):
             raise keras_tuner.errors.FailedTrialError(str(error)) from error
         finally:
             algorithm.writer.close()
-        score = algorithm.stages[f"generator_{self.kind}"].best_score
-        if score is None:
-            raise keras_tuner.errors.FatalError(
-                f"{run.config_path}: the generator stage recorded no validation score, and the "
-                "search needs it as its objective; keep validation on (best-checkpoint model "
-                "selection) for a λ search."
-            )
-        return {OBJECTIVE: float(score)}
+        return {OBJECTIVE: float(algorithm.stages[f"generator_{self.kind}"].best_score)}
 
 
 def serve_oracle(oracle: keras_tuner.Oracle, poll_seconds: float = 1.0) -> None:
@@ -393,6 +386,11 @@ def run_search(
         raise ConfigError(
             f"--max-trials {max_trials}, --iterations {iterations}, --max-retries "
             f"{max_retries}: expected at least 1, 1 and 0"
+        )
+    if cfg.train.model_selection != "best":
+        raise ConfigError(
+            f"train.model_selection={cfg.train.model_selection!r}: a trial is scored by its best "
+            "validation Dice, so the search needs validation; set train.model_selection=best"
         )
     base = copy.deepcopy(cfg)
     base.method = KINDS[kind]
