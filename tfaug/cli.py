@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tfaug.config import DATASETS, Config, ConfigError, config_from_dict, load_config
+from tfaug.config import DATASETS, STRATEGIES, Config, ConfigError, config_from_dict, load_config
 from tfaug.data.volume import DatasetError
 
 
@@ -152,7 +152,10 @@ def add_train_command(subparsers: Any) -> None:
     )
     parser.add_argument("--runs-dir", type=Path, default=None, help="default: runs")
     parser.add_argument(
-        "--strategy", choices=("default",), default=None, help="tf.distribute strategy"
+        "--strategy",
+        choices=STRATEGIES,
+        default=None,
+        help="tf.distribute strategy (docs/distributed.md); default: default",
     )
     parser.add_argument(
         "--force", action="store_true", help="move a finished run aside and train again"

@@ -25,6 +25,7 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DATASETS = ("phantom", "acdc", "prostate", "pancreas")
+STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 class ConfigError(ValueError):
@@ -204,6 +205,8 @@ class TrainConfig:
             argmax prediction is a target of the self-taught term (Hung et al.: 0.2).
         semi_start: iteration from which the self-taught term is used (D must learn first).
         mixed_precision: use the ``mixed_float16`` policy (GPU).
+        cpu_replicas: with ``strategy: mirrored`` and no GPU, split the CPU into this many
+            logical devices (to exercise the distributed path without GPUs; 0: do not split).
         jit_compile: compile train steps with XLA.
         seed: global seed of the run.
     """
@@ -229,6 +232,7 @@ class TrainConfig:
     semi_threshold: float = 0.2
     semi_start: int = 2500
     mixed_precision: bool = False
+    cpu_replicas: int = 0
     jit_compile: bool = False
     seed: int = 0
 
@@ -364,6 +368,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 
 def _check_choices(config: Config) -> None:
+    if config.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy: {config.strategy!r} is not one of {', '.join(STRATEGIES)}")
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)

@@ -34,6 +34,7 @@ from tfaug.models.discriminator import Discriminator
 from tfaug.models.generator import Generator
 from tfaug.models.unet import UNet
 from tfaug.training.comparisons import train_comparison
+from tfaug.training.distribute import is_chief, make_strategy
 from tfaug.training.joint import JointAugmentationModel
 from tfaug.training.loop import StageResult, load_best, run_stage, write_json_atomic
 from tfaug.training.rundir import RunDirectory
@@ -125,14 +126,24 @@ class Algorithm:
         cfg: the resolved config (``cfg.method`` selects the method).
         run: the opened run directory.
         progress: show progress bars.
+        strategy: the ``tf.distribute`` strategy every stage trains under (models, optimisers
+            and checkpoints are created in its scope); default: one device.
     """
 
-    def __init__(self, cfg: Config, run: RunDirectory, *, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        run: RunDirectory,
+        *,
+        progress: bool = True,
+        strategy: tf.distribute.Strategy | None = None,
+    ) -> None:
         if cfg.method not in METHODS:
             raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
         self.cfg = cfg
         self.run = run
         self.progress = progress
+        self.strategy = strategy or tf.distribute.get_strategy()
         self.writer = tf.summary.create_file_writer(str(run.tensorboard))
         self.stages: dict[str, StageResult] = {}
 
@@ -220,6 +231,7 @@ class Algorithm:
             on_validation=on_validation,
             jit_compile=cfg.train.jit_compile,
             progress=self.progress,
+            strategy=self.strategy,
         )
         load_best({"generator": generator}, stage_dir)
         return generator
@@ -271,6 +283,7 @@ class Algorithm:
             writer=self.writer,
             jit_compile=self.cfg.train.jit_compile,
             progress=self.progress,
+            strategy=self.strategy,
         )
         load_best({"segmenter": segmenter}, stage_dir)
         return segmenter
@@ -304,11 +317,14 @@ class Algorithm:
         """Run every stage (skipping finished ones), evaluate, draw, write results.json."""
         started = time.perf_counter()
         self.prepare()
-        generators = self.train_generators(GENERATOR_METHODS.get(self.cfg.method, ()))
-        if self.cfg.method in COMPARISON_METHODS:
-            segmenter = train_comparison(self)  # self_training, adv_pixel, adv_image
-        else:
-            segmenter = self.train_segmenter(generators)
+        with self.strategy.scope():
+            generators = self.train_generators(GENERATOR_METHODS.get(self.cfg.method, ()))
+            if self.cfg.method in COMPARISON_METHODS:
+                segmenter = train_comparison(self)  # self_training, adv_pixel, adv_image
+            else:
+                segmenter = self.train_segmenter(generators)
+        if not is_chief(self.strategy):
+            return {}  # the chief evaluates and writes the results
 
         test = evaluate_test(segmenter, self.cache, self.split.test, self.cfg.data, self.root)
         self.run.figures.mkdir(parents=True, exist_ok=True)
@@ -363,6 +379,7 @@ def run_algorithm(
     cfg: Config, run: RunDirectory, *, progress: bool = True, command: list[str] | None = None
 ) -> dict:
     """Run Algorithm 1 for ``cfg`` into ``run``; returns the content of results.json."""
+    strategy = make_strategy(cfg.strategy, cfg.train.cpu_replicas)
     if cfg.train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    return Algorithm(cfg, run, progress=progress).execute(command)
+    return Algorithm(cfg, run, progress=progress, strategy=strategy).execute(command)

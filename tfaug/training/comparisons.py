@@ -233,6 +233,7 @@ def _run(
         writer=algorithm.writer,
         jit_compile=cfg.train.jit_compile,
         progress=algorithm.progress,
+        strategy=algorithm.strategy,
     )
     load_best({"segmenter": segmenter}, stage_dir)
 

@@ -36,9 +36,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from tfaug.config import STRATEGIES
 from tfaug.ops.seeds import replica_id
-
-STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 class StrategyError(RuntimeError):

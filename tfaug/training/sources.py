@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tfaug.config import Config
 from tfaug.ops.augment import Mixup, RandomAffine, RandomElastic, RandomIntensity, sigma_px_from_mm
+from tfaug.ops.seeds import ReplicaSeedGenerator
 from tfaug.ops.warp import dense_image_warp
 
 # Which generators each method needs; the others need none.
@@ -84,7 +85,7 @@ class GeneratedAugmentation(keras.layers.Layer):
         self.intensity = intensity
         self.z_dim = z_dim
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = ReplicaSeedGenerator(seed)
 
     def call(self, inputs: dict[str, tf.Tensor], training: bool | None = None) -> dict:
         images, masks = inputs["images"], inputs["segmentation_masks"]
