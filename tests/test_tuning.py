@@ -24,6 +24,7 @@ import tensorflow as tf
 import yaml
 from tiny import prepare_tiny_cache, write_tiny_yaml
 
+from tfaug.cli import main
 from tfaug.config import ConfigError, load_config
 from tfaug.tuning import (
     LAMBDA_ADV_RANGE,
@@ -197,6 +198,15 @@ def test_a_search_without_validation_is_refused(setup, tmp_path):
     with pytest.raises(ConfigError, match="model_selection"):
         run_search(cfg, kind="deformation", tuner_dir=tmp_path / "search", max_trials=1)
     assert not (tmp_path / "search").exists()
+
+
+@pytest.mark.parametrize("flags", [["--max-trials", "0"], ["--iterations", "0"]])
+def test_tune_command_bad_budget_exits_2_and_writes_nothing(setup, tmp_path, capsys, flags):
+    tuner_dir = tmp_path / "search"
+    argv = ["tune", "--config", str(setup["tiny"]), "--cache-dir", str(setup["cache"])]
+    assert main([*argv, "--tuner-dir", str(tuner_dir), *flags]) == 2
+    assert f"{flags[0]} 0: expected an integer ≥ 1" in capsys.readouterr().err
+    assert not tuner_dir.exists()
 
 
 def _free_port() -> int:

@@ -382,11 +382,13 @@ def run_search(
     """
     if kind not in KINDS:
         raise ConfigError(f"--generator {kind!r}: expected one of {', '.join(KINDS)}")
-    if max_trials < 1 or (iterations is not None and iterations < 1) or max_retries < 0:
-        raise ConfigError(
-            f"--max-trials {max_trials}, --iterations {iterations}, --max-retries "
-            f"{max_retries}: expected at least 1, 1 and 0"
-        )
+    for flag, value, least in (
+        ("--max-trials", max_trials, 1),
+        ("--iterations", iterations, 1),
+        ("--max-retries", max_retries, 0),
+    ):
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} {value}: expected an integer ≥ {least}")
     if cfg.train.model_selection != "best":
         raise ConfigError(
             f"train.model_selection={cfg.train.model_selection!r}: a trial is scored by its best "
