@@ -22,7 +22,7 @@ setup(
         # (tensorflow[and-cuda]); the two wheels must not be installed together. Never
         # add tf-keras or tensorflow-addons (see the README).
         "keras>=3.3,<4",
-        "keras-tuner>=1.4.7,<2",
+        "keras-tuner[bayesian]>=1.4.7,<2",
         "tf2onnx>=1.16,<2",
         "onnx>=1.16,<2",
         "onnxruntime>=1.18,<2",
