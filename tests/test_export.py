@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import tensorflow as tf
+from tiny import TINY as BASE_TINY
 
 from tfaug.config import load_config
 from tfaug.data.pipeline import labeled_dataset
@@ -36,19 +37,12 @@ from tfaug.training.loop import write_json_atomic
 from tfaug.training.rundir import open_run_directory
 from tfaug.training.sources import apply_deformation, apply_intensity
 
+# The shared tiny config with fewer subjects, a faster-adapting BN and a larger batch.
 TINY = {
+    **BASE_TINY,
     "phantom": {"subjects": 8},
-    "preprocess": {"crop_size": 32, "spacing_mm": 5.0, "n4": False},
-    "split": {"n_unlabeled": 3, "n_test": 2, "n_validation": 1, "draws": 1},
-    "model": {
-        "unet_filters": [4, 4, 8, 8, 8],
-        "generator_filters": [8, 8, 4, 4, 4],
-        "generator_image_filters": 4,
-        "discriminator_filters": [4, 4, 8, 8, 8],
-        "discriminator_units": 8,
-        "z_dim": 8,
-        "bn_momentum": 0.5,
-    },
+    "split": {**BASE_TINY["split"], "draws": 1},
+    "model": {**BASE_TINY["model"], "bn_momentum": 0.5},
     "train": {"batch_size": 8},
 }
 MODELS = ("segmenter", "generator_deformation", "generator_intensity", "augmenter")
