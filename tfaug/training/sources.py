@@ -125,6 +125,10 @@ class ChainAugmentation(keras.layers.Layer):
         super().__init__(**kwargs)
         self.stages = stages
 
+    def build(self, input_shape: Any) -> None:
+        """Nothing to create here: each stage builds itself on its first call."""
+        self.built = True
+
     def call(self, inputs: dict[str, tf.Tensor], training: bool | None = None) -> dict:
         for stage in self.stages:
             inputs = stage(inputs, training=training)
