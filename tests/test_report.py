@@ -174,6 +174,9 @@ def test_identical_methods_give_a_note_instead_of_a_p_value(tmp_path):
 def test_missing_and_unfinished_runs_are_flagged(runs_dir, tmp_path):
     (runs_dir / "phantom-nl1-rd-split1-seed0" / "results.json").unlink()
     (runs_dir / "phantom-nl1-rd-split1-seed0" / "config.yaml").write_text("{}\n")
+    shared = runs_dir / "phantom-nl1-generators-split0-seed0"  # never has results: not a run
+    shared.mkdir()
+    (shared / "config.yaml").write_text("method: generators\n")
     assert missing_runs(load_runs(runs_dir)) == [("rd", 1, 0)]
     report = write_report(runs_dir, tmp_path / "out").read_text()
     assert (

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 from scipy import stats
 
 from tfaug import plots
@@ -136,11 +137,17 @@ def _parse_results(path: Path) -> RunResult:
 
 
 def unfinished_runs(runs_dir: Path) -> list[str]:
-    """Names of run directories with a ``config.yaml`` but no ``results.json``."""
+    """Names of run directories with a ``config.yaml`` but no ``results.json``.
+
+    Shared generator directories (``method: generators``, :mod:`tfaug.training.shared`)
+    never have results and are not runs; directories moved aside by ``--force`` are skipped.
+    """
     return sorted(
         p.parent.name
         for p in Path(runs_dir).glob("*/config.yaml")
-        if not (p.parent / "results.json").is_file() and ".replaced-" not in p.parent.name
+        if not (p.parent / "results.json").is_file()
+        and ".replaced-" not in p.parent.name
+        and (yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("method") != "generators"
     )
 
 
