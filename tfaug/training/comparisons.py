@@ -83,13 +83,7 @@ def _self_training(algorithm: Algorithm) -> keras.Model:
     seed = _seed(cfg, _SELF_TRAINING_OFFSET)
     keras.utils.set_random_seed(seed)
     segmenter = build_segmenter(cfg)
-    model = SegmenterModel(
-        segmenter,
-        n_classes=cfg.data.n_classes,
-        class_weights=cfg.train.class_weights,
-        affine=build_affine(cfg, seed),
-    )
-    model.compile(optimizer=_adam(cfg))
+    model = _compiled(SegmenterModel, segmenter, cfg, seed)
     _run(
         algorithm,
         "self_training_round0",
@@ -125,13 +119,7 @@ def _self_training(algorithm: Algorithm) -> keras.Model:
             labeled = _labeled(algorithm, n_labeled_rows, seed + start)
             return tf.data.Dataset.zip((labeled, pseudo))
 
-        model = SelfTrainingModel(
-            segmenter,
-            n_classes=cfg.data.n_classes,
-            class_weights=cfg.train.class_weights,
-            affine=build_affine(cfg, seed),
-        )
-        model.compile(optimizer=_adam(cfg))
+        model = _compiled(SelfTrainingModel, segmenter, cfg, seed)
         _run(
             algorithm,
             stage,
@@ -244,6 +232,20 @@ def _labeled(algorithm: Algorithm, batch_size: int, seed: int) -> tf.data.Datase
 
 def _seed(cfg: Config, offset: int) -> int:
     return cfg.train.seed * 1000 + offset
+
+
+def _compiled(
+    model_class: type[SegmenterModel], segmenter: keras.Model, cfg: Config, seed: int
+) -> SegmenterModel:
+    """A compiled S-training model (affine augmentation, the config's class weights)."""
+    model = model_class(
+        segmenter,
+        n_classes=cfg.data.n_classes,
+        class_weights=cfg.train.class_weights,
+        affine=build_affine(cfg, seed),
+    )
+    model.compile(optimizer=_adam(cfg))
+    return model
 
 
 def _adam(cfg: Config) -> keras.optimizers.Optimizer:
