@@ -133,6 +133,14 @@ class ModelConfig:
             convolutional discriminator of ``adv_pixel`` (Hung et al. 2018: 64..512).
         bn_momentum: BatchNormalization momentum (0.99 in the paper; lower for short runs).
         bn_epsilon: BatchNormalization epsilon.
+        deformation_max_mm: soft bound of GV's displacement per axis, in mm
+            (``m·tanh(v/m)``, converted to pixels with the preprocessed spacing); ``null``:
+            unbounded, the paper.
+        deformation_grid: GV's field is smoothed to a coarse grid of this cell side in
+            pixels (average then bilinear upsampling); 1: full resolution, the paper.
+        intensity_max: bound of GI's field ΔI, in normalised intensity units (the
+            normalised image spans about [0, 1]); 1.0 is the paper's tanh.
+        intensity_grid: as ``deformation_grid``, for GI's field.
     """
 
     unet_filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
@@ -145,6 +153,10 @@ class ModelConfig:
     pixel_discriminator_filters: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
+    deformation_max_mm: float | None = None
+    deformation_grid: int = 1
+    intensity_max: float = 1.0
+    intensity_grid: int = 1
 
 
 @dataclass
@@ -161,6 +173,10 @@ class AugmentConfig:
         contrast_range: (min, max) contrast factor c.
         brightness_range: (min, max) additive brightness b.
         mixup_alpha: α of the Beta(α, α) Mixup coefficient.
+        generated_composition: how the final segmenter stage uses GV and GI: ``choice``
+            (each generated slice is GV, GI or GV then GI with equal probability, the
+            original code) or ``chain`` (GV then GI on every slice, as ``rdri`` chains RD
+            and RI).
     """
 
     affine_probability: float = 0.8
@@ -171,6 +187,7 @@ class AugmentConfig:
     contrast_range: list[float] = field(default_factory=lambda: [0.8, 1.2])
     brightness_range: list[float] = field(default_factory=lambda: [-0.1, 0.1])
     mixup_alpha: float = 0.2
+    generated_composition: str = "choice"
 
 
 @dataclass
@@ -193,6 +210,12 @@ class TrainConfig:
             generator and final segmenter stage (the paper); ``last`` takes them after the
             fixed number of iterations, without validation (the "no validation" ablation).
         generated_fraction: (min, max) fraction of a joint batch that is generated.
+        discriminator_learning_rate: Adam learning rate of the generator stages'
+            discriminators; ``null``: ``learning_rate`` (the paper).
+        real_label: the discriminators' target for real images: 1.0 (the paper), or e.g.
+            0.9 for one-sided label smoothing.
+        validation_smoothing: α of the moving average of the validation score that picks
+            each stage's best checkpoint (0: the raw score, the paper).
         self_training_rounds: R, pseudo-label/retrain rounds of ``self_training``.
         self_training_iterations: iterations of each ``self_training`` round (round 0, S on
             labeled slices alone, uses ``segmenter_iterations``).
@@ -224,6 +247,9 @@ class TrainConfig:
     generator_mode: str = "joint"
     model_selection: str = "best"
     generated_fraction: list[float] = field(default_factory=lambda: [0.25, 0.7])
+    discriminator_learning_rate: float | None = None
+    real_label: float = 1.0
+    validation_smoothing: float = 0.0
     self_training_rounds: int = 3
     self_training_iterations: int = 10000
     pseudo_label_confidence: float = 0.9
@@ -364,6 +390,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "split.scheme": ("random", "paper"),
     "train.generator_mode": ("joint", "independent"),
     "train.model_selection": ("best", "last"),
+    "augment.generated_composition": ("choice", "chain"),
 }
 
 

@@ -70,18 +70,24 @@ def generator_adversarial_loss(fake_logits: tf.Tensor) -> tf.Tensor:
     return _sigmoid_cross_entropy(fake_logits, 1.0)
 
 
-def discriminator_loss(real_logits: tf.Tensor, fake_logits: tf.Tensor) -> tf.Tensor:
-    """Discriminator loss: sigmoid cross-entropy, real → 1, fake → 0, mean of the two terms.
+def discriminator_loss(
+    real_logits: tf.Tensor, fake_logits: tf.Tensor, real_label: float = 1.0
+) -> tf.Tensor:
+    """Discriminator loss: sigmoid cross-entropy, real → ``real_label``, fake → 0, mean of
+    the two terms.
 
     Args:
         real_logits: (B,1) logits of unlabeled (real) images.
         fake_logits: (B',1) logits of generated images.
+        real_label: target of real images: 1 (the paper), or e.g. 0.9 for one-sided label
+            smoothing (Salimans et al. 2016).
 
     Returns:
-        float32 scalar ``(mean(−log σ(real)) + mean(−log(1 − σ(fake)))) / 2``.
+        float32 scalar ``(CE(real_label, σ(real)) + mean(−log(1 − σ(fake)))) / 2``; with
+        ``real_label = 1``, ``(mean(−log σ(real)) + mean(−log(1 − σ(fake)))) / 2``.
     """
     return 0.5 * (
-        _sigmoid_cross_entropy(real_logits, 1.0) + _sigmoid_cross_entropy(fake_logits, 0.0)
+        _sigmoid_cross_entropy(real_logits, real_label) + _sigmoid_cross_entropy(fake_logits, 0.0)
     )
 
 

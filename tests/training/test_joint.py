@@ -187,8 +187,14 @@ def test_fit_and_evaluate_report_every_tracker():
         "d_acc_real",
         "d_acc_fake",
         "field_magnitude",
+        "field_norm",
+        "field_peak",
+        "foreground_lost",
     }
     assert history["field_magnitude"][0] == pytest.approx(-history["ld_loss"][0])
+    # |v| >= mean |component|, and the per-slice peak >= the mean length.
+    assert history["field_peak"][0] >= history["field_norm"][0] >= history["field_magnitude"][0]
+    assert 0.0 <= history["foreground_lost"][0] <= 1.0
     (x, y), _ = _batch()
     scores = model.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
     assert set(scores) == {"seg_loss", "dice"}

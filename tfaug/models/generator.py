@@ -25,9 +25,18 @@ class Generator(keras.Model):
 
     - ``kind="deformation"`` (GV): a ``flow_kernel`` x ``flow_kernel`` linear conv to two
       channels = a dense flow in pixels, (B,H,W,2), channel 0 along H (rows), channel 1 along
-      W (columns), in the ``dense_image_warp`` convention (``tfaug.ops.warp``).
+      W (columns), in the ``dense_image_warp`` convention (``tfaug.ops.warp``); unbounded.
     - ``kind="intensity"`` (GI): a 1x1 conv without bias to one channel, tanh → an additive
       intensity field ΔI in (−1, 1), (B,H,W,1).
+
+    Two switches beyond the paper (both off by default, which is the paper's head):
+
+    - ``field_grid = g > 1``: the head's output is averaged over g x g cells and bilinearly
+      upsampled back, so the field is smooth on a coarse grid, as random elastic
+      deformations are (g must divide H and W).
+    - ``field_bound = m``: the field is ``m · tanh(f / m)`` per component (a soft bound that
+      is the identity near 0): at most m pixels of displacement per axis for GV, ΔI in
+      (−m, m) for GI. ``None``: unbounded for GV, ``tanh`` (m = 1) for GI, as the paper.
 
     The generator returns the *field*; it does not warp or add it to the image. The head
     computes in float32 whatever the global dtype policy.
@@ -45,6 +54,9 @@ class Generator(keras.Model):
             unused by the intensity head (always 1x1).
         bn_momentum: BatchNormalization momentum.
         bn_epsilon: BatchNormalization epsilon.
+        field_bound: soft bound m > 0 of the field (pixels for GV, intensity units for GI);
+            ``None``: the paper's head.
+        field_grid: cell side g >= 1 of the coarse grid the field is smoothed to (1: none).
     """
 
     def __init__(
@@ -56,9 +68,21 @@ class Generator(keras.Model):
         flow_kernel: int = 3,
         bn_momentum: float = 0.99,
         bn_epsilon: float = 1e-3,
+        field_bound: float | None = None,
+        field_grid: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if field_bound is not None and not field_bound > 0:
+            raise ValueError(
+                f"Generator: field_bound must be > 0 or None, found {field_bound}. "
+                "Set model.deformation_max_mm / model.intensity_max to a positive value or null."
+            )
+        if int(field_grid) < 1:
+            raise ValueError(
+                f"Generator: field_grid must be an integer >= 1, found {field_grid}. "
+                "Set model.deformation_grid / model.intensity_grid to 1 (no smoothing) or e.g. 8."
+            )
         if kind not in GENERATOR_KINDS:
             raise ValueError(
                 f"Generator: kind must be one of {GENERATOR_KINDS}, found {kind!r}. "
@@ -76,6 +100,8 @@ class Generator(keras.Model):
         self.flow_kernel = flow_kernel
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.field_bound = None if field_bound is None else float(field_bound)
+        self.field_grid = int(field_grid)
         bn = {"bn_momentum": bn_momentum, "bn_epsilon": bn_epsilon}
         self.z_dense: keras.layers.Dense | None = None
         self.z_grid: tuple[int, int] | None = None
@@ -92,12 +118,28 @@ class Generator(keras.Model):
             )
         else:
             self.head = keras.layers.Conv2D(
-                1, 1, use_bias=False, activation="tanh", name="delta_intensity", dtype="float32"
+                1, 1, use_bias=False, name="delta_intensity", dtype="float32"
+            )
+        self.coarse = None
+        if self.field_grid > 1:
+            self.coarse = keras.Sequential(
+                [
+                    keras.layers.AveragePooling2D(self.field_grid, dtype="float32"),
+                    keras.layers.UpSampling2D(
+                        self.field_grid, interpolation="bilinear", dtype="float32"
+                    ),
+                ],
+                name="coarse_grid",
             )
 
     def build(self, input_shape: tuple[tuple[int | None, ...], tuple[int | None, ...]]) -> None:
         image_shape, z_shape = (tuple(s) for s in input_shape)
         check_spatial_size(image_shape, "Generator", require_static=True)
+        if any(side % self.field_grid for side in image_shape[1:3]):
+            raise ValueError(
+                f"Generator: field_grid={self.field_grid} must divide the slice sides "
+                f"{image_shape[1:3]}. Choose a grid that divides the crop size (e.g. 4 or 8)."
+            )
         self._check_z_shape(z_shape)
         height, width = image_shape[1] // SIZE_MULTIPLE, image_shape[2] // SIZE_MULTIPLE
         self.z_grid = (height, width)
@@ -112,7 +154,10 @@ class Generator(keras.Model):
         self.image_branch.build(image_shape)
         fused = (*image_shape[:-1], self.image_filters + shape[-1])
         self.fusion.build(fused)
-        self.head.build(self.fusion.compute_output_shape(fused))
+        head_input = self.fusion.compute_output_shape(fused)
+        self.head.build(head_input)
+        if self.coarse is not None:
+            self.coarse.build(self.head.compute_output_shape(head_input))
 
     def _check_z_shape(self, z_shape: tuple[int | None, ...]) -> None:
         if len(z_shape) != 2 or z_shape[-1] != self.z_dim:
@@ -141,7 +186,12 @@ class Generator(keras.Model):
             h = block(h, training=training)
         x = self.image_branch(image, training=training)
         x = self.fusion(ops.concatenate([x, h], axis=-1), training=training)
-        return self.head(x)
+        field = self.head(x)
+        if self.coarse is not None:
+            field = self.coarse(field)
+        if self.field_bound is not None:
+            return self.field_bound * ops.tanh(field / self.field_bound)
+        return ops.tanh(field) if self.kind == "intensity" else field
 
     def compute_output_shape(
         self, input_shape: tuple[tuple[int | None, ...], tuple[int | None, ...]]
@@ -159,5 +209,7 @@ class Generator(keras.Model):
             flow_kernel=self.flow_kernel,
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
+            field_bound=self.field_bound,
+            field_grid=self.field_grid,
         )
         return config

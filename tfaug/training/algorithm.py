@@ -70,7 +70,17 @@ def build_segmenter(cfg: Config) -> UNet:
 
 
 def build_generator(cfg: Config, kind: str) -> Generator:
-    """A fresh generator (``"deformation"`` or ``"intensity"``) built for the slice size."""
+    """A fresh generator (``"deformation"`` or ``"intensity"``) built for the slice size.
+
+    Its field bound and coarse grid come from ``cfg.model`` (``deformation_max_mm``, in mm,
+    is converted to pixels with ``cfg.preprocess.spacing_mm``).
+    """
+    if kind == "deformation":
+        max_mm = cfg.model.deformation_max_mm
+        bound = None if max_mm is None else max_mm / cfg.preprocess.spacing_mm
+        grid = cfg.model.deformation_grid
+    else:
+        bound, grid = cfg.model.intensity_max, cfg.model.intensity_grid
     model = Generator(
         kind=kind,
         filters=tuple(cfg.model.generator_filters),
@@ -79,6 +89,8 @@ def build_generator(cfg: Config, kind: str) -> Generator:
         flow_kernel=cfg.model.flow_kernel,
         bn_momentum=cfg.model.bn_momentum,
         bn_epsilon=cfg.model.bn_epsilon,
+        field_bound=bound,
+        field_grid=grid,
     )
     size = cfg.preprocess.crop_size
     model((tf.zeros((1, size, size, 1)), tf.zeros((1, cfg.model.z_dim))))
@@ -199,10 +211,12 @@ class Algorithm:
             affine=build_affine(cfg, self._seed(stage)),
             z_dim=cfg.model.z_dim,
             seed=self._seed(stage),
+            real_label=cfg.train.real_label,
         )
+        d_learning_rate = cfg.train.discriminator_learning_rate or cfg.train.learning_rate
         model.compile(
             g_optimizer=keras.optimizers.Adam(cfg.train.learning_rate, beta_1=0.9, beta_2=0.999),
-            d_optimizer=keras.optimizers.Adam(cfg.train.learning_rate, beta_1=0.9, beta_2=0.999),
+            d_optimizer=keras.optimizers.Adam(d_learning_rate, beta_1=0.9, beta_2=0.999),
         )
         samples = self._sample_batch()
         stage_dir = self.run.stage(stage)
@@ -232,6 +246,7 @@ class Algorithm:
             jit_compile=cfg.train.jit_compile,
             progress=self.progress,
             strategy=self.strategy,
+            score_smoothing=self.cfg.train.validation_smoothing,
         )
         load_best({"generator": generator}, stage_dir)
         return generator
@@ -284,6 +299,7 @@ class Algorithm:
             jit_compile=self.cfg.train.jit_compile,
             progress=self.progress,
             strategy=self.strategy,
+            score_smoothing=self.cfg.train.validation_smoothing,
         )
         load_best({"segmenter": segmenter}, stage_dir)
         return segmenter

@@ -44,6 +44,9 @@ _TRACKERS = (
     "d_acc_real",
     "d_acc_fake",
     "field_magnitude",
+    "field_norm",
+    "field_peak",
+    "foreground_lost",
 )
 
 
@@ -91,6 +94,8 @@ class JointAugmentationModel(keras.Model):
             augmentation. It must be XLA-compilable for ``jit_compile=True``.
         z_dim: size of z; ``None`` takes ``generator.z_dim``.
         seed: seed of the step's own draws (z and the generated rows); ``None``: random.
+        real_label: D's target for real images (1.0, the paper; e.g. 0.9 is one-sided label
+            smoothing, which keeps D from saturating). Fakes always have target 0.
 
     Distribution and precision: the step runs per replica under
     ``tfaug.training.distribute`` (B is then the replica's share of the global batch; z and
@@ -118,9 +123,15 @@ class JointAugmentationModel(keras.Model):
         affine: keras.layers.Layer | None = None,
         z_dim: int | None = None,
         seed: int | None = None,
+        real_label: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not 0.5 < real_label <= 1.0:
+            raise ValueError(
+                f"JointAugmentationModel: real_label must be in (0.5, 1], found {real_label}. "
+                "Use 1.0 (the paper) or e.g. 0.9 (one-sided label smoothing)."
+            )
         _check_arguments(generator, kind, n_classes, class_weights, mode, generated_fraction)
         generator_z_dim = getattr(generator, "z_dim", z_dim)
         if z_dim is not None and generator_z_dim != z_dim:
@@ -142,6 +153,7 @@ class JointAugmentationModel(keras.Model):
         self.generated_fraction = tuple(float(f) for f in generated_fraction)
         self.z_dim = int(generator_z_dim)
         self.seed = seed
+        self.real_label = float(real_label)
         # Draws for the global batch, identical on every replica (then sliced per replica).
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.ld_loss = deformation_ld_loss if kind == "deformation" else intensity_ld_loss
@@ -202,7 +214,10 @@ class JointAugmentationModel(keras.Model):
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
         """The trackers: seg_loss, adv_loss, ld_loss, total_loss, d_loss, d_acc_real,
-        d_acc_fake, field_magnitude (mean |v| in px, or mean |ΔI|), and dice (test_step)."""
+        d_acc_fake, field_magnitude (mean |component| of v in px, or mean |ΔI|), field_norm
+        (mean per-pixel length |v| in px, or mean |ΔI|), field_peak (per-slice maximum of
+        that length, averaged over the batch), foreground_lost (share of the foreground label
+        mass the warp removes, 0 for intensity), and dice (test_step)."""
         return [*self.trackers.values(), self.dice_tracker]
 
     # ----------------------------------------------------------------------- the method
@@ -265,6 +280,7 @@ class JointAugmentationModel(keras.Model):
             "ld_loss": ld_loss,
             "total_loss": total,
             "generated": x_g,
+            "generated_labels": y_g,
             "field": field,
         }
 
@@ -331,7 +347,7 @@ class JointAugmentationModel(keras.Model):
         with tf.GradientTape() as tape:
             real_logits = self.discriminator(x_u, training=True)
             fake_logits = self.discriminator(fake, training=True)
-            d_loss = discriminator_loss(real_logits, fake_logits)
+            d_loss = discriminator_loss(real_logits, fake_logits, self.real_label)
             d_scaled = self.d_optimizer.scale_loss(scale_for_replicas(d_loss))
         self.d_optimizer.apply(tape.gradient(d_scaled, d_weights), d_weights)
 
@@ -340,7 +356,7 @@ class JointAugmentationModel(keras.Model):
         values["d_loss"] = d_loss
         values["d_acc_real"] = tf.reduce_mean(tf.cast(real_logits > 0.0, tf.float32))
         values["d_acc_fake"] = tf.reduce_mean(tf.cast(fake_logits < 0.0, tf.float32))
-        values["field_magnitude"] = tf.reduce_mean(tf.abs(losses["field"]))
+        values.update(field_statistics(losses["field"], y_onehot, losses["generated_labels"]))
         for name, value in values.items():
             self.trackers[name].update_state(value)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
@@ -388,6 +404,7 @@ class JointAugmentationModel(keras.Model):
             generated_fraction=list(self.generated_fraction),
             z_dim=self.z_dim,
             seed=self.seed,
+            real_label=self.real_label,
         )
         return config
 
@@ -397,6 +414,36 @@ class JointAugmentationModel(keras.Model):
         for key in ("segmenter", "generator", "discriminator", "affine"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def field_statistics(
+    field: tf.Tensor, labels: tf.Tensor, generated_labels: tf.Tensor
+) -> dict[str, tf.Tensor]:
+    """Size of a generated field and what it does to the labels, for diagnostics.
+
+    Args:
+        field: (B,H,W,2) flow in pixels or (B,H,W,1) intensity field.
+        labels: (B,H,W,C) one-hot labels before the transformation (channel 0 background).
+        generated_labels: (B,H,W,C) labels after it (soft for a warp).
+
+    Returns:
+        float32 scalars: ``field_magnitude`` (mean |component|, the quantity L_LD uses),
+        ``field_norm`` (mean per-pixel vector length), ``field_peak`` (per-slice maximum
+        length, averaged over slices) and ``foreground_lost`` (1 − foreground mass after /
+        before, over the batch, at least 0: the share of the structures moved out of the
+        image or squeezed by the warp; 0 for an intensity field).
+    """
+    field = tf.cast(field, tf.float32)
+    length = tf.norm(field, axis=-1)
+    before = tf.reduce_sum(tf.cast(labels[..., 1:], tf.float32))
+    after = tf.reduce_sum(tf.cast(generated_labels[..., 1:], tf.float32))
+    lost = tf.maximum(0.0, 1.0 - tf.math.divide_no_nan(after, before))
+    return {
+        "field_magnitude": tf.reduce_mean(tf.abs(field)),
+        "field_norm": tf.reduce_mean(length),
+        "field_peak": tf.reduce_mean(tf.reduce_max(length, axis=[1, 2])),
+        "foreground_lost": tf.where(before > 0.0, lost, 0.0),
+    }
 
 
 def _check_arguments(

@@ -9,6 +9,9 @@ runs through :func:`run_stage`. The stage folder holds
   previous checkpoint valid);
 - ``best/<name>.weights.h5``: the weights of the sub-models to keep, at the best
   validation score (the first step reaching the maximum; the last step without validation);
+- ``metrics.jsonl``: one JSON object per validation, ``{"step", <every logged scalar>,
+  "validation_dice", "selection_score"}`` (the scalars are means over the last
+  ``validate_every`` steps); lines past the restored step are dropped on resume;
 - ``done.json``: written last, atomically; a stage with it is skipped on re-runs.
 
 Re-running after a kill restores the latest checkpoint and continues from its step.
@@ -49,7 +52,8 @@ class StageResult:
         name: stage name, e.g. ``"generator_deformation"``.
         iterations: number of training steps run in total.
         best_step: step whose weights were kept.
-        best_score: validation score at ``best_step`` (``None`` without validation).
+        best_score: selection score at ``best_step`` (the validation score, or its moving
+            average with ``score_smoothing``; ``None`` without validation).
         history: ``[[step, score], ...]`` of every validation.
         wall_time_s: seconds spent training, summed over resumed sessions.
     """
@@ -123,6 +127,7 @@ def run_stage(
     jit_compile: bool = False,
     progress: bool = True,
     strategy: tf.distribute.Strategy | None = None,
+    score_smoothing: float = 0.0,
 ) -> StageResult:
     """Train ``model`` for ``iterations`` steps of its ``train_step``, resumably.
 
@@ -146,6 +151,9 @@ def run_stage(
             default strategy). The dataset's global batches are split across its replicas
             and the step's results averaged over them; validation runs on one device.
             Non-chief workers of ``multiworker`` write into ``stage_dir/worker-<i>``.
+        score_smoothing: α in [0, 1) of the exponential moving average the best checkpoint is
+            chosen by, ``s_k = α·s_{k−1} + (1 − α)·score_k`` (``s_1 = score_1``); 0 (the paper)
+            selects on the raw, noisy score.
 
     Returns:
         The :class:`StageResult` (read back from ``done.json`` if the stage was finished).
@@ -153,6 +161,11 @@ def run_stage(
     Raises:
         TrainingDivergedError: a NaN/inf loss; names the stage and the step.
     """
+    if not 0.0 <= score_smoothing < 1.0:
+        raise ValueError(
+            f"stage {name!r}: score_smoothing must be in [0, 1), found {score_smoothing}. "
+            "Set train.validation_smoothing to 0 (raw score) or e.g. 0.5."
+        )
     strategy = strategy or tf.distribute.get_strategy()
     stage_dir = worker_directory(Path(stage_dir), strategy)
     done_path = stage_dir / "done.json"
@@ -164,6 +177,7 @@ def run_stage(
     best_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
     best_score = tf.Variable(-math.inf, dtype=tf.float64, trainable=False)
     elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    smoothed = tf.Variable(math.nan, dtype=tf.float64, trainable=False)
     history = tf.Variable(tf.zeros((0, 2), tf.float64), shape=(None, 2), trainable=False)
     checkpoint = tf.train.Checkpoint(
         model=model,
@@ -172,6 +186,7 @@ def run_stage(
         best_step=best_step,
         best_score=best_score,
         elapsed=elapsed,
+        smoothed=smoothed,
         history=history,
         seeds=_seed_states(model),
     )
@@ -186,6 +201,7 @@ def run_stage(
     else:
         train_function = compile_train_step(model, jit_compile)
     start = int(step.numpy())
+    metrics_log = MetricsLog(stage_dir / "metrics.jsonl", start)
     iterator = iter(distribute_dataset(strategy, make_dataset(start)))
     bar = tqdm(total=iterations, initial=start, desc=name, disable=not progress, unit="it")
     session_start = time.perf_counter()
@@ -206,17 +222,28 @@ def run_stage(
             continue
         step.assign(current)
         score = validate() if validate is not None else None
+        selection = None
         if score is not None:
             history.assign(tf.concat([history, [[float(current), score]]], axis=0))
-        improved = validate is None or score > float(best_score.numpy())
+            previous = float(smoothed.numpy())
+            selection = (
+                score
+                if math.isnan(previous)
+                else (score_smoothing * previous + (1.0 - score_smoothing) * score)
+            )
+            smoothed.assign(selection)
+        improved = validate is None or selection > float(best_score.numpy())
         if improved:
             best_step.assign(current)
-            best_score.assign(score if score is not None else -math.inf)
+            best_score.assign(selection if selection is not None else -math.inf)
         elapsed.assign_add(time.perf_counter() - session_start)
         session_start = time.perf_counter()
         manager.save()
         if improved:
             _save_best(keep, stage_dir)
+        metrics_log.append(
+            {"step": current, **logs, "validation_dice": score, "selection_score": selection}
+        )
         _write_summaries(writer, name, current, logs, score)
         if on_validation is not None:
             on_validation(current)
@@ -234,6 +261,44 @@ def run_stage(
     )
     write_json_atomic(done_path, asdict(result))
     return result
+
+
+class MetricsLog:
+    """The stage's ``metrics.jsonl``: one JSON object per validation, in step order.
+
+    Opening it for a stage resumed at ``start`` drops the lines of steps after ``start``
+    (written after the restored checkpoint by the killed session), so the file always
+    matches the checkpoint.
+    """
+
+    def __init__(self, path: Path, start: int) -> None:
+        self.path = Path(path)
+        kept = [row for row in read_metrics(self.path) if row["step"] <= start]
+        if self.path.is_file():
+            text = "".join(json.dumps(row) + "\n" for row in kept)
+            temporary = self.path.with_name(f".{self.path.name}.tmp")
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, self.path)
+
+    def append(self, row: dict) -> None:
+        """Append one row (JSON-serialisable scalars) and flush it to disk."""
+        with self.path.open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a stage's ``metrics.jsonl`` (``[]`` if absent); a torn last line (a kill
+    mid-write) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def load_best(keep: dict[str, keras.Model], stage_dir: Path) -> None:

@@ -29,23 +29,18 @@ def generator_config(cfg: Config) -> Config:
     """The config that determines the generator stages of ``cfg``'s run.
 
     ``method`` becomes ``"generators"``; the final stage's iteration count and the
-    non-affine augmentation parameters (random elastic, random intensity, Mixup) are reset
-    to their defaults, since only the final segmenter stage reads them. Everything else
-    (data, split, networks, λs, mode, seed, affine parameters, tag) is kept.
+    non-affine augmentation parameters (random elastic, random intensity, Mixup, the
+    composition of the generators) are reset to their defaults, since only the final
+    segmenter stage reads them. Everything else (data, split, networks, λs, mode, seed,
+    affine parameters, tag) is kept.
     """
     shared = copy.deepcopy(cfg)
     shared.method = "generators"
     shared.train.segmenter_iterations = 0
-    defaults = AugmentConfig()
     shared.augment = AugmentConfig(
         affine_probability=cfg.augment.affine_probability,
         scale_range=list(cfg.augment.scale_range),
         rotation_degrees=cfg.augment.rotation_degrees,
-        elastic_sigma_mm=defaults.elastic_sigma_mm,
-        elastic_grid=defaults.elastic_grid,
-        contrast_range=defaults.contrast_range,
-        brightness_range=defaults.brightness_range,
-        mixup_alpha=defaults.mixup_alpha,
     )
     return shared
 

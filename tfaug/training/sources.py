@@ -27,6 +27,8 @@ GENERATOR_METHODS: dict[str, tuple[str, ...]] = {
 }
 # Semi-supervised comparisons trained by tfaug.training.comparisons (no augmentation layer).
 COMPARISON_METHODS = ("self_training", "adv_pixel", "adv_image")
+# How GeneratedAugmentation combines GV and GI (augment.generated_composition).
+COMPOSITIONS = ("choice", "chain")
 METHODS = ("none", "aff", "rd", "ri", "rdri", "mixup", *GENERATOR_METHODS, *COMPARISON_METHODS)
 
 
@@ -56,16 +58,20 @@ def apply_intensity(images: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
 class GeneratedAugmentation(keras.layers.Layer):
     """Task-driven augmentation from frozen generators GV and/or GI.
 
-    Each row gets, with equal probability, one of the transformations available: GV alone
-    (deformation), GI alone (additive intensity), or GI applied to GV's output (GVI, the
-    same z fed to both, as in the original final stage). z ~ N(0, I) is drawn per row.
-    The generators run in inference mode; no gradient flows through this layer.
+    With ``composition="choice"`` (the original code), each row gets, with equal
+    probability, one of the transformations available: GV alone (deformation), GI alone
+    (additive intensity), or GI applied to GV's output (GVI, the same z fed to both, as in
+    the original final stage). With ``composition="chain"`` every row gets GVI (when both
+    generators are given), as ``rdri`` applies RD then RI to every row. z ~ N(0, I) is
+    drawn per row. The generators run in inference mode; no gradient flows through this
+    layer.
 
     Args:
         deformation: the GV generator, or ``None``.
         intensity: the GI generator, or ``None``.
         z_dim: size of z.
         seed: seed of z and of the per-row choice.
+        composition: ``"choice"`` or ``"chain"`` (see above).
 
     Call on ``{"images": (B,H,W,1), "segmentation_masks": (B,H,W,C)}``.
     """
@@ -76,11 +82,18 @@ class GeneratedAugmentation(keras.layers.Layer):
         intensity: keras.Model | None = None,
         z_dim: int = 100,
         seed: int | None = None,
+        composition: str = "choice",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if deformation is None and intensity is None:
             raise ValueError("GeneratedAugmentation needs at least one generator")
+        if composition not in COMPOSITIONS:
+            raise ValueError(
+                f"GeneratedAugmentation: composition must be one of {COMPOSITIONS}, found "
+                f"{composition!r}. Set augment.generated_composition accordingly."
+            )
+        self.composition = composition
         self.deformation = deformation
         self.intensity = intensity
         self.z_dim = z_dim
@@ -91,17 +104,21 @@ class GeneratedAugmentation(keras.layers.Layer):
         images, masks = inputs["images"], inputs["segmentation_masks"]
         batch = tf.shape(images)[0]
         z = keras.random.normal((batch, self.z_dim), seed=self.seed_generator)
+        both = self.deformation is not None and self.intensity is not None
+        chain = both and self.composition == "chain"
         candidates = []
         if self.deformation is not None:
             flow = self.deformation((images, z), training=False)
             warped_images, warped_masks = apply_deformation(images, masks, flow)
             candidates.append((warped_images, warped_masks))
-        if self.intensity is not None:
+        if self.intensity is not None and not chain:
             delta = self.intensity((images, z), training=False)
             candidates.append((apply_intensity(images, delta), masks))
-        if self.deformation is not None and self.intensity is not None:
+        if both:
             delta = self.intensity((warped_images, z), training=False)
             candidates.append((apply_intensity(warped_images, delta), warped_masks))
+        if chain:
+            candidates = candidates[-1:]  # GVI on every row
         choice = keras.random.randint((batch,), 0, len(candidates), seed=self.seed_generator)
         out_images, out_masks = candidates[0]
         for index, (cand_images, cand_masks) in enumerate(candidates[1:], start=1):
@@ -114,7 +131,12 @@ class GeneratedAugmentation(keras.layers.Layer):
         }
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "z_dim": self.z_dim, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "z_dim": self.z_dim,
+            "seed": self.seed,
+            "composition": self.composition,
+        }
 
 
 @keras.saving.register_keras_serializable(package="tfaug")
@@ -185,6 +207,7 @@ def build_method_augmentation(
             intensity=generators.get("intensity"),
             z_dim=cfg.model.z_dim,
             seed=seed,
+            composition=aug.generated_composition,
         )
         if method == "gdgi_mixup":
             return ChainAugmentation([generated, Mixup(alpha=aug.mixup_alpha, seed=seed + 2)])
