@@ -5,10 +5,11 @@ Usage (from the repository root, tfaug installed): ``python bench/profile_step.p
 [--steps 3] [--logdir DIR] [--top 8]``. XLA options go through the environment, read once
 per process: ``XLA_FLAGS=--xla_cpu_use_onednn=true python bench/profile_step.py``.
 
-For each mode: a fresh model (``bench/train_step.py``'s :func:`build_step`), ``--warmup``
-untimed steps (tracing, XLA compilation), ``--steps`` timed steps without the profiler
-(their median is the honest speed), then ``--steps`` steps under
-``tf.profiler.experimental`` into ``<logdir>/<mode>`` (TensorBoard's profile tab opens it).
+For each mode a fresh model (``bench/train_step.py``'s :func:`build_step`) and ``--warmup``
+untimed steps (tracing, XLA compilation); then ``--steps`` timed steps without the profiler,
+the modes alternating step by step (their medians are the honest speeds, side by side on a
+busy machine); then per mode ``--steps`` steps under ``tf.profiler.experimental`` into
+``<logdir>/<mode>`` (TensorBoard's profile tab opens it).
 The trace (``*.xplane.pb``) is parsed here with the protobufs TensorFlow ships; no
 TensorBoard plugin is needed.
 
@@ -316,41 +317,54 @@ def load_xspace(logdir: Path) -> tuple[xplane_pb2.XSpace, Path]:
     return xplane_pb2.XSpace.FromString(paths[-1].read_bytes()), paths[-1]
 
 
-def profile(
-    function: Callable[[Any], Any], batches: list[Any], *, warmup: int, steps: int, logdir: Path
-) -> dict[str, Any]:
-    """Warm up, time ``steps`` plain calls, then trace ``steps`` more into ``logdir``.
+def run_step(function: Callable[[Any], Any], batch: Any) -> None:
+    """One call of a training step, waited for (its outputs copied to the host)."""
+    keras.tree.map_structure(keras.ops.convert_to_numpy, function(batch))
 
-    ``batches`` needs ``warmup + 2·steps`` elements. Returns ``untraced_ms`` (median ms per
-    step without the profiler), ``traced_ms`` (mean window length), ``categories`` and
-    ``labels`` (ms per step, see :func:`attribute`) and ``trace`` (the xplane path).
+
+def interleaved_ms(
+    functions: dict[str, Callable[[Any], Any]], batches: list[Any]
+) -> dict[str, float]:
+    """Median ms per step of each (warm) function, the modes alternating batch by batch.
+
+    Alternating puts the modes side by side in time, so a shared machine's load swings
+    affect them alike. No profiler runs.
     """
+    times: dict[str, list[float]] = defaultdict(list)
+    for batch in batches:
+        for mode, function in functions.items():
+            start = time.perf_counter()
+            run_step(function, batch)
+            times[mode].append(time.perf_counter() - start)
+    return {mode: 1e3 * statistics.median(values) for mode, values in times.items()}
 
-    def run(batch: Any) -> None:
-        keras.tree.map_structure(keras.ops.convert_to_numpy, function(batch))
 
-    for batch in batches[:warmup]:
-        run(batch)
-    times = []
-    for batch in batches[warmup : warmup + steps]:
-        start = time.perf_counter()
-        run(batch)
-        times.append(time.perf_counter() - start)
+def profile(function: Callable[[Any], Any], batches: list[Any], logdir: Path) -> dict[str, Any]:
+    """Trace one (warm) step per batch into ``logdir`` and parse the trace.
+
+    Returns ``traced_ms`` (mean step window, profiler overhead included), ``categories`` and
+    ``labels`` (ms per step, see :func:`attribute`) and ``trace`` (the xplane path).
+
+    Raises:
+        RuntimeError: the trace does not hold one step event per batch.
+    """
     tf.profiler.experimental.start(str(logdir))
     try:
-        for number, batch in enumerate(batches[warmup + steps : warmup + 2 * steps]):
+        for number, batch in enumerate(batches):
             with tf.profiler.experimental.Trace(STEP_EVENT, step_num=number, _r=1):
-                run(batch)
+                run_step(function, batch)
     finally:
         tf.profiler.experimental.stop()
     xspace, path = load_xspace(logdir)
     kernels, windows = read_trace(xspace, path)
-    if len(windows) != steps:
-        raise RuntimeError(f"{path}: {len(windows)} '{STEP_EVENT}' events, expected {steps}")
+    if len(windows) != len(batches):
+        raise RuntimeError(
+            f"{path}: {len(windows)} '{STEP_EVENT}' events for {len(batches)} traced steps; "
+            "another profiler session may have run at the same time, trace again."
+        )
     categories, labels = attribute(kernels, windows)
-    per_step = 1e-9 / steps  # ps summed over the steps → ms per step
+    per_step = 1e-9 / len(batches)  # ps summed over the steps → ms per step
     return {
-        "untraced_ms": 1e3 * statistics.median(times),
         "traced_ms": sum(e - s for s, e in windows) * per_step,
         "categories": {k: v * per_step for k, v in categories.items()},
         "labels": {k: v * per_step for k, v in labels.items()},
@@ -424,23 +438,29 @@ def main() -> None:
         f"{STEP_NAMES[args.step]}"
     )
     print(f"profile of {name}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
-    results = {}
+    functions = {}
     for mode in modes:
         keras.utils.set_random_seed(0)
         model, _ = build_step(cfg, args.step)
-        function = compile_train_step(model, MODES[mode])
-        batches = [random_batch(cfg, args.step, s) for s in range(args.warmup + 2 * args.steps)]
-        results[mode] = profile(
-            function, batches, warmup=args.warmup, steps=args.steps, logdir=logdir / mode
-        )
+        functions[mode] = compile_train_step(model, MODES[mode])
+    batches = [random_batch(cfg, args.step, seed) for seed in range(args.warmup + 2 * args.steps)]
+    for function in functions.values():
+        for batch in batches[: args.warmup]:
+            run_step(function, batch)
+    timed = interleaved_ms(functions, batches[args.warmup : args.warmup + args.steps])
+    results = {}
+    for mode, function in functions.items():
+        results[mode] = profile(function, batches[args.warmup + args.steps :], logdir / mode)
         print(
-            f"{mode:<12} {results[mode]['untraced_ms']:8.1f} ms/step untraced, "
+            f"{mode:<12} {timed[mode]:8.1f} ms/step (interleaved, no profiler), "
             f"{results[mode]['traced_ms']:8.1f} traced; trace {results[mode]['trace']}",
             flush=True,
         )
     if {"tf.function", "xla"} <= set(results):
-        ratio = results["tf.function"]["untraced_ms"] / results["xla"]["untraced_ms"]
-        print(f"xla speed vs tf.function (untraced): {ratio:.2f}x")
+        print(
+            f"xla speed vs tf.function: {timed['tf.function'] / timed['xla']:.2f}x interleaved, "
+            f"{results['tf.function']['traced_ms'] / results['xla']['traced_ms']:.2f}x traced"
+        )
     print()
     print(category_table(results))
     for mode, result in results.items():
