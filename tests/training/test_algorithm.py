@@ -130,8 +130,21 @@ def test_run_writes_every_artifact(gdgi, command):
     assert sorted(p.name for p in (run / "figures").glob("*.png")) == [
         "generated_deformation.png",
         "generated_intensity.png",
+        "generator_diagnostics.png",
         "test_predictions.png",
     ]
+    diagnostics = json.loads((run / "generator_diagnostics.json").read_text())
+    assert list(diagnostics["stages"]) == ["generator_deformation", "generator_intensity"]
+    for stage, summary in diagnostics["stages"].items():
+        done = json.loads((run / "checkpoints" / stage / "done.json").read_text())
+        assert summary["chosen_step"] == done["best_step"]
+        assert summary["last"]["step"] == TINY["train"]["generator_iterations"]
+    gi = diagnostics["stages"]["generator_intensity"]  # GV's step 3 row may die with the kill
+    assert gi["chosen"]["step"] == gi["chosen_step"]
+    metrics = run / "checkpoints" / "generator_deformation" / "metrics.jsonl"
+    last = json.loads(metrics.read_text().splitlines()[-1])
+    gv = diagnostics["stages"]["generator_deformation"]["last"]
+    assert gv["field_peak"] == pytest.approx(last["field_peak"] * 5.0)  # px × 5 mm
     tags = {tag for session in _events(run / "tb") for tag, _ in session}
     for stage in ("generator_deformation", "generator_intensity"):
         for name in JOINT_TAGS:

@@ -28,6 +28,7 @@ from tfaug.data.datasets import list_cases
 from tfaug.data.pipeline import labeled_dataset, unlabeled_dataset
 from tfaug.data.records import Cache, prepare_cache, resolve_data_root
 from tfaug.data.splits import Split, make_split
+from tfaug.diagnostics import write_run_diagnostics
 from tfaug.evaluation import evaluate_test, load_volumes, summarise, validation_dice
 from tfaug.figures import save_generator_figures, save_prediction_figure
 from tfaug.models.discriminator import Discriminator
@@ -353,6 +354,12 @@ class Algorithm:
                 samples[2],
                 self.run.figures / f"generated_{kind}.png",
                 spacing_mm=self.cfg.preprocess.spacing_mm,
+            )
+        if generators:  # figures/generator_diagnostics.png, generator_diagnostics.json
+            write_run_diagnostics(
+                self.run.path,
+                spacing_mm=self.cfg.preprocess.spacing_mm,
+                crop_size=self.cfg.preprocess.crop_size,
             )
         test_volumes = load_volumes(self.cache, self.split.test[:3])
         save_prediction_figure(segmenter, test_volumes, self.run.figures / "test_predictions.png")
