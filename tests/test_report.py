@@ -10,8 +10,10 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+import yaml
 from scipy import stats
 
+from tfaug import plots
 from tfaug.cli import main
 from tfaug.grid import GridSpec, execute_grid, plan_grid
 from tfaug.report import (
@@ -19,6 +21,7 @@ from tfaug.report import (
     best_other_method,
     load_runs,
     missing_runs,
+    ordered_methods,
     paired_values,
     wilcoxon_test,
     write_report,
@@ -45,9 +48,11 @@ def _write_run(
     n_labeled: int = 1,
     mode: str = "joint",
     dice=_known_dice,
+    tag: str = "",
 ) -> None:
     name = f"phantom-nl{n_labeled}-{method}-split{draw}-seed{seed}"
     name += "" if mode == "joint" else f"-{mode}"
+    name += f"-{tag}" if tag else ""
     test = []
     for i, case in enumerate(CASES):
         scores = dice(method, draw, seed, i)
@@ -66,6 +71,8 @@ def _write_run(
         "test": test,
     }
     (path / "results.json").write_text(json.dumps(content))
+    if tag:  # the report reads the tag from the run's config.yaml, as a run records it
+        (path / "config.yaml").write_text(yaml.safe_dump({"method": method, "tag": tag}))
 
 
 @pytest.fixture()
@@ -229,6 +236,105 @@ def test_empty_or_malformed_runs_directory_is_an_error(tmp_path):
         write_report(tmp_path, tmp_path / "out")
     assert f"{bad / 'results.json'}: missing key 'test'" in str(error.value)
     assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+
+
+def _improved_gd(method, draw, seed, case):
+    """The tagged gd runs: gdgi's known Dice, so they differ from the untagged gd runs."""
+    return _known_dice("gdgi", draw, seed, case)
+
+
+def _p_cell(runs, a: str, b: str, structure: str) -> str:
+    p = stats.wilcoxon(*paired_values(runs, a, b, structure)).pvalue
+    return f"{p:.2g}" + (" *" if p < 0.05 else "")
+
+
+def test_tagged_runs_are_their_own_method_label_tested_and_plotted(runs_dir, tmp_path, monkeypatch):
+    for draw in range(2):
+        for seed in range(2):
+            _write_run(runs_dir, "gd", draw, seed, dice=_improved_gd, tag="b")
+    boxes = {}
+    save_box_plots = plots.save_box_plots
+
+    def record_box_plots(values, structures, path, title):  # the real plot, values kept
+        boxes.update(values)
+        return save_box_plots(values, structures, path, title)
+
+    monkeypatch.setattr(plots, "save_box_plots", record_box_plots)
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+
+    runs = load_runs(runs_dir)
+    assert {r.label for r in runs} == {"aff", "rd", "gd", "gd [b]"}
+    assert report.index("| gd |") < report.index("| gd [b] |")  # side by side
+    values = _all_values("gd", "RV")  # the untagged row is not merged with the tagged runs
+    assert _row(report, "gd")[1] == f"{values.mean():.3f} ({values.std():.3f})"
+    assert _row(report, "gd [b]")[-2:] == ["4", "16"]
+    assert "Grid complete" in report
+    for baseline in ("rd", "gd"):
+        row = _row(report, f"gd [b] vs {baseline} | RV")
+        assert row[2] == "16" and row[-1] == _p_cell(runs, "gd [b]", baseline, "RV")
+    assert list(boxes) == ["aff", "rd", "gd", "gd [b]"]
+    np.testing.assert_allclose(
+        boxes["gd [b]"]["RV"],
+        [
+            _improved_gd("gd", d, s, c)["RV"]
+            for d in range(2)
+            for s in range(2)
+            for c in range(len(CASES))
+        ],
+    )
+
+
+def test_ordered_methods_put_tagged_labels_after_their_method():
+    labels = ["gdgi [b]", "zeta", "aff", "gdgi", "gdgi [a]", "rdri"]
+    assert ordered_methods(labels) == ["aff", "rdri", "gdgi", "gdgi [a]", "gdgi [b]", "zeta"]
+
+
+def test_compare_option_adds_a_test_and_rejects_unknown_labels(runs_dir, tmp_path, capsys):
+    _write_run(runs_dir, "gd", 0, 0, dice=_improved_gd, tag="b")
+    out = tmp_path / "out"
+    assert main(["report", str(runs_dir), "--out", str(out), "--compare", "gd [b],aff"]) == 0
+    report = (out / "report.md").read_text()
+    row = _row(report, "gd [b] vs aff | mean (fg)")
+    assert row[2] == "4"  # draw 0 seed 0 only: 4 paired volumes
+    assert row[-1] == _p_cell(load_runs(runs_dir), "gd [b]", "aff", "mean")
+
+    assert main(["report", str(runs_dir), "--out", str(out), "--compare", "gd [x],aff"]) == 2
+    assert "no finished run" in capsys.readouterr().err
+    assert main(["report", str(runs_dir), "--out", str(out), "--compare", "gd"]) == 2
+    assert "two method labels separated by a comma" in capsys.readouterr().err
+
+
+def test_report_has_generator_diagnostics_after_the_existing_sections(runs_dir, tmp_path):
+    checkpoints = runs_dir / "phantom-nl1-generators-split0-seed0" / "checkpoints"
+    (checkpoints / "generator_deformation").mkdir(parents=True)
+    (checkpoints / "generator_intensity").mkdir()
+    row = {
+        "step": 5,
+        "field_norm": 0.25,
+        "field_peak": 1.0,
+        "foreground_lost": 0.02,
+        "d_acc_real": 1.0,
+        "d_acc_fake": 0.75,
+        "adv_loss": 4.0,
+        "validation_dice": 0.5,
+        "selection_score": 0.5,
+    }
+    (checkpoints / "generator_deformation" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    config = {"method": "generators", "preprocess": {"spacing_mm": 2.0, "crop_size": 40}}
+    (checkpoints.parent / "config.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+
+    report = write_report(runs_dir, out).read_text()
+
+    assert report.index("## phantom, N_L = 1, joint generators") < report.index(
+        "## Generator diagnostics"
+    )
+    # 0.25 px × 2 mm = 0.50 mm = 0.6 % of the 80 mm field of view; GI has no metrics.
+    assert "| GV | 0.50 mm (0.6 %) | 2.00 mm (2.5 %) | 2.0 % | 100 / 75 % | 4.00 |" in report
+    assert "| GI | no diagnostics (no metrics.jsonl) |" in report
+    assert "](diagnostics-phantom-nl1-joint.png)" in report
+    assert matplotlib.image.imread(out / "diagnostics-phantom-nl1-joint.png").ndim == 3
+    assert "Unfinished runs" not in report
 
 
 TINY_CONFIG = """\

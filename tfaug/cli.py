@@ -310,18 +310,28 @@ def run_grid(args: argparse.Namespace) -> int:
 
 
 def add_report_command(subparsers: Any) -> None:
-    """``tfaug report RUNS_DIR --out DIR``: the markdown comparison of every finished run."""
+    """``tfaug report RUNS_DIR --out DIR [--compare A,B]``: the markdown comparison of every
+    finished run."""
     parser = subparsers.add_parser("report", help="compare the methods of a runs directory")
     parser.add_argument("runs_dir", type=Path, help="folder of run directories")
     parser.add_argument("--out", type=Path, required=True, help="folder for report.md and PNGs")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="A,B",
+        help="an extra Wilcoxon test of two method labels as the tables show them, e.g. "
+        "'gdgi [b],aff' (repeatable)",
+    )
     parser.set_defaults(func=run_report)
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from tfaug.report import ReportError, write_report
+    from tfaug.report import ReportError, parse_comparison, write_report
 
     try:
-        print(write_report(args.runs_dir, args.out))
+        compare = [parse_comparison(text) for text in args.compare]
+        print(write_report(args.runs_dir, args.out, compare))
     except ReportError as error:
         print(f"tfaug: error: {error}", file=sys.stderr)
         return 2

@@ -2,17 +2,22 @@
 
 Every ``<runs_dir>/*/results.json`` (written last by a run, so only finished runs count) is
 read. Runs are grouped into *settings* ``(dataset, N_L, generator mode)``; within a setting
-every number is computed over all runs × test volumes (METHOD.md §7 "Evaluation"):
+runs are told apart by their *method label*: the method, with `` [<tag>]`` for runs with a
+``tag`` in their config.yaml (``gdgi`` and ``gdgi [b]`` are two rows). Every number is
+computed over all runs × test volumes (METHOD.md §7 "Evaluation"):
 
 - mean (std) 3D Dice per structure and method, with the runs and volumes it rests on;
 - the paper's three Wilcoxon signed-rank tests (GD vs RD, GI vs RI, GD+GI vs the best
   other method), two-sided, paired per (test volume, draw, seed), ``scipy.stats.wilcoxon``;
+  each tagged variant of GD, GI or GD+GI is also tested against the same baseline and
+  against its untagged method, and any pair of labels can be asked for (``compare``);
 - box plots per structure (Fig. 2) and mean Dice per test subject (Fig. 9);
 - the runs missing from the grid inferred as methods × draws × seeds present.
 
 Across settings: Dice against N_L (Fig. 3c) when several N_L exist, and joint vs
-independent generator training (Table I) when both exist. Nothing is trained or evaluated
-here; Dice values are taken from the results files as they are.
+independent generator training (Table I) when both exist; the generator stages'
+diagnostics (:mod:`tfaug.diagnostics_report`). Nothing is trained or evaluated here; Dice
+values are taken from the results files as they are.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import yaml
 from scipy import stats
 
 from tfaug import plots
+from tfaug.diagnostics import DiagnosticsError
+from tfaug.diagnostics_report import diagnostics_section
 
 MEAN = "mean"  # the column of the per-volume mean foreground Dice
 # The paper's comparisons (Fig. 2): (proposed, baseline); None = the best related method,
@@ -52,6 +59,7 @@ class RunResult:
         dataset, n_labeled, generator_mode, method, draw, seed: the run's coordinates.
         dice: test case id → structure → 3D Dice in [0, 1]; structure :data:`MEAN` is the
             volume's mean foreground Dice.
+        tag: the ``tag`` of the run's config.yaml ("" when untagged or without the file).
     """
 
     name: str
@@ -62,10 +70,16 @@ class RunResult:
     draw: int
     seed: int
     dice: dict[str, dict[str, float]]
+    tag: str = ""
 
     @property
     def setting(self) -> tuple[str, int, str]:
         return (self.dataset, self.n_labeled, self.generator_mode)
+
+    @property
+    def label(self) -> str:
+        """The method as the report names it: ``gdgi``, or ``gdgi [b]`` for a run tagged b."""
+        return f"{self.method} [{self.tag}]" if self.tag else self.method
 
 
 @dataclass(frozen=True)
@@ -133,7 +147,15 @@ def _parse_results(path: Path) -> RunResult:
         draw=int(content["draw"]),
         seed=int(content["seed"]),
         dice=dice,
+        tag=_run_tag(path.parent / "config.yaml"),
     )
+
+
+def _run_tag(config_path: Path) -> str:
+    """The ``tag`` recorded in a run's config.yaml; "" without the file or the key."""
+    if not config_path.is_file():
+        return ""
+    return str((yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("tag") or "")
 
 
 def unfinished_runs(runs_dir: Path) -> list[str]:
@@ -152,9 +174,15 @@ def unfinished_runs(runs_dir: Path) -> list[str]:
 
 
 def ordered_methods(methods: Iterable[str]) -> list[str]:
-    """The paper's order (none, aff, …, gdgi_mixup), unknown names last, alphabetically."""
-    known = [m for m in METHOD_ORDER if m in set(methods)]
-    return known + sorted(set(methods) - set(METHOD_ORDER))
+    """Method labels in the paper's order (none, aff, …, gdgi_mixup), each method's tagged
+    labels (``gdgi [b]``) right after it, unknown methods last, alphabetically."""
+
+    def key(label: str) -> tuple[bool, int, str, str]:
+        method, _, tag = label.partition(" [")
+        known = method in METHOD_ORDER
+        return (not known, METHOD_ORDER.index(method) if known else 0, method, tag)
+
+    return sorted(set(methods), key=key)
 
 
 def structures_of(runs: Sequence[RunResult]) -> list[str]:
@@ -164,9 +192,9 @@ def structures_of(runs: Sequence[RunResult]) -> list[str]:
 
 
 def dice_values(runs: Sequence[RunResult], method: str, structure: str) -> np.ndarray:
-    """(runs × volumes,) float64 Dice of ``method`` on ``structure`` (every run and volume)."""
+    """(runs × volumes,) float64 Dice of the method label on ``structure`` (every run, volume)."""
     return np.array(
-        [d[structure] for r in runs if r.method == method for d in r.dice.values()], np.float64
+        [d[structure] for r in runs if r.label == method for d in r.dice.values()], np.float64
     )
 
 
@@ -179,7 +207,7 @@ def paired_values(
         return {
             (case, r.draw, r.seed): d[structure]
             for r in runs
-            if r.method == method
+            if r.label == method
             for case, d in r.dice.items()
         }
 
@@ -207,25 +235,25 @@ def subject_means(runs: Sequence[RunResult], method: str) -> dict[str, float]:
     """Test case id → mean foreground Dice of ``method`` over its runs (paper Fig. 9)."""
     scores: dict[str, list[float]] = defaultdict(list)
     for run in runs:
-        if run.method == method:
+        if run.label == method:
             for case, dice in run.dice.items():
                 scores[case].append(dice[MEAN])
     return {case: float(np.mean(values)) for case, values in scores.items()}
 
 
 def best_other_method(runs: Sequence[RunResult]) -> str | None:
-    """The related method (not in :data:`GENERATOR_METHODS`) with the best mean fg Dice."""
-    others = [m for m in ordered_methods({r.method for r in runs}) if m not in GENERATOR_METHODS]
+    """The related method label (no :data:`GENERATOR_METHODS`) with the best mean fg Dice."""
+    others = ordered_methods({r.label for r in runs if r.method not in GENERATOR_METHODS})
     if not others:
         return None
     return max(others, key=lambda m: float(dice_values(runs, m, MEAN).mean()))
 
 
 def missing_runs(runs: Sequence[RunResult]) -> list[tuple[str, int, int]]:
-    """(method, draw, seed) absent from the grid methods × draws × seeds present in ``runs``."""
-    present = {(r.method, r.draw, r.seed) for r in runs}
+    """(method label, draw, seed) absent from the grid labels × draws × seeds in ``runs``."""
+    present = {(r.label, r.draw, r.seed) for r in runs}
     grid = itertools.product(
-        ordered_methods({r.method for r in runs}),
+        ordered_methods({r.label for r in runs}),
         sorted({r.draw for r in runs}),
         sorted({r.seed for r in runs}),
     )
@@ -248,17 +276,64 @@ def method_table(runs: Sequence[RunResult], structures: Sequence[str]) -> list[s
     """Markdown rows: method | mean (std) per structure | runs | volumes."""
     header = ["method", *map(_label, structures), "runs", "volumes"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in ordered_methods({r.method for r in runs}):
-        own = [r for r in runs if r.method == method]
+    for method in ordered_methods({r.label for r in runs}):
+        own = [r for r in runs if r.label == method]
         cells = [_cell(dice_values(own, method, s)) for s in structures]
         volumes = sum(len(r.dice) for r in own)
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {len(own)} | {volumes} |")
     return lines
 
 
-def wilcoxon_section(runs: Sequence[RunResult], structures: Sequence[str]) -> list[str]:
-    """Markdown of the paper's three tests; a note in place of each test that cannot run."""
-    present = {r.method for r in runs}
+def tagged_comparisons(runs: Sequence[RunResult]) -> list[tuple[str, str]]:
+    """Each tagged variant of a proposed method (e.g. ``gdgi [b]``) against the baseline of
+    its paper comparison (rd, ri or the best related method) and against its untagged method
+    (the paper's setting), in :data:`COMPARISONS` order."""
+    labels = ordered_methods({r.label for r in runs})
+    pairs = []
+    for a, baseline in COMPARISONS:
+        b = baseline or best_other_method(runs)
+        for label in labels:
+            if label.startswith(f"{a} ["):
+                pairs += [(label, b)] if b is not None else []
+                pairs.append((label, a))
+    return pairs
+
+
+def parse_comparison(text: str) -> tuple[str, str]:
+    """``"gdgi [b],aff"`` → ``("gdgi [b]", "aff")``: two method labels for one extra test.
+
+    Raises:
+        ReportError: not two non-empty labels separated by one comma.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise ReportError(
+            f"--compare {text!r}: expected two method labels separated by a comma, e.g. "
+            "--compare 'gdgi [b],aff' (labels as in the report's tables)"
+        )
+    return parts[0], parts[1]
+
+
+def _test_rows(runs: Sequence[RunResult], a: str, b: str, structures: Sequence[str]) -> list[str]:
+    rows = []
+    for structure in structures:
+        test = wilcoxon_test(runs, a, b, structure)
+        delta = "–" if test.difference is None else f"{test.difference:+.3f}"
+        w = "–" if test.statistic is None else f"{test.statistic:.1f}"
+        p = _p(test.p) + (f" ({test.note})" if test.note else "")
+        star = " *" if test.p is not None and test.p < SIGNIFICANCE else ""
+        rows.append(f"| {a} vs {b} | {_label(structure)} | {test.n} | {delta} | {w} | {p}{star} |")
+    return rows
+
+
+def wilcoxon_section(
+    runs: Sequence[RunResult],
+    structures: Sequence[str],
+    compare: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    """Markdown of the paper's three tests, then :func:`tagged_comparisons` and the
+    ``compare`` pairs of method labels; a note in place of each test that cannot run."""
+    present = {r.label for r in runs}
     rows, notes = [], []
     for a, baseline in COMPARISONS:
         b = baseline or best_other_method(runs)
@@ -269,15 +344,13 @@ def wilcoxon_section(runs: Sequence[RunResult], structures: Sequence[str]) -> li
             continue
         if baseline is None:
             notes.append(f"Best related method (highest mean foreground Dice, no generators): {b}.")
-        for structure in structures:
-            test = wilcoxon_test(runs, a, b, structure)
-            delta = "–" if test.difference is None else f"{test.difference:+.3f}"
-            w = "–" if test.statistic is None else f"{test.statistic:.1f}"
-            p = _p(test.p) + (f" ({test.note})" if test.note else "")
-            star = " *" if test.p is not None and test.p < SIGNIFICANCE else ""
-            rows.append(
-                f"| {a} vs {b} | {_label(structure)} | {test.n} | {delta} | {w} | {p}{star} |"
-            )
+        rows += _test_rows(runs, a, b, structures)
+    for a, b in [*tagged_comparisons(runs), *compare]:
+        missing = [m for m in (a, b) if m not in present]
+        if missing:
+            notes.append(f"{a} vs {b}: skipped, no runs of {', '.join(missing)}.")
+            continue
+        rows += _test_rows(runs, a, b, structures)
     lines = [
         "Two-sided Wilcoxon signed-rank tests (scipy.stats.wilcoxon), paired per "
         f"(test volume, draw, seed); n = pairs, Δ = mean Dice difference (first − second), "
@@ -305,11 +378,15 @@ def _slug(setting: tuple[str, int, str]) -> str:
 
 
 def setting_section(
-    runs: Sequence[RunResult], setting: tuple[str, int, str], out_dir: Path
+    runs: Sequence[RunResult],
+    setting: tuple[str, int, str],
+    out_dir: Path,
+    compare: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
-    """Markdown (and PNGs in ``out_dir``) for the runs of one setting."""
+    """Markdown (and PNGs in ``out_dir``) for the runs of one setting; ``compare``: extra
+    Wilcoxon tests as pairs of method labels."""
     structures = structures_of(runs)
-    methods = ordered_methods({r.method for r in runs})
+    methods = ordered_methods({r.label for r in runs})
     title = _setting_title(setting)
     labels = [_label(s) for s in structures]
     box = {m: {_label(s): dice_values(runs, m, s) for s in structures} for m in methods}
@@ -326,7 +403,7 @@ def setting_section(
         "",
         *method_table(runs, structures),
         "",
-        *wilcoxon_section(runs, structures),
+        *wilcoxon_section(runs, structures, compare),
         "",
         f"![Dice per structure]({box_path.name})",
         "",
@@ -359,7 +436,7 @@ def dice_vs_nl_section(runs: Sequence[RunResult], out_dir: Path) -> list[str]:
             "| method | " + " | ".join(f"N_L = {n}" for n in nls) + " |",
             "|" + "---|" * (len(nls) + 1),
         ]
-        for method in ordered_methods({r.method for r in own}):
+        for method in ordered_methods({r.label for r in own}):
             cells = []
             for n in nls:
                 subset = [r for r in own if r.n_labeled == n]
@@ -370,7 +447,7 @@ def dice_vs_nl_section(runs: Sequence[RunResult], out_dir: Path) -> list[str]:
                 curves[method][n] = {
                     s: (float(v.mean()), float(v.std())) for s, v in values.items()
                 }
-                runs_n = sum(r.method == method for r in subset)
+                runs_n = sum(r.label == method for r in subset)
                 cells.append(f"{_cell(values[MEAN])}, {runs_n} runs / {len(values[MEAN])} vol.")
             rows.append(f"| {method} | " + " | ".join(cells) + " |")
         path = plots.save_dice_vs_nl_plot(
@@ -393,11 +470,11 @@ def joint_vs_independent_section(runs: Sequence[RunResult]) -> list[str]:
     """Table I: (dataset, N_L, method) with runs in both generator modes."""
     modes = defaultdict(set)
     for r in runs:
-        modes[(r.dataset, r.n_labeled, r.method)].add(r.generator_mode)
+        modes[(r.dataset, r.n_labeled, r.label)].add(r.generator_mode)
     both = sorted(key for key, found in modes.items() if {"joint", "independent"} <= found)
     if not both:
         return []
-    structures = structures_of([r for r in runs if (r.dataset, r.n_labeled, r.method) in both])
+    structures = structures_of([r for r in runs if (r.dataset, r.n_labeled, r.label) in both])
     header = ["dataset", "N_L", "method", "generators", *map(_label, structures), "runs", "volumes"]
     lines = [
         "## Joint vs independent generator training (Table I)",
@@ -411,7 +488,7 @@ def joint_vs_independent_section(runs: Sequence[RunResult]) -> list[str]:
         for mode in ("joint", "independent"):
             own = [r for r in runs if r.setting == (dataset, n_labeled, mode)]
             cells = [_cell(dice_values(own, method, s)) for s in structures]
-            n_runs = sum(r.method == method for r in own)
+            n_runs = sum(r.label == method for r in own)
             volumes = len(dice_values(own, method, MEAN))
             lines.append(
                 f"| {dataset} | {n_labeled} | {method} | {mode} | "
@@ -421,17 +498,31 @@ def joint_vs_independent_section(runs: Sequence[RunResult]) -> list[str]:
     return lines + [""]
 
 
-def build_report(runs_dir: Path, out_dir: Path) -> str:
+def build_report(runs_dir: Path, out_dir: Path, compare: Sequence[tuple[str, str]] = ()) -> str:
     """The markdown text of the report; figures are written into ``out_dir``.
 
+    Args:
+        runs_dir: the folder of run directories.
+        out_dir: where the figures go.
+        compare: extra Wilcoxon tests, pairs of method labels (``("gdgi [b]", "aff")``),
+            run in every setting holding both.
+
     Raises:
-        ReportError: no finished run in ``runs_dir`` or a malformed results file.
+        ReportError: no finished run in ``runs_dir``, a malformed results file, a
+            ``compare`` label no run has, or an unreadable generator stage.
     """
     runs = load_runs(runs_dir)
     if not runs:
         raise ReportError(
             f"{runs_dir}: no finished run (no */results.json); run `tfaug grid` or "
             "`tfaug train` with --runs-dir pointing here first"
+        )
+    labels = ordered_methods({r.label for r in runs})
+    unknown = sorted({label for pair in compare for label in pair} - set(labels))
+    if unknown:
+        raise ReportError(
+            f"--compare: no finished run in {runs_dir} has the method label(s) {unknown}; "
+            f"the labels are {labels}"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = sorted({r.setting for r in runs}, key=lambda s: (s[0], s[1], s[2] != "joint", s[2]))
@@ -445,20 +536,25 @@ def build_report(runs_dir: Path, out_dir: Path) -> str:
     if unfinished:
         lines += [f"**Unfinished runs** (not counted): {', '.join(unfinished)}.", ""]
     for setting in settings:
-        lines += setting_section([r for r in runs if r.setting == setting], setting, out_dir)
+        own = [r for r in runs if r.setting == setting]
+        lines += setting_section(own, setting, out_dir, compare)
     lines += dice_vs_nl_section(runs, out_dir)
     lines += joint_vs_independent_section(runs)
+    try:
+        lines += diagnostics_section(runs_dir, out_dir)
+    except DiagnosticsError as error:
+        raise ReportError(str(error)) from error
     return "\n".join(lines)
 
 
-def write_report(runs_dir: Path, out_dir: Path) -> Path:
+def write_report(runs_dir: Path, out_dir: Path, compare: Sequence[tuple[str, str]] = ()) -> Path:
     """Write ``<out_dir>/report.md`` and its PNG figures; returns the report's path.
 
     Raises:
         ReportError: see :func:`build_report`.
     """
     out_dir = Path(out_dir)
-    text = build_report(Path(runs_dir), out_dir)
+    text = build_report(Path(runs_dir), out_dir, compare)
     path = out_dir / "report.md"
     path.write_text(text, encoding="utf-8")
     return path
