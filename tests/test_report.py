@@ -292,11 +292,13 @@ def test_ordered_methods_put_tagged_labels_after_their_method():
 def test_compare_option_adds_a_test_and_rejects_unknown_labels(runs_dir, tmp_path, capsys):
     _write_run(runs_dir, "gd", 0, 0, dice=_improved_gd, tag="b")
     out = tmp_path / "out"
-    assert main(["report", str(runs_dir), "--out", str(out), "--compare", "gd [b],aff"]) == 0
+    compare = ["--compare", "gd [b],aff", "--compare", "gd [b],rd"]  # the second is automatic
+    assert main(["report", str(runs_dir), "--out", str(out), *compare]) == 0
     report = (out / "report.md").read_text()
     row = _row(report, "gd [b] vs aff | mean (fg)")
     assert row[2] == "4"  # draw 0 seed 0 only: 4 paired volumes
     assert row[-1] == _p_cell(load_runs(runs_dir), "gd [b]", "aff", "mean")
+    assert report.count("| gd [b] vs rd | RV |") == 1
 
     assert main(["report", str(runs_dir), "--out", str(out), "--compare", "gd [x],aff"]) == 2
     assert "no finished run" in capsys.readouterr().err

@@ -332,7 +332,8 @@ def wilcoxon_section(
     compare: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     """Markdown of the paper's three tests, then :func:`tagged_comparisons` and the
-    ``compare`` pairs of method labels; a note in place of each test that cannot run."""
+    ``compare`` pairs of method labels (each pair once; pairs with neither label in ``runs``
+    are left out); a note in place of each test that cannot run."""
     present = {r.label for r in runs}
     rows, notes = [], []
     for a, baseline in COMPARISONS:
@@ -345,8 +346,10 @@ def wilcoxon_section(
         if baseline is None:
             notes.append(f"Best related method (highest mean foreground Dice, no generators): {b}.")
         rows += _test_rows(runs, a, b, structures)
-    for a, b in [*tagged_comparisons(runs), *compare]:
+    for a, b in dict.fromkeys([*tagged_comparisons(runs), *compare]):  # each pair once
         missing = [m for m in (a, b) if m not in present]
+        if len(missing) == 2:
+            continue  # a pair of another setting
         if missing:
             notes.append(f"{a} vs {b}: skipped, no runs of {', '.join(missing)}.")
             continue
