@@ -8,8 +8,10 @@ Runs, each in its own process (so one's threads and memory do not colour the nex
 ``bench/data_pipeline.py`` (tf.data slices/s at 64 and 224 px), ``bench/warp.py``
 (``dense_image_warp``) and ``bench/inference.py`` (TensorFlow vs ONNX Runtime on a segmenter
 exported here at the paper's size with untrained weights: the speed does not depend on the
-weights). The markdown page gets the machine's description, the training-step table, the
-other scripts' output verbatim, and the issue's targets checked from the measured ratios.
+weights) and ``bench/profile_step.py`` (where the joint GV step's time goes, tf.function vs
+XLA, phantom config: under a minute). The markdown page gets the machine's description, the
+training-step table, the other scripts' output verbatim, and the issue's targets checked
+from the measured ratios.
 ``--quick`` runs the phantom config only (a smoke run; do not commit its page).
 """
 
@@ -214,6 +216,7 @@ def main() -> None:
         "data_pipeline.py": ["--crops", crops, "--cache-dir", args.cache_dir],
         "warp.py": [],
         "inference.py": ["--export", str(export)],
+        "profile_step.py": ["--step", "GV", "--logdir", str(args.work_dir / "profile")],
     }
     outputs = {}
     for name, arguments in scripts.items():
