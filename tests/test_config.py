@@ -22,6 +22,16 @@ def test_paper_values_in_acdc_config():
     assert (cfg.split.n_unlabeled, cfg.split.n_test, cfg.split.n_validation) == (25, 20, 2)
 
 
+@pytest.mark.parametrize("dataset", ["acdc", "prostate", "pancreas"])
+def test_real_dataset_configs_keep_the_papers_generator_settings(dataset):
+    cfg = load_config(dataset)
+    assert (cfg.model.deformation_max_mm, cfg.model.deformation_grid) == (None, 1)
+    assert (cfg.model.intensity_max, cfg.model.intensity_grid) == (1.0, 1)
+    assert cfg.train.discriminator_learning_rate is None
+    assert (cfg.train.real_label, cfg.train.validation_smoothing) == (1.0, 0.0)
+    assert cfg.augment.generated_composition == "choice"
+
+
 def test_overrides_are_typed_and_nested():
     cfg = load_config("phantom", overrides=["train.batch_size=8", "model.bn_momentum=0.5"])
     assert cfg.train.batch_size == 8
@@ -68,6 +78,7 @@ def test_unknown_dataset():
         ("train.model_selection=worst", "train.model_selection"),
         ("split.scheme=paperish", "split.scheme"),
         ("tag=a/b", "tag"),
+        ("augment.generated_composition=sum", "augment.generated_composition"),
     ],
 )
 def test_values_outside_their_choices_are_rejected(override, message):

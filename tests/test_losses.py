@@ -66,6 +66,16 @@ def test_discriminator_loss_is_mean_of_real_and_fake_terms():
     np.testing.assert_allclose(discriminator_loss(real, fake).numpy(), expected, rtol=1e-6)
 
 
+def test_one_sided_label_smoothing_targets_real_images_below_one():
+    real = np.array([[1.0], [-0.5]], "float32")
+    fake = np.array([[0.3]], "float32")
+    real_term = np.mean(-(0.9 * np.log(_sigmoid(real)) + 0.1 * np.log(1.0 - _sigmoid(real))))
+    expected = 0.5 * (real_term + np.mean(-np.log(1.0 - _sigmoid(fake))))
+    np.testing.assert_allclose(discriminator_loss(real, fake, 0.9).numpy(), expected, rtol=1e-6)
+    # A D certain that real images are real is no longer optimal.
+    assert discriminator_loss([[20.0]], [[-20.0]], 0.9).numpy() > 0.1
+
+
 def test_discriminator_loss_is_small_for_a_confident_correct_discriminator():
     assert discriminator_loss([[20.0]], [[-20.0]]).numpy() < 1e-6
     assert discriminator_loss([[-20.0]], [[20.0]]).numpy() > 19.0

@@ -86,8 +86,56 @@ def test_wrong_z_size_is_a_clear_error():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"kind": "elastic"}, "kind must be"), ({"kind": "intensity", "filters": (8,)}, "five")],
+    [
+        ({"kind": "elastic"}, "kind must be"),
+        ({"kind": "intensity", "filters": (8,)}, "five"),
+        ({"kind": "deformation", "field_bound": 0.0}, "field_bound must be > 0"),
+        ({"kind": "intensity", "field_grid": 0}, "field_grid must be an integer >= 1"),
+    ],
 )
 def test_bad_arguments_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Generator(**kwargs)
+
+
+@pytest.mark.parametrize("kind", ["deformation", "intensity"])
+def test_field_bound_limits_every_component(kind):
+    image, z = _inputs((2, 32, 32, 1))
+    bounded = Generator(kind, field_bound=0.25, **SMALL)
+    field = np.asarray(bounded((100.0 * image, 100.0 * z)))
+    assert np.abs(field).max() <= 0.25
+    assert np.abs(field).max() > 0.05  # saturates towards the bound, not to zero
+
+
+def test_default_deformation_head_is_unbounded():
+    image, z = _inputs((2, 32, 32, 1))
+    flow = np.asarray(Generator("deformation", **SMALL)((1e3 * image, 1e3 * z)))
+    assert np.abs(flow).max() > 1.0
+
+
+@pytest.mark.parametrize("kind", ["deformation", "intensity"])
+def test_coarse_grid_field_is_bilinear_between_cell_centres(kind):
+    image, z = _inputs((1, 32, 32, 1))
+    field = np.asarray(Generator(kind, field_grid=8, **SMALL)((image, z), training=False))
+    fine = np.asarray(Generator(kind, **SMALL)((image, z), training=False))
+    # Second differences along rows vanish inside a cell's bilinear span (rows 4..11 lie
+    # between the centres of cells 0 and 1), which a full-resolution head does not give.
+    second = np.abs(np.diff(field[0, 4:12, :, 0], n=2, axis=0)).max()
+    assert second < 1e-5 * max(1.0, np.abs(field).max())
+    assert np.abs(np.diff(fine[0, 4:12, :, 0], n=2, axis=0)).max() > 1e-4
+
+
+def test_grid_that_does_not_divide_the_slice_is_a_clear_error():
+    with pytest.raises(ValueError, match="must divide"):
+        Generator("deformation", field_grid=3, **SMALL)(_inputs((1, 32, 32, 1)))
+
+
+def test_switches_survive_serialisation():
+    generator = Generator("deformation", field_bound=2.0, field_grid=4, **SMALL)
+    image, z = _inputs((1, 32, 32, 1))
+    expected = np.asarray(generator((image, z), training=False))
+    clone = Generator.from_config(generator.get_config())
+    clone((image, z))
+    clone.set_weights(generator.get_weights())
+    np.testing.assert_allclose(np.asarray(clone((image, z), training=False)), expected, atol=1e-6)
+    assert (clone.field_bound, clone.field_grid) == (2.0, 4)

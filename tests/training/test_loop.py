@@ -14,6 +14,7 @@ from tfaug.training.loop import (
     StageResult,
     TrainingDivergedError,
     load_best,
+    read_metrics,
     run_stage,
     save_weights_atomic,
     write_json_atomic,
@@ -82,7 +83,7 @@ class Script:
         return outcome
 
 
-def _stage(model, stage_dir, make_dataset, validate, iterations=9):
+def _stage(model, stage_dir, make_dataset, validate, iterations=9, score_smoothing=0.0):
     return run_stage(
         name="tiny",
         model=model,
@@ -93,6 +94,7 @@ def _stage(model, stage_dir, make_dataset, validate, iterations=9):
         validate=validate,
         validate_every=3,
         progress=False,
+        score_smoothing=score_smoothing,
     )
 
 
@@ -235,3 +237,45 @@ def test_atomic_writers_leave_no_temporary_files(make_segmenter_model, tmp_path)
 
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": [1, 2]}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "s.weights.h5"]
+
+
+def test_smoothed_score_picks_a_stable_checkpoint_over_a_lucky_spike(
+    make_segmenter_model, tmp_path
+):
+    # Raw scores 0.2, 0.9 (a spike), 0.3, 0.8, 0.8: the raw maximum is the spike at step 6;
+    # with α = 0.5 the moving average is 0.2, 0.55, 0.425, 0.6125, 0.70625 → step 15.
+    model = make_segmenter_model()
+    validate = Script(model, [0.2, 0.9, 0.3, 0.8, 0.8])
+    result = _stage(model, tmp_path, Recorder(), validate, iterations=15, score_smoothing=0.5)
+
+    assert result.best_step == 15
+    assert result.best_score == pytest.approx(0.70625)
+    assert [score for _, score in result.history] == [0.2, 0.9, 0.3, 0.8, 0.8]  # raw
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [3, 6, 9, 12, 15]
+    assert [row["selection_score"] for row in rows] == pytest.approx(
+        [0.2, 0.55, 0.425, 0.6125, 0.70625]
+    )
+    assert [row["validation_dice"] for row in rows] == pytest.approx([0.2, 0.9, 0.3, 0.8, 0.8])
+    assert all(np.isfinite(row["total_loss"]) for row in rows)
+
+
+def test_score_smoothing_outside_its_range_is_a_clear_error(make_segmenter_model, tmp_path):
+    with pytest.raises(ValueError, match="validation_smoothing"):
+        _stage(make_segmenter_model(), tmp_path, Recorder(), None, score_smoothing=1.0)
+
+
+def test_resumed_stage_drops_metrics_written_after_its_checkpoint(make_segmenter_model, tmp_path):
+    model = make_segmenter_model()
+    with pytest.raises(KeyboardInterrupt):
+        _stage(model, tmp_path, Recorder(), Script(model, [0.2, KeyboardInterrupt()]))
+    log = tmp_path / "metrics.jsonl"
+    # A row of a step past the checkpoint (a kill after it was written) and a torn line.
+    with log.open("a") as stream:
+        stream.write(json.dumps({"step": 6, "total_loss": 1.0}) + "\n" + '{"step": 9, "tot')
+
+    resumed = make_segmenter_model()
+    _stage(resumed, tmp_path, Recorder(resumed), Script(resumed, [0.5, 0.4]))
+
+    assert [row["step"] for row in read_metrics(log)] == [3, 6, 9]
+    assert [row["validation_dice"] for row in read_metrics(log)] == [0.2, 0.5, 0.4]

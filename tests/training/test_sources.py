@@ -9,6 +9,7 @@ import tensorflow as tf
 from tiny import SIDE, tiny_config
 
 from tfaug.models.generator import Generator
+from tfaug.training.algorithm import build_generator
 from tfaug.training.sources import (
     COMPARISON_METHODS,
     GENERATOR_METHODS,
@@ -92,6 +93,23 @@ def test_generated_augmentation_uses_gv_gi_and_gvi_across_rows(generators):
     assert set(kinds) == {"GV", "GI", "GVI"}
 
 
+def test_chained_composition_gives_every_row_gv_then_gi(generators):
+    layer = GeneratedAugmentation(**generators, z_dim=Z_DIM, seed=1, composition="chain")
+    inputs = _pairs(8)
+    out = layer(inputs, training=True)
+    images, masks = out["images"].numpy(), out["segmentation_masks"].numpy()
+    masks_in = inputs["segmentation_masks"].numpy()
+    for row in range(8):
+        assert not np.array_equal(masks[row], masks_in[row])  # warped (GV)...
+        assert not np.allclose(images[row, ..., 0], masks[row, ..., 1], atol=1e-6)  # ...+ GI
+    assert GeneratedAugmentation.from_config(layer.get_config()).composition == "chain"
+
+
+def test_unknown_composition_is_refused(generators):
+    with pytest.raises(ValueError, match="composition must be one of"):
+        GeneratedAugmentation(**generators, z_dim=Z_DIM, composition="sum")
+
+
 def test_generated_augmentation_with_one_generator(generators):
     layer = GeneratedAugmentation(deformation=generators["deformation"], z_dim=Z_DIM, seed=1)
     inputs = _pairs(4)
@@ -121,3 +139,14 @@ def test_chain_applies_its_stages_in_order():
 
     np.testing.assert_allclose(out["images"], (inputs["images"] * 2 + 1) * 3 + 1)
     np.testing.assert_array_equal(out["segmentation_masks"], inputs["segmentation_masks"])
+
+
+def test_generator_bounds_come_from_the_config_in_physical_units(tmp_path):
+    cfg = tiny_config(tmp_path / "cache", tmp_path / "runs")
+    cfg.model.deformation_max_mm, cfg.model.deformation_grid = 10.0, 8
+    cfg.model.intensity_max, cfg.model.intensity_grid = 0.2, 4
+    deformation = build_generator(cfg, "deformation")
+    intensity = build_generator(cfg, "intensity")
+    spacing = cfg.preprocess.spacing_mm
+    assert deformation.field_bound == pytest.approx(10.0 / spacing)  # pixels
+    assert (deformation.field_grid, intensity.field_bound, intensity.field_grid) == (8, 0.2, 4)
