@@ -177,6 +177,12 @@ class AugmentConfig:
             (each generated slice is GV, GI or GV then GI with equal probability, the
             original code) or ``chain`` (GV then GI on every slice, as ``rdri`` chains RD
             and RI).
+        generated_strength: (min, max) of a per-slice factor u ~ U(min, max) that scales
+            each generated field (flow and ΔI) in the final segmenter stage; [1, 1] (the
+            paper) applies the generators' fields as they are.
+        generated_after_random: apply random elastic and random intensity (RD, RI) before
+            the generators in the final segmenter stage, so the learned transformations
+            come on top of random ones (false: the paper).
     """
 
     affine_probability: float = 0.8
@@ -188,6 +194,8 @@ class AugmentConfig:
     brightness_range: list[float] = field(default_factory=lambda: [-0.1, 0.1])
     mixup_alpha: float = 0.2
     generated_composition: str = "choice"
+    generated_strength: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    generated_after_random: bool = False
 
 
 @dataclass

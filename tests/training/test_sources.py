@@ -102,7 +102,7 @@ def test_chained_composition_gives_every_row_gv_then_gi(generators):
     for row in range(8):
         assert not np.array_equal(masks[row], masks_in[row])  # warped (GV)...
         assert not np.allclose(images[row, ..., 0], masks[row, ..., 1], atol=1e-6)  # ...+ GI
-    assert GeneratedAugmentation.from_config(layer.get_config()).composition == "chain"
+    assert layer.get_config()["composition"] == "chain"
 
 
 def test_unknown_composition_is_refused(generators):
@@ -150,3 +150,32 @@ def test_generator_bounds_come_from_the_config_in_physical_units(tmp_path):
     spacing = cfg.preprocess.spacing_mm
     assert deformation.field_bound == pytest.approx(10.0 / spacing)  # pixels
     assert (deformation.field_grid, intensity.field_bound, intensity.field_grid) == (8, 0.2, 4)
+
+
+def test_zero_strength_gives_the_identity_and_a_range_gives_intermediate_fields(generators):
+    inputs = _pairs(6)
+    still = GeneratedAugmentation(**generators, z_dim=Z_DIM, seed=2, strength=(0.0, 0.0))
+    out = still(inputs, training=True)
+    np.testing.assert_allclose(out["images"], inputs["images"], atol=1e-6)
+    np.testing.assert_allclose(out["segmentation_masks"], inputs["segmentation_masks"], atol=1e-6)
+
+    full = GeneratedAugmentation(deformation=generators["deformation"], z_dim=Z_DIM, seed=2)
+    scaled = GeneratedAugmentation(
+        deformation=generators["deformation"], z_dim=Z_DIM, seed=2, strength=(0.2, 0.6)
+    )
+    change = np.abs(full(inputs)["images"] - inputs["images"]).sum()
+    smaller = np.abs(scaled(inputs)["images"] - inputs["images"]).sum()
+    assert 0.0 < smaller < change
+    with pytest.raises(ValueError, match="strength must be"):
+        GeneratedAugmentation(**generators, z_dim=Z_DIM, strength=(0.5, 0.1))
+
+
+def test_generated_after_random_chains_rd_ri_then_the_generators(generators, tmp_path):
+    cfg = tiny_config(tmp_path / "cache", tmp_path / "runs", method="gdgi")
+    cfg.augment.generated_after_random = True
+    layer = build_method_augmentation("gdgi", cfg, generators, seed=5)
+    assert isinstance(layer, ChainAugmentation)
+    names = [type(stage).__name__ for stage in layer.stages]
+    assert names == ["RandomElastic", "RandomIntensity", "GeneratedAugmentation"]
+    out = layer(_pairs(4), training=True)
+    np.testing.assert_allclose(tf.reduce_sum(out["segmentation_masks"], -1), 1.0, atol=1e-5)

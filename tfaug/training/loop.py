@@ -236,14 +236,16 @@ def run_stage(
         if improved:
             best_step.assign(current)
             best_score.assign(selection if selection is not None else -math.inf)
+        # Before the checkpoint: a kill between the two leaves a row past the restored step,
+        # which the resumed stage drops and writes again.
+        metrics_log.append(
+            {"step": current, **logs, "validation_dice": score, "selection_score": selection}
+        )
         elapsed.assign_add(time.perf_counter() - session_start)
         session_start = time.perf_counter()
         manager.save()
         if improved:
             _save_best(keep, stage_dir)
-        metrics_log.append(
-            {"step": current, **logs, "validation_dice": score, "selection_score": selection}
-        )
         _write_summaries(writer, name, current, logs, score)
         if on_validation is not None:
             on_validation(current)

@@ -63,8 +63,10 @@ class GeneratedAugmentation(keras.layers.Layer):
     (additive intensity), or GI applied to GV's output (GVI, the same z fed to both, as in
     the original final stage). With ``composition="chain"`` every row gets GVI (when both
     generators are given), as ``rdri`` applies RD then RI to every row. z ~ N(0, I) is
-    drawn per row. The generators run in inference mode; no gradient flows through this
-    layer.
+    drawn per row. With ``strength=(a, b)``, each field is multiplied by its own factor
+    u ~ U(a, b) per row (and per generator), so a frozen generator yields a range of
+    transformations between the identity (u = 0) and its own (u = 1). The generators run
+    in inference mode; no gradient flows through this layer.
 
     Args:
         deformation: the GV generator, or ``None``.
@@ -72,6 +74,7 @@ class GeneratedAugmentation(keras.layers.Layer):
         z_dim: size of z.
         seed: seed of z and of the per-row choice.
         composition: ``"choice"`` or ``"chain"`` (see above).
+        strength: (min, max), 0 <= min <= max, of the field factor u; (1, 1): the paper.
 
     Call on ``{"images": (B,H,W,1), "segmentation_masks": (B,H,W,C)}``.
     """
@@ -83,6 +86,7 @@ class GeneratedAugmentation(keras.layers.Layer):
         z_dim: int = 100,
         seed: int | None = None,
         composition: str = "choice",
+        strength: tuple[float, float] = (1.0, 1.0),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -94,6 +98,13 @@ class GeneratedAugmentation(keras.layers.Layer):
                 f"{composition!r}. Set augment.generated_composition accordingly."
             )
         self.composition = composition
+        low, high = (float(v) for v in strength)
+        if not 0.0 <= low <= high:
+            raise ValueError(
+                f"GeneratedAugmentation: strength must be (min, max) with 0 <= min <= max, "
+                f"found {tuple(strength)}. Set augment.generated_strength, e.g. [0.0, 1.0]."
+            )
+        self.strength = (low, high)
         self.deformation = deformation
         self.intensity = intensity
         self.z_dim = z_dim
@@ -108,14 +119,14 @@ class GeneratedAugmentation(keras.layers.Layer):
         chain = both and self.composition == "chain"
         candidates = []
         if self.deformation is not None:
-            flow = self.deformation((images, z), training=False)
+            flow = self._scaled(self.deformation((images, z), training=False))
             warped_images, warped_masks = apply_deformation(images, masks, flow)
             candidates.append((warped_images, warped_masks))
         if self.intensity is not None and not chain:
-            delta = self.intensity((images, z), training=False)
+            delta = self._scaled(self.intensity((images, z), training=False))
             candidates.append((apply_intensity(images, delta), masks))
         if both:
-            delta = self.intensity((warped_images, z), training=False)
+            delta = self._scaled(self.intensity((warped_images, z), training=False))
             candidates.append((apply_intensity(warped_images, delta), warped_masks))
         if chain:
             candidates = candidates[-1:]  # GVI on every row
@@ -130,12 +141,20 @@ class GeneratedAugmentation(keras.layers.Layer):
             "segmentation_masks": tf.stop_gradient(out_masks),
         }
 
+    def _scaled(self, field: tf.Tensor) -> tf.Tensor:
+        """``field`` (B,H,W,C) times a per-row factor u ~ U(strength); unchanged for (1, 1)."""
+        if self.strength == (1.0, 1.0):
+            return field
+        factor = keras.random.uniform(tf.shape(field)[:1], *self.strength, seed=self.seed_generator)
+        return field * tf.cast(tf.reshape(factor, (-1, 1, 1, 1)), field.dtype)
+
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "z_dim": self.z_dim,
             "seed": self.seed,
             "composition": self.composition,
+            "strength": list(self.strength),
         }
 
 
@@ -208,8 +227,10 @@ def build_method_augmentation(
             z_dim=cfg.model.z_dim,
             seed=seed,
             composition=aug.generated_composition,
+            strength=tuple(aug.generated_strength),
         )
+        stages = [elastic, intensity, generated] if aug.generated_after_random else [generated]
         if method == "gdgi_mixup":
-            return ChainAugmentation([generated, Mixup(alpha=aug.mixup_alpha, seed=seed + 2)])
-        return generated
+            stages.append(Mixup(alpha=aug.mixup_alpha, seed=seed + 2))
+        return stages[0] if len(stages) == 1 else ChainAugmentation(stages)
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
