@@ -213,6 +213,9 @@ class TrainConfig:
         lambda_seg: weight of L_S in the generator objective.
         lambda_adv: weight of the adversarial term.
         lambda_ld: weight of the large-deviation term.
+        lambda_diversity: weight of the generators' diversity (mode-seeking) term, which
+            rewards fields that change with z (0: off, the paper; see
+            ``JointAugmentationModel``).
         generator_mode: ``joint`` (L_S reaches G, the paper) or ``independent``.
         model_selection: ``best`` keeps the weights of the best validation score of each
             generator and final segmenter stage (the paper); ``last`` takes them after the
@@ -252,6 +255,7 @@ class TrainConfig:
     lambda_seg: float = 1.0
     lambda_adv: float = 1.0
     lambda_ld: float = 1e-3
+    lambda_diversity: float = 0.0
     generator_mode: str = "joint"
     model_selection: str = "best"
     generated_fraction: list[float] = field(default_factory=lambda: [0.25, 0.7])

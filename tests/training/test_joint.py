@@ -9,7 +9,11 @@ from tfaug.models.discriminator import Discriminator
 from tfaug.models.generator import Generator
 from tfaug.models.unet import UNet
 from tfaug.ops.augment import RandomAffine
-from tfaug.training.joint import JointAugmentationModel, segmentation_gradient_wrt_generator
+from tfaug.training.joint import (
+    JointAugmentationModel,
+    field_diversity,
+    segmentation_gradient_wrt_generator,
+)
 
 SIDE = 32
 BATCH = 8
@@ -267,3 +271,26 @@ def test_integer_labels_are_required():
     (x, y), x_u = _batch()
     with pytest.raises(ValueError, match=r"labels \(B,H,W\) int"):
         model.train_step(((x, tf.one_hot(y, 2)), x_u))
+
+
+def test_field_diversity_is_zero_for_equal_fields_and_one_for_opposite_ones():
+    field = np.random.default_rng(0).normal(size=(2, 4, 4, 2)).astype("float32")
+    assert float(field_diversity(field, field)) == 0.0
+    assert float(field_diversity(field, -field)) == pytest.approx(1.0)
+    assert float(field_diversity(np.zeros_like(field), np.zeros_like(field))) == 0.0
+
+
+def test_diversity_term_makes_the_field_depend_more_on_z():
+    # Same seed and data; only λ_div differs. The term rewards |f(x,z) − f(x,z')|, so after
+    # a few steps the trained generator's fields differ more between two z.
+    data = tf.data.Dataset.from_tensors(_batch()).repeat(12)
+    ratios = {}
+    for weight in (0.0, 5.0):
+        model = _make_model(lambda_diversity=weight, learning_rate=3e-3)
+        history = model.fit(data, epochs=1, verbose=0).history
+        assert ("diversity" in history) == (weight > 0)
+        (x, _), _ = _batch()
+        z, z_other = (tf.random.stateless_normal((BATCH, Z_DIM), seed=(s, 0)) for s in (1, 2))
+        fields = [model.generator((x, noise), training=False) for noise in (z, z_other)]
+        ratios[weight] = float(field_diversity(*fields))
+    assert ratios[5.0] > ratios[0.0]

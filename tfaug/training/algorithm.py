@@ -207,6 +207,7 @@ class Algorithm:
             lambda_seg=cfg.train.lambda_seg,
             lambda_adv=cfg.train.lambda_adv,
             lambda_ld=cfg.train.lambda_ld,
+            lambda_diversity=cfg.train.lambda_diversity,
             mode=cfg.train.generator_mode,
             generated_fraction=tuple(cfg.train.generated_fraction),
             affine=build_affine(cfg, self._seed(stage)),

@@ -86,6 +86,12 @@ class JointAugmentationModel(keras.Model):
         lambda_seg: λ_S, weight of L_S in the G/S objective.
         lambda_adv: λ_adv, weight of the non-saturating adversarial term.
         lambda_ld: λ_LD, weight of the large-deviation term ``−mean|field|``.
+        lambda_diversity: weight of a diversity term beyond the paper (0: off, the paper).
+            When > 0, G also transforms the batch with a second noise z' and the term
+            ``−mean|f(x,z) − f(x,z')| / (mean|f(x,z)| + mean|f(x,z')|)`` (scale-free, in
+            [−1, 0]) rewards fields that depend on z, against a generator that ignores its
+            noise and so produces one transformation per image (mode-seeking, Mao et al.
+            2019). The ``diversity`` tracker then reports the ratio.
         mode: ``"joint"`` (L_S reaches G, the paper) or ``"independent"`` (it does not).
         generated_fraction: (f_min, f_max) in [0, 1], the share of the labeled batch that is
             generated (0.25, 0.7 ≈ 5–14 of 20 rows, as the original code).
@@ -118,6 +124,7 @@ class JointAugmentationModel(keras.Model):
         lambda_seg: float = 1.0,
         lambda_adv: float = 1.0,
         lambda_ld: float = 1e-3,
+        lambda_diversity: float = 0.0,
         mode: str = "joint",
         generated_fraction: Sequence[float] = (0.25, 0.7),
         affine: keras.layers.Layer | None = None,
@@ -149,6 +156,7 @@ class JointAugmentationModel(keras.Model):
         self.lambda_seg = float(lambda_seg)
         self.lambda_adv = float(lambda_adv)
         self.lambda_ld = float(lambda_ld)
+        self.lambda_diversity = float(lambda_diversity)
         self.mode = mode
         self.generated_fraction = tuple(float(f) for f in generated_fraction)
         self.z_dim = int(generator_z_dim)
@@ -157,7 +165,8 @@ class JointAugmentationModel(keras.Model):
         # Draws for the global batch, identical on every replica (then sliced per replica).
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.ld_loss = deformation_ld_loss if kind == "deformation" else intensity_ld_loss
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in _TRACKERS}
+        names = (*_TRACKERS, "diversity") if self.lambda_diversity > 0 else _TRACKERS
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.dice_tracker = keras.metrics.Mean(name="dice")
         self.g_optimizer: keras.optimizers.Optimizer | None = None
         self.s_optimizer: keras.optimizers.Optimizer | None = None
@@ -254,8 +263,9 @@ class JointAugmentationModel(keras.Model):
             generated_rows: (B,) bool, rows of the S batch replaced by generated pairs.
 
         Returns:
-            float32 scalars ``seg_loss``, ``adv_loss``, ``ld_loss``, ``total_loss`` and
-            tensors ``generated`` (x_g, (B,H,W,1)) and ``field``. Calls S, G and D with
+            float32 scalars ``seg_loss``, ``adv_loss``, ``ld_loss``, ``total_loss`` (and
+            ``diversity`` with ``lambda_diversity > 0``) and tensors ``generated`` (x_g,
+            (B,H,W,1)), ``generated_labels`` (y_g) and ``field``. Calls S, G and D with
             ``training=True`` (their BatchNormalization statistics move).
         """
         x_g, y_g, field = self.generate(x, y_onehot, z, training=True)
@@ -274,15 +284,20 @@ class JointAugmentationModel(keras.Model):
         adv_loss = generator_adversarial_loss(self.discriminator(x_g, training=True))
         ld_loss = self.ld_loss(field)
         total = self.lambda_seg * seg_loss + self.lambda_adv * adv_loss + self.lambda_ld * ld_loss
-        return {
+        losses = {
             "seg_loss": seg_loss,
             "adv_loss": adv_loss,
             "ld_loss": ld_loss,
-            "total_loss": total,
             "generated": x_g,
             "generated_labels": y_g,
             "field": field,
         }
+        if self.lambda_diversity > 0:
+            other = self.generator((x, self.draw_noise(tf.shape(x)[0])), training=True)
+            losses["diversity"] = field_diversity(field, other)
+            total -= self.lambda_diversity * losses["diversity"]
+        losses["total_loss"] = total
+        return losses
 
     def draw_step_randomness(self, batch_size: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Draw z (B,z_dim) ~ N(0, I) float32 and the generated-rows mask (B,) bool.
@@ -303,6 +318,12 @@ class JointAugmentationModel(keras.Model):
         generated_rows = tf.argsort(tf.argsort(scores)) < count
         z = keras.random.normal((batch_size, self.z_dim), seed=self.seed_generator)
         return replica_rows(z, rows), replica_rows(generated_rows, rows)
+
+    def draw_noise(self, batch_size: tf.Tensor) -> tf.Tensor:
+        """Another z (B,z_dim) ~ N(0, I) float32, drawn for the global batch and sliced."""
+        rows = global_batch_size(batch_size)
+        z = keras.random.normal((rows, self.z_dim), seed=self.seed_generator)
+        return replica_rows(z, batch_size)
 
     # ----------------------------------------------------------------------- Keras steps
 
@@ -352,7 +373,8 @@ class JointAugmentationModel(keras.Model):
         self.d_optimizer.apply(tape.gradient(d_scaled, d_weights), d_weights)
 
         # 4. Trackers.
-        values = {name: losses[name] for name in ("seg_loss", "adv_loss", "ld_loss", "total_loss")}
+        names = ("seg_loss", "adv_loss", "ld_loss", "total_loss", "diversity")
+        values = {name: losses[name] for name in names if name in losses}
         values["d_loss"] = d_loss
         values["d_acc_real"] = tf.reduce_mean(tf.cast(real_logits > 0.0, tf.float32))
         values["d_acc_fake"] = tf.reduce_mean(tf.cast(fake_logits < 0.0, tf.float32))
@@ -400,6 +422,7 @@ class JointAugmentationModel(keras.Model):
             lambda_seg=self.lambda_seg,
             lambda_adv=self.lambda_adv,
             lambda_ld=self.lambda_ld,
+            lambda_diversity=self.lambda_diversity,
             mode=self.mode,
             generated_fraction=list(self.generated_fraction),
             z_dim=self.z_dim,
@@ -414,6 +437,15 @@ class JointAugmentationModel(keras.Model):
         for key in ("segmenter", "generator", "discriminator", "affine"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def field_diversity(field: tf.Tensor, other: tf.Tensor) -> tf.Tensor:
+    """``mean|f − f'| / (mean|f| + mean|f'|)``: how much two fields of the same images
+    (drawn with different z) differ, relative to their size; float32 scalar in [0, 1]
+    (0: G ignores z). Both fields (B,H,W,C) float."""
+    field, other = tf.cast(field, tf.float32), tf.cast(other, tf.float32)
+    size = tf.reduce_mean(tf.abs(field)) + tf.reduce_mean(tf.abs(other))
+    return tf.math.divide_no_nan(tf.reduce_mean(tf.abs(field - other)), size)
 
 
 def field_statistics(
