@@ -225,8 +225,8 @@ class JointAugmentationModel(keras.Model):
         """The trackers: seg_loss, adv_loss, ld_loss, total_loss, d_loss, d_acc_real,
         d_acc_fake, field_magnitude (mean |component| of v in px, or mean |ΔI|), field_norm
         (mean per-pixel length |v| in px, or mean |ΔI|), field_peak (per-slice maximum of
-        that length, averaged over the batch), foreground_lost (share of the foreground label
-        mass the warp removes, 0 for intensity), and dice (test_step)."""
+        that length, averaged over the batch), foreground_lost (per-slice share of the
+        foreground label mass the warp removes, averaged; 0 for intensity), and dice (test_step)."""
         return [*self.trackers.values(), self.dice_tracker]
 
     # ----------------------------------------------------------------------- the method
@@ -461,20 +461,22 @@ def field_statistics(
     Returns:
         float32 scalars: ``field_magnitude`` (mean |component|, the quantity L_LD uses),
         ``field_norm`` (mean per-pixel vector length), ``field_peak`` (per-slice maximum
-        length, averaged over slices) and ``foreground_lost`` (1 − foreground mass after /
-        before, over the batch, at least 0: the share of the structures moved out of the
-        image or squeezed by the warp; 0 for an intensity field).
+        length, averaged over slices) and ``foreground_lost`` (per slice, 1 − foreground mass
+        after / before, at least 0 and 0 for a slice without foreground, averaged over the
+        slices: the share of the structures moved out of the image or squeezed by the warp;
+        0 for an intensity field). Every one is a mean over slices, so it averages exactly
+        across the replicas of a distribution strategy.
     """
     field = tf.cast(field, tf.float32)
     length = tf.norm(field, axis=-1)
-    before = tf.reduce_sum(tf.cast(labels[..., 1:], tf.float32))
-    after = tf.reduce_sum(tf.cast(generated_labels[..., 1:], tf.float32))
+    before = tf.reduce_sum(tf.cast(labels[..., 1:], tf.float32), axis=[1, 2, 3])
+    after = tf.reduce_sum(tf.cast(generated_labels[..., 1:], tf.float32), axis=[1, 2, 3])
     lost = tf.maximum(0.0, 1.0 - tf.math.divide_no_nan(after, before))
     return {
         "field_magnitude": tf.reduce_mean(tf.abs(field)),
         "field_norm": tf.reduce_mean(length),
         "field_peak": tf.reduce_mean(tf.reduce_max(length, axis=[1, 2])),
-        "foreground_lost": tf.where(before > 0.0, lost, 0.0),
+        "foreground_lost": tf.reduce_mean(tf.where(before > 0.0, lost, 0.0)),
     }
 
 
