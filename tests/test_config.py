@@ -79,6 +79,14 @@ def test_unknown_dataset():
         ("split.scheme=paperish", "split.scheme"),
         ("tag=a/b", "tag"),
         ("augment.generated_composition=sum", "augment.generated_composition"),
+        ("train.real_label=0.3", "train.real_label"),
+        ("train.validation_smoothing=1.0", "train.validation_smoothing"),
+        ("train.lambda_diversity=-1", "train.lambda_diversity"),
+        ("train.discriminator_learning_rate=0", "train.discriminator_learning_rate"),
+        ("model.deformation_max_mm=0", "model.deformation_max_mm"),
+        ("model.intensity_max=0", "model.intensity_max"),
+        ("model.deformation_grid=7", "model.deformation_grid"),
+        ("augment.generated_strength=[0.5,0.1]", "augment.generated_strength"),
     ],
 )
 def test_values_outside_their_choices_are_rejected(override, message):

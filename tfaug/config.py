@@ -419,6 +419,40 @@ def _check_choices(config: Config) -> None:
             f"tag: {config.tag!r} may hold only letters, digits, '.' and '_' "
             "(it becomes part of the run directory's name)"
         )
+    _check_switches(config)
+
+
+def _check_switches(config: Config) -> None:
+    """Range checks of the switches beyond the paper (docs/switches.md), at load time, so a
+    bad ``--set`` fails before anything is trained."""
+    model, train, augment = config.model, config.train, config.augment
+    problems = []
+    if model.deformation_max_mm is not None and not model.deformation_max_mm > 0:
+        problems.append(f"model.deformation_max_mm: {model.deformation_max_mm} must be > 0 or null")
+    if not model.intensity_max > 0:
+        problems.append(f"model.intensity_max: {model.intensity_max} must be > 0 (1.0: the paper)")
+    for key in ("deformation_grid", "intensity_grid"):
+        grid = getattr(model, key)
+        if grid < 1 or config.preprocess.crop_size % grid:
+            problems.append(
+                f"model.{key}: {grid} must be >= 1 and divide preprocess.crop_size "
+                f"({config.preprocess.crop_size})"
+            )
+    rate = train.discriminator_learning_rate
+    if rate is not None and not rate > 0:
+        problems.append(f"train.discriminator_learning_rate: {rate} must be > 0 or null")
+    if not 0.5 < train.real_label <= 1.0:
+        problems.append(f"train.real_label: {train.real_label} must be in (0.5, 1]")
+    if not 0.0 <= train.validation_smoothing < 1.0:
+        smoothing = train.validation_smoothing
+        problems.append(f"train.validation_smoothing: {smoothing} must be in [0, 1)")
+    if not train.lambda_diversity >= 0:
+        problems.append(f"train.lambda_diversity: {train.lambda_diversity} must be >= 0")
+    strength = augment.generated_strength
+    if len(strength) != 2 or not 0.0 <= strength[0] <= strength[1]:
+        problems.append(f"augment.generated_strength: {strength} must be [min, max], 0<=min<=max")
+    if problems:
+        raise ConfigError("; ".join(problems) + " (see docs/switches.md)")
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

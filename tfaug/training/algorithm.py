@@ -215,7 +215,9 @@ class Algorithm:
             seed=self._seed(stage),
             real_label=cfg.train.real_label,
         )
-        d_learning_rate = cfg.train.discriminator_learning_rate or cfg.train.learning_rate
+        d_learning_rate = cfg.train.discriminator_learning_rate
+        if d_learning_rate is None:
+            d_learning_rate = cfg.train.learning_rate
         model.compile(
             g_optimizer=keras.optimizers.Adam(cfg.train.learning_rate, beta_1=0.9, beta_2=0.999),
             d_optimizer=keras.optimizers.Adam(d_learning_rate, beta_1=0.9, beta_2=0.999),

@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tfaug.config import Config
+from tfaug.config import CHOICES, Config
 from tfaug.ops.augment import Mixup, RandomAffine, RandomElastic, RandomIntensity, sigma_px_from_mm
 from tfaug.ops.seeds import ReplicaSeedGenerator
 from tfaug.ops.warp import dense_image_warp
@@ -28,7 +28,7 @@ GENERATOR_METHODS: dict[str, tuple[str, ...]] = {
 # Semi-supervised comparisons trained by tfaug.training.comparisons (no augmentation layer).
 COMPARISON_METHODS = ("self_training", "adv_pixel", "adv_image")
 # How GeneratedAugmentation combines GV and GI (augment.generated_composition).
-COMPOSITIONS = ("choice", "chain")
+COMPOSITIONS = CHOICES["augment.generated_composition"]
 METHODS = ("none", "aff", "rd", "ri", "rdri", "mixup", *GENERATOR_METHODS, *COMPARISON_METHODS)
 
 
