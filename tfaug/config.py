@@ -183,6 +183,11 @@ class AugmentConfig:
         generated_after_random: apply random elastic and random intensity (RD, RI) before
             the generators in the final segmenter stage, so the learned transformations
             come on top of random ones (false: the paper).
+        random_before_generators: the generator stages also apply RD and RI (after the
+            affine augmentation) to the labeled batch before G, so G learns transformations
+            on top of random ones and D's generated slices are not all one subject's fixed
+            appearance (false: the paper). Pair it with ``generated_after_random`` so the
+            generators see the same kind of input in training and in the final stage.
     """
 
     affine_probability: float = 0.8
@@ -196,6 +201,7 @@ class AugmentConfig:
     generated_composition: str = "choice"
     generated_strength: list[float] = field(default_factory=lambda: [1.0, 1.0])
     generated_after_random: bool = False
+    random_before_generators: bool = False
 
 
 @dataclass

@@ -35,6 +35,7 @@ def test_generator_config_is_the_same_for_every_generator_method(tmp_path):
         lambda c: setattr(c.train, "generator_mode", "independent"),
         lambda c: setattr(c.augment, "rotation_degrees", 5.0),
         lambda c: setattr(c.split, "draw", 1),
+        lambda c: setattr(c.augment, "random_before_generators", True),
     ],
 )
 def test_settings_the_generators_depend_on_change_the_generator_config(tmp_path, change):
@@ -42,6 +43,16 @@ def test_settings_the_generators_depend_on_change_the_generator_config(tmp_path,
     other = tiny_config(tmp_path, tmp_path)
     change(other)
     assert generator_config(cfg) != generator_config(other)
+
+
+def test_random_augmentation_parameters_matter_only_when_the_generators_see_them(tmp_path):
+    cfg = tiny_config(tmp_path, tmp_path)
+    other = tiny_config(tmp_path, tmp_path)
+    other.augment.elastic_sigma_mm = 3.0
+    assert generator_config(cfg) == generator_config(other)
+    cfg.augment.random_before_generators = other.augment.random_before_generators = True
+    assert generator_config(cfg) != generator_config(other)
+    assert generator_config(other).augment.elastic_sigma_mm == 3.0
 
 
 def test_stages_are_linked_and_existing_stage_folders_are_kept(tmp_path):

@@ -16,6 +16,7 @@ from tfaug.training.sources import (
     METHODS,
     ChainAugmentation,
     GeneratedAugmentation,
+    build_generator_input_augmentation,
     build_method_augmentation,
 )
 
@@ -178,4 +179,20 @@ def test_generated_after_random_chains_rd_ri_then_the_generators(generators, tmp
     names = [type(stage).__name__ for stage in layer.stages]
     assert names == ["RandomElastic", "RandomIntensity", "GeneratedAugmentation"]
     out = layer(_pairs(4), training=True)
+    np.testing.assert_allclose(tf.reduce_sum(out["segmentation_masks"], -1), 1.0, atol=1e-5)
+
+
+def test_generator_input_augmentation_is_affine_unless_random_before_generators(tmp_path):
+    cfg = tiny_config(tmp_path / "cache", tmp_path / "runs", method="gdgi")
+    assert type(build_generator_input_augmentation(cfg, seed=5)).__name__ == "RandomAffine"
+    cfg.augment.random_before_generators = True
+    layer = build_generator_input_augmentation(cfg, seed=5)
+    assert isinstance(layer, ChainAugmentation)
+    names = [type(stage).__name__ for stage in layer.stages]
+    assert names == ["RandomAffine", "RandomElastic", "RandomIntensity"]
+    inputs = _pairs(4)
+    out = layer(inputs, training=True)
+    # RD moves the labels and RI changes the intensities, and the labels stay a partition.
+    assert not np.allclose(out["segmentation_masks"], inputs["segmentation_masks"])
+    assert not np.allclose(out["images"], inputs["images"])
     np.testing.assert_allclose(tf.reduce_sum(out["segmentation_masks"], -1), 1.0, atol=1e-5)

@@ -46,6 +46,7 @@ from tfaug.training.sources import (
     GENERATOR_METHODS,
     METHODS,
     build_affine,
+    build_generator_input_augmentation,
     build_method_augmentation,
 )
 
@@ -210,7 +211,7 @@ class Algorithm:
             lambda_diversity=cfg.train.lambda_diversity,
             mode=cfg.train.generator_mode,
             generated_fraction=tuple(cfg.train.generated_fraction),
-            affine=build_affine(cfg, self._seed(stage)),
+            affine=build_generator_input_augmentation(cfg, self._seed(stage)),
             z_dim=cfg.model.z_dim,
             seed=self._seed(stage),
             real_label=cfg.train.real_label,

@@ -31,17 +31,25 @@ def generator_config(cfg: Config) -> Config:
     ``method`` becomes ``"generators"``; the final stage's iteration count and the
     non-affine augmentation parameters (random elastic, random intensity, Mixup, the
     composition of the generators) are reset to their defaults, since only the final
-    segmenter stage reads them. Everything else (data, split, networks, λs, mode, seed,
-    affine parameters, tag) is kept.
+    segmenter stage reads them, except the random elastic and intensity parameters when
+    ``augment.random_before_generators`` makes the generator stages use them. Everything
+    else (data, split, networks, λs, mode, seed, affine parameters, tag) is kept.
     """
     shared = copy.deepcopy(cfg)
     shared.method = "generators"
     shared.train.segmenter_iterations = 0
+    aug = cfg.augment
     shared.augment = AugmentConfig(
-        affine_probability=cfg.augment.affine_probability,
-        scale_range=list(cfg.augment.scale_range),
-        rotation_degrees=cfg.augment.rotation_degrees,
+        affine_probability=aug.affine_probability,
+        scale_range=list(aug.scale_range),
+        rotation_degrees=aug.rotation_degrees,
     )
+    if aug.random_before_generators:  # the generator stages apply RD and RI too
+        shared.augment.random_before_generators = True
+        shared.augment.elastic_sigma_mm = aug.elastic_sigma_mm
+        shared.augment.elastic_grid = aug.elastic_grid
+        shared.augment.contrast_range = list(aug.contrast_range)
+        shared.augment.brightness_range = list(aug.brightness_range)
     return shared
 
 

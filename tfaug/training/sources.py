@@ -186,6 +186,32 @@ def build_affine(cfg: Config, seed: int) -> RandomAffine:
     )
 
 
+def build_random(cfg: Config, seed: int) -> tuple[RandomElastic, RandomIntensity]:
+    """RD and RI from ``cfg.augment`` (σ converted from mm with ``cfg.preprocess.spacing_mm``);
+    RI draws with ``seed + 1``."""
+    aug = cfg.augment
+    elastic = RandomElastic(
+        sigma_px=sigma_px_from_mm(aug.elastic_sigma_mm, cfg.preprocess.spacing_mm),
+        grid_size=aug.elastic_grid,
+        seed=seed,
+    )
+    intensity = RandomIntensity(
+        contrast_range=tuple(aug.contrast_range),
+        brightness_range=tuple(aug.brightness_range),
+        seed=seed + 1,
+    )
+    return elastic, intensity
+
+
+def build_generator_input_augmentation(cfg: Config, seed: int) -> keras.layers.Layer:
+    """What the generator stages apply to the labeled batch before G: the affine
+    augmentation, then RD and RI when ``augment.random_before_generators`` is set."""
+    affine = build_affine(cfg, seed)
+    if not cfg.augment.random_before_generators:
+        return affine
+    return ChainAugmentation([affine, *build_random(cfg, seed + 2)])
+
+
 def build_method_augmentation(
     method: str, cfg: Config, generators: dict[str, keras.Model], seed: int
 ) -> keras.layers.Layer | None:
@@ -200,16 +226,7 @@ def build_method_augmentation(
         seed: seed of the layer's random draws.
     """
     aug = cfg.augment
-    elastic = RandomElastic(
-        sigma_px=sigma_px_from_mm(aug.elastic_sigma_mm, cfg.preprocess.spacing_mm),
-        grid_size=aug.elastic_grid,
-        seed=seed,
-    )
-    intensity = RandomIntensity(
-        contrast_range=tuple(aug.contrast_range),
-        brightness_range=tuple(aug.brightness_range),
-        seed=seed + 1,
-    )
+    elastic, intensity = build_random(cfg, seed)
     if method in ("none", "aff", *COMPARISON_METHODS):
         return None
     if method == "rd":
