@@ -8,12 +8,13 @@ import tensorflow as tf
 from tfaug.models.discriminator import Discriminator
 from tfaug.models.generator import Generator
 from tfaug.models.unet import UNet
-from tfaug.ops.augment import RandomAffine
+from tfaug.ops.augment import RandomAffine, RandomElastic, RandomIntensity
 from tfaug.training.joint import (
     JointAugmentationModel,
     field_diversity,
     segmentation_gradient_wrt_generator,
 )
+from tfaug.training.sources import ChainAugmentation
 
 SIDE = 32
 BATCH = 8
@@ -294,3 +295,16 @@ def test_diversity_term_makes_the_field_depend_more_on_z():
         fields = [model.generator((x, noise), training=False) for noise in (z, z_other)]
         ratios[weight] = float(field_diversity(*fields))
     assert ratios[5.0] > ratios[0.0]
+
+
+def test_fit_runs_with_random_augmentation_before_the_generator():
+    # augment.random_before_generators: affine, RD and RI on the labeled batch, inside the
+    # traced step, before G transforms it.
+    chain = ChainAugmentation(
+        [RandomAffine(seed=0), RandomElastic(sigma_px=2.0, seed=1), RandomIntensity(seed=2)]
+    )
+    model = _make_model(affine=chain)
+    data = tf.data.Dataset.from_tensors(_batch()).repeat(3)
+    history = model.fit(data, epochs=1, verbose=0).history
+    assert int(model.g_optimizer.iterations) == 3
+    assert np.isfinite(history["total_loss"][0]) and history["field_magnitude"][0] > 0.0
