@@ -204,6 +204,27 @@ def test_figures_are_written_and_referenced(runs_dir, tmp_path):
         assert image.ndim == 3 and image.shape[0] > 100
 
 
+def test_joint_vs_independent_is_tested_per_volume_draw_and_seed(runs_dir, tmp_path):
+    def weaker(method, draw, seed, case):
+        return {s: v - 0.01 * (1 + case) for s, v in _known_dice(method, draw, seed, case).items()}
+
+    for draw in range(2):
+        for seed in range(2):
+            _write_run(runs_dir, "gd", draw, seed, mode="independent", dice=weaker)
+    _write_run(runs_dir, "gd", 5, 0, mode="independent")  # no joint partner: not paired
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+    joint = _all_values("gd", "Myo")
+    independent = joint - np.tile(0.01 * (1 + np.arange(len(CASES))), 4)
+    expected = stats.wilcoxon(joint, independent)
+    cells = _row(report, "gd (phantom, N_L = 1) joint vs independent | Myo")
+    assert cells[2:] == [
+        str(len(joint)),
+        f"{np.mean(joint - independent):+.3f}",
+        f"{expected.statistic:.1f}",
+        f"{expected.pvalue:.2g} *",
+    ]
+
+
 def test_dice_vs_nl_and_joint_vs_independent_sections(runs_dir, tmp_path):
     for draw in range(2):
         _write_run(runs_dir, "gd", draw, 0, n_labeled=3)

@@ -198,27 +198,40 @@ def dice_values(runs: Sequence[RunResult], method: str, structure: str) -> np.nd
     )
 
 
+def keyed_values(
+    runs: Sequence[RunResult], method: str, structure: str
+) -> dict[tuple[str, int, int], float]:
+    """(test volume, draw, seed) → Dice of the method label on ``structure``."""
+    return {
+        (case, r.draw, r.seed): d[structure]
+        for r in runs
+        if r.label == method
+        for case, d in r.dice.items()
+    }
+
+
 def paired_values(
     runs: Sequence[RunResult], a: str, b: str, structure: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dice of ``a`` and ``b`` on the (test volume, draw, seed) keys both have, sorted by key."""
+    return _paired(keyed_values(runs, a, structure), keyed_values(runs, b, structure))
 
-    def keyed(method: str) -> dict[tuple[str, int, int], float]:
-        return {
-            (case, r.draw, r.seed): d[structure]
-            for r in runs
-            if r.label == method
-            for case, d in r.dice.items()
-        }
 
-    left, right = keyed(a), keyed(b)
+def _paired(
+    left: dict[tuple[str, int, int], float], right: dict[tuple[str, int, int], float]
+) -> tuple[np.ndarray, np.ndarray]:
     keys = sorted(set(left) & set(right))
     return np.array([left[k] for k in keys]), np.array([right[k] for k in keys])
 
 
 def wilcoxon_test(runs: Sequence[RunResult], a: str, b: str, structure: str) -> WilcoxonResult:
     """Two-sided Wilcoxon signed-rank test of ``a`` vs ``b`` (``scipy.stats.wilcoxon``)."""
-    x, y = paired_values(runs, a, b, structure)
+    return signed_rank(*paired_values(runs, a, b, structure), a, b, structure)
+
+
+def signed_rank(x: np.ndarray, y: np.ndarray, a: str, b: str, structure: str) -> WilcoxonResult:
+    """The two-sided Wilcoxon signed-rank test of paired Dice ``x`` (of ``a``) and ``y``
+    (of ``b``), both (n,); a result with ``p=None`` and a note when it cannot run."""
     if len(x) == 0:
         return WilcoxonResult(a, b, structure, 0, None, None, None, "no paired volumes")
     difference = float(np.mean(x - y))
@@ -315,15 +328,16 @@ def parse_comparison(text: str) -> tuple[str, str]:
 
 
 def _test_rows(runs: Sequence[RunResult], a: str, b: str, structures: Sequence[str]) -> list[str]:
-    rows = []
-    for structure in structures:
-        test = wilcoxon_test(runs, a, b, structure)
-        delta = "–" if test.difference is None else f"{test.difference:+.3f}"
-        w = "–" if test.statistic is None else f"{test.statistic:.1f}"
-        p = _p(test.p) + (f" ({test.note})" if test.note else "")
-        star = " *" if test.p is not None and test.p < SIGNIFICANCE else ""
-        rows.append(f"| {a} vs {b} | {_label(structure)} | {test.n} | {delta} | {w} | {p}{star} |")
-    return rows
+    return [_test_row(wilcoxon_test(runs, a, b, structure)) for structure in structures]
+
+
+def _test_row(test: WilcoxonResult) -> str:
+    delta = "–" if test.difference is None else f"{test.difference:+.3f}"
+    w = "–" if test.statistic is None else f"{test.statistic:.1f}"
+    p = _p(test.p) + (f" ({test.note})" if test.note else "")
+    star = " *" if test.p is not None and test.p < SIGNIFICANCE else ""
+    comparison = f"{test.a} vs {test.b}"
+    return f"| {comparison} | {_label(test.structure)} | {test.n} | {delta} | {w} | {p}{star} |"
 
 
 def wilcoxon_section(
@@ -470,7 +484,8 @@ def dice_vs_nl_section(runs: Sequence[RunResult], out_dir: Path) -> list[str]:
 
 
 def joint_vs_independent_section(runs: Sequence[RunResult]) -> list[str]:
-    """Table I: (dataset, N_L, method) with runs in both generator modes."""
+    """Table I: (dataset, N_L, method) with runs in both generator modes, then a Wilcoxon
+    test of joint vs independent per structure, paired per (test volume, draw, seed)."""
     modes = defaultdict(set)
     for r in runs:
         modes[(r.dataset, r.n_labeled, r.label)].add(r.generator_mode)
@@ -487,9 +502,12 @@ def joint_vs_independent_section(runs: Sequence[RunResult]) -> list[str]:
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
+    tests = []
     for dataset, n_labeled, method in both:
+        by_mode = {}
         for mode in ("joint", "independent"):
-            own = [r for r in runs if r.setting == (dataset, n_labeled, mode)]
+            by_mode[mode] = [r for r in runs if r.setting == (dataset, n_labeled, mode)]
+            own = by_mode[mode]
             cells = [_cell(dice_values(own, method, s)) for s in structures]
             n_runs = sum(r.label == method for r in own)
             volumes = len(dice_values(own, method, MEAN))
@@ -498,7 +516,21 @@ def joint_vs_independent_section(runs: Sequence[RunResult]) -> list[str]:
                 + " | ".join(cells)
                 + f" | {n_runs} | {volumes} |"
             )
-    return lines + [""]
+        for s in structures:
+            x, y = (keyed_values(by_mode[mode], method, s) for mode in ("joint", "independent"))
+            name = f"{method} ({dataset}, N_L = {n_labeled})"
+            tests.append(signed_rank(*_paired(x, y), f"{name} joint", "independent", s))
+    return [
+        *lines,
+        "",
+        "Joint minus independent, two-sided Wilcoxon signed-rank tests paired per (test volume, "
+        f"draw, seed); * = p < {SIGNIFICANCE}.",
+        "",
+        "| comparison | structure | n | Δ | W | p |",
+        "|---|---|---|---|---|---|",
+        *map(_test_row, tests),
+        "",
+    ]
 
 
 def build_report(runs_dir: Path, out_dir: Path, compare: Sequence[tuple[str, str]] = ()) -> str:
