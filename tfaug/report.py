@@ -504,10 +504,11 @@ def joint_vs_independent_section(runs: Sequence[RunResult]) -> list[str]:
     ]
     tests = []
     for dataset, n_labeled, method in both:
-        by_mode = {}
-        for mode in ("joint", "independent"):
-            by_mode[mode] = [r for r in runs if r.setting == (dataset, n_labeled, mode)]
-            own = by_mode[mode]
+        by_mode = {
+            mode: [r for r in runs if r.setting == (dataset, n_labeled, mode)]
+            for mode in ("joint", "independent")
+        }
+        for mode, own in by_mode.items():
             cells = [_cell(dice_values(own, method, s)) for s in structures]
             n_runs = sum(r.label == method for r in own)
             volumes = len(dice_values(own, method, MEAN))
@@ -516,10 +517,10 @@ def joint_vs_independent_section(runs: Sequence[RunResult]) -> list[str]:
                 + " | ".join(cells)
                 + f" | {n_runs} | {volumes} |"
             )
+        name = f"{method} ({dataset}, N_L = {n_labeled}) joint"
         for s in structures:
-            x, y = (keyed_values(by_mode[mode], method, s) for mode in ("joint", "independent"))
-            name = f"{method} ({dataset}, N_L = {n_labeled})"
-            tests.append(signed_rank(*_paired(x, y), f"{name} joint", "independent", s))
+            joint, independent = (keyed_values(own, method, s) for own in by_mode.values())
+            tests.append(signed_rank(*_paired(joint, independent), name, "independent", s))
     return [
         *lines,
         "",
