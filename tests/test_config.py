@@ -28,6 +28,7 @@ def test_real_dataset_configs_keep_the_papers_generator_settings(dataset):
     assert (cfg.model.deformation_max_mm, cfg.model.deformation_grid) == (None, 1)
     assert (cfg.model.intensity_max, cfg.model.intensity_grid) == (1.0, 1)
     assert cfg.train.discriminator_learning_rate is None
+    assert cfg.model.discriminator_patch_levels is None
     assert (cfg.train.real_label, cfg.train.validation_smoothing) == (1.0, 0.0)
     assert cfg.augment.generated_composition == "choice"
 
@@ -86,6 +87,7 @@ def test_unknown_dataset():
         ("model.deformation_max_mm=0", "model.deformation_max_mm"),
         ("model.intensity_max=0", "model.intensity_max"),
         ("model.deformation_grid=7", "model.deformation_grid"),
+        ("model.discriminator_patch_levels=6", "model.discriminator_patch_levels"),
         ("augment.generated_strength=[0.5,0.1]", "augment.generated_strength"),
     ],
 )

@@ -129,6 +129,9 @@ class ModelConfig:
         flow_kernel: kernel size of the deformation head (3 in the code, 1 in the paper).
         discriminator_filters: filters of the five 5x5 stride-2 convs.
         discriminator_units: units of the two hidden dense layers.
+        discriminator_patch_levels: ``null``: the paper's image-level D; k in 1..5: a patch
+            discriminator of the first k strided convs and one logit per position, each
+            seeing ``1 + 4·(2^k − 1)`` pixels (docs/switches.md).
         pixel_discriminator_filters: filters of the 4x4 stride-2 convs of the fully
             convolutional discriminator of ``adv_pixel`` (Hung et al. 2018: 64..512).
         bn_momentum: BatchNormalization momentum (0.99 in the paper; lower for short runs).
@@ -150,6 +153,7 @@ class ModelConfig:
     flow_kernel: int = 3
     discriminator_filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 128])
     discriminator_units: int = 128
+    discriminator_patch_levels: int | None = None
     pixel_discriminator_filters: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
@@ -444,6 +448,9 @@ def _check_switches(config: Config) -> None:
                 f"model.{key}: {grid} must be >= 1 and divide preprocess.crop_size "
                 f"({config.preprocess.crop_size})"
             )
+    levels = model.discriminator_patch_levels
+    if levels is not None and not 1 <= levels <= 5:
+        problems.append(f"model.discriminator_patch_levels: {levels} must be in 1..5 or null")
     rate = train.discriminator_learning_rate
     if rate is not None and not rate > 0:
         problems.append(f"train.discriminator_learning_rate: {rate} must be > 0 or null")

@@ -62,7 +62,8 @@ def generator_adversarial_loss(fake_logits: tf.Tensor) -> tf.Tensor:
     """Non-saturating generator loss: sigmoid cross-entropy of D(x_G) with target "real".
 
     Args:
-        fake_logits: (B,1) discriminator logits of generated images.
+        fake_logits: (B,1) discriminator logits of generated images, or (B,h,w,1) patch
+            logits (the mean runs over every patch).
 
     Returns:
         float32 scalar ``mean(−log σ(fake_logits))`` ≥ 0; log 2 ≈ 0.693 when D is undecided.
@@ -77,8 +78,8 @@ def discriminator_loss(
     the two terms.
 
     Args:
-        real_logits: (B,1) logits of unlabeled (real) images.
-        fake_logits: (B',1) logits of generated images.
+        real_logits: (B,1) logits of unlabeled (real) images, or (B,h,w,1) patch logits.
+        fake_logits: (B',1) logits of generated images, or (B',h,w,1).
         real_label: target of real images: 1 (the paper), or e.g. 0.9 for one-sided label
             smoothing (Salimans et al. 2016).
 

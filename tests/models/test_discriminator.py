@@ -42,3 +42,41 @@ def test_side_not_multiple_of_32_is_a_clear_error():
 def test_unknown_sides_cannot_be_built():
     with pytest.raises(ValueError, match="unknown sides"):
         Discriminator(**SMALL).build((None, None, None, 1))
+
+
+@pytest.mark.parametrize("levels, side", [(1, 16), (2, 8), (3, 4)])
+def test_patch_discriminator_gives_one_float32_logit_per_patch(levels, side):
+    model = Discriminator(**SMALL, patch_levels=levels)
+    logits = model(np.random.default_rng(0).random((2, 32, 32, 1), "float32"))
+    assert tuple(logits.shape) == (2, side, side, 1) == model.compute_output_shape((2, 32, 32, 1))
+    assert logits.dtype == "float32"
+    assert len(model.convs) == levels
+
+
+def test_patch_logits_only_see_their_receptive_field():
+    # Two 5x5 stride-2 convs: each logit sees 13x13 pixels, so a change in one corner leaves
+    # the opposite corner's logits as they were and moves the nearby ones.
+    model = Discriminator(**SMALL, patch_levels=2)
+    images = np.random.default_rng(0).random((1, 32, 32, 1)).astype("float32")
+    changed = images.copy()
+    changed[0, :4, :4] += 3.0
+    before = np.asarray(model(images, training=False))[0, ..., 0]
+    after = np.asarray(model(changed, training=False))[0, ..., 0]
+    assert np.abs(after[:2, :2] - before[:2, :2]).max() > 1e-4
+    np.testing.assert_array_equal(after[4:, 4:], before[4:, 4:])
+
+
+def test_patch_discriminator_round_trips_through_its_config():
+    model = Discriminator(**SMALL, patch_levels=2)
+    images = np.random.default_rng(0).random((1, 32, 32, 1)).astype("float32")
+    expected = np.asarray(model(images, training=False))
+    clone = Discriminator.from_config(model.get_config())
+    clone(images)
+    clone.set_weights(model.get_weights())
+    np.testing.assert_allclose(np.asarray(clone(images, training=False)), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("levels", [0, 6])
+def test_patch_levels_outside_one_to_five_is_a_clear_error(levels):
+    with pytest.raises(ValueError, match="model.discriminator_patch_levels"):
+        Discriminator(**SMALL, patch_levels=levels)

@@ -33,13 +33,14 @@ def _make_model(
     separate_s_optimizer=False,
     learning_rate=1e-3,
     build=True,
+    discriminator=None,
     **kwargs,
 ):
     """A tiny compiled joint model (narrow filters, 32x32 slices, 2 classes)."""
     model = JointAugmentationModel(
         UNet(2, filters=(4, 4, 8, 8, 8), bn_momentum=0.9),
         Generator(kind, filters=(8, 8, 4, 4, 4), image_filters=4, z_dim=Z_DIM, bn_momentum=0.9),
-        Discriminator(filters=(4, 4, 8, 8, 8), units=8, bn_momentum=0.9),
+        discriminator or Discriminator(filters=(4, 4, 8, 8, 8), units=8, bn_momentum=0.9),
         kind=kind,
         n_classes=2,
         class_weights=[0.1, 0.9],
@@ -308,3 +309,17 @@ def test_fit_runs_with_random_augmentation_before_the_generator():
     history = model.fit(data, epochs=1, verbose=0).history
     assert int(model.g_optimizer.iterations) == 3
     assert np.isfinite(history["total_loss"][0]) and history["field_magnitude"][0] > 0.0
+
+
+def test_fit_runs_with_a_patch_discriminator():
+    # model.discriminator_patch_levels: D's logits are a (B,h,w,1) map; the losses and the
+    # accuracies average over its patches.
+    model = _make_model(
+        kind="intensity",
+        discriminator=Discriminator(filters=(4, 4, 8, 8, 8), bn_momentum=0.9, patch_levels=2),
+    )
+    data = tf.data.Dataset.from_tensors(_batch()).repeat(3)
+    history = model.fit(data, epochs=1, verbose=0).history
+    assert int(model.d_optimizer.iterations) == 3
+    assert 0.0 <= history["d_acc_fake"][0] <= 1.0
+    assert np.isfinite(history["d_loss"][0]) and history["adv_loss"][0] > 0.0

@@ -22,15 +22,23 @@ class Discriminator(keras.Model):
     The logit is for "real" (sigmoid cross-entropy, ``tfaug.losses``); no sigmoid is applied.
     D sees images only, never labels.
 
+    With ``patch_levels = k`` (a switch beyond the paper, docs/switches.md), D keeps only the
+    first k strided convs and a 1x1 conv to one logit per position: a patch discriminator
+    whose logits each see a square of ``1 + 4·(2^k − 1)`` pixels (13 for k = 2, 29 for
+    k = 3), so it judges local appearance and cannot recognise a subject by its whole anatomy.
+
     Input shape: (B,H,W,1) float32; H and W multiples of 32, fixed by the first build (the
     flattened size depends on them).
-    Output shape: (B,1) float32 logits.
+    Output shape: (B,1) float32 logits; with ``patch_levels = k``, (B,H/2^k,W/2^k,1).
 
     Args:
-        filters: filters of the five strided convs.
-        units: units of the two hidden dense layers.
+        filters: filters of the five strided convs (the first k are used with
+            ``patch_levels``).
+        units: units of the two hidden dense layers (unused with ``patch_levels``).
         bn_momentum: BatchNormalization momentum.
         bn_epsilon: BatchNormalization epsilon.
+        patch_levels: ``None`` for the paper's image-level D, or the number k in 1..5 of
+            strided convs of a patch discriminator.
     """
 
     def __init__(
@@ -39,6 +47,7 @@ class Discriminator(keras.Model):
         units: int = 128,
         bn_momentum: float = 0.99,
         bn_epsilon: float = 1e-3,
+        patch_levels: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -47,10 +56,16 @@ class Discriminator(keras.Model):
                 f"Discriminator: expected five conv filter counts, found {list(filters)}. "
                 "Set model.discriminator_filters to five values, e.g. [16, 32, 64, 128, 128]."
             )
+        if patch_levels is not None and not 1 <= patch_levels <= 5:
+            raise ValueError(
+                f"Discriminator: patch_levels {patch_levels} must be in 1..5 or None. "
+                "Set model.discriminator_patch_levels to null (the paper) or e.g. 2."
+            )
         self.filters = tuple(int(f) for f in filters)
         self.units = units
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
+        self.patch_levels = patch_levels
         self.convs = [
             ConvBNAct(
                 f,
@@ -61,11 +76,15 @@ class Discriminator(keras.Model):
                 bn_epsilon=bn_epsilon,
                 name=f"conv{i}",
             )
-            for i, f in enumerate(self.filters)
+            for i, f in enumerate(self.filters[:patch_levels])
         ]
-        self.flatten = keras.layers.Flatten(name="flatten")
-        self.hidden = [keras.layers.Dense(units, name=f"dense{i}") for i in range(2)]
-        self.logit = keras.layers.Dense(1, name="logit", dtype="float32")
+        if patch_levels is None:
+            self.flatten = keras.layers.Flatten(name="flatten")
+            self.hidden = [keras.layers.Dense(units, name=f"dense{i}") for i in range(2)]
+            self.logit = keras.layers.Dense(1, name="logit", dtype="float32")
+        else:
+            self.flatten, self.hidden = None, []
+            self.logit = keras.layers.Conv2D(1, 1, name="logit", dtype="float32")
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         check_spatial_size(input_shape, "Discriminator", require_static=True)
@@ -73,7 +92,8 @@ class Discriminator(keras.Model):
         for conv in self.convs:
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
-        shape = self.flatten.compute_output_shape(shape)
+        if self.flatten is not None:
+            shape = self.flatten.compute_output_shape(shape)
         for dense in self.hidden:
             dense.build(shape)
             shape = dense.compute_output_shape(shape)
@@ -84,13 +104,18 @@ class Discriminator(keras.Model):
         x = inputs
         for conv in self.convs:
             x = conv(x, training=training)
-        x = self.flatten(x)
+        if self.flatten is not None:
+            x = self.flatten(x)
         for dense in self.hidden:
             x = ops.leaky_relu(dense(x), negative_slope=LEAKY_SLOPE)
         return self.logit(x)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        return (tuple(input_shape)[0], 1)
+        if self.patch_levels is None:
+            return (tuple(input_shape)[0], 1)
+        batch, height, width = tuple(input_shape)[:3]
+        factor = 2**self.patch_levels
+        return (batch, height // factor, width // factor, 1)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -99,5 +124,6 @@ class Discriminator(keras.Model):
             units=self.units,
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
+            patch_levels=self.patch_levels,
         )
         return config

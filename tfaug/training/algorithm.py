@@ -106,6 +106,7 @@ def build_discriminator(cfg: Config) -> Discriminator:
         units=cfg.model.discriminator_units,
         bn_momentum=cfg.model.bn_momentum,
         bn_epsilon=cfg.model.bn_epsilon,
+        patch_levels=cfg.model.discriminator_patch_levels,
     )
     size = cfg.preprocess.crop_size
     model(tf.zeros((1, size, size, 1)))
