@@ -135,6 +135,27 @@ def test_wilcoxon_matches_scipy_on_the_pairs(runs_dir):
     assert test.difference == pytest.approx(np.mean(x - y))
 
 
+def test_per_run_test_pairs_the_runs_mean_dice_by_draw_and_seed(runs_dir, tmp_path):
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+
+    def run_mean(method, draw, seed):
+        volumes = [_known_dice(method, draw, seed, case).values() for case in range(len(CASES))]
+        return np.mean([np.mean(list(dice)) for dice in volumes])
+
+    runs = [(draw, seed) for draw in range(2) for seed in range(2)]
+    gd = np.array([run_mean("gd", *run) for run in runs])
+    rd = np.array([run_mean("rd", *run) for run in runs])
+    # The per-run table's row: its second cell is the number of runs (the per-volume rows
+    # have a structure there).
+    assert _row(report, "gd vs rd | 4") == [
+        "gd vs rd",
+        "4",
+        str(int(np.sum(gd > rd))),
+        f"{np.mean(gd - rd):+.3f}",
+        f"{stats.wilcoxon(gd, rd).pvalue:.2g}",
+    ]
+
+
 def test_report_states_the_tests_and_skips_missing_methods(runs_dir, tmp_path):
     report = write_report(runs_dir, tmp_path / "out").read_text()
     runs = load_runs(runs_dir)
@@ -223,6 +244,10 @@ def test_joint_vs_independent_is_tested_per_volume_draw_and_seed(runs_dir, tmp_p
         f"{expected.statistic:.1f}",
         f"{expected.pvalue:.2g} *",
     ]
+    # Per run: joint is ahead in all four paired runs, by the mean of 0.01·(1..4); the
+    # unpaired independent run (draw 5) is left out.
+    per_run = _row(report, "gd (phantom, N_L = 1) joint vs independent | 4")
+    assert per_run[2:] == ["4", "+0.025", f"{stats.wilcoxon([1, 2, 3, 4]).pvalue:.2g}"]
 
 
 def test_dice_vs_nl_and_joint_vs_independent_sections(runs_dir, tmp_path):
