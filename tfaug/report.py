@@ -45,6 +45,7 @@ MEAN = "mean"  # the column of the per-volume mean foreground Dice
 COMPARISONS: tuple[tuple[str, str | None], ...] = (("gd", "rd"), ("gi", "ri"), ("gdgi", None))
 GENERATOR_METHODS = ("gd", "gi", "gdgi", "gdgi_mixup")
 SIGNIFICANCE = 0.05  # the paper's threshold
+PER_RUN_HEADER = ("| comparison | runs | ahead | Δ | p |", "|---|---|---|---|---|")
 METHOD_ORDER = ("none", "aff", "rd", "ri", "rdri", "mixup", "gd", "gi", "gdgi", "gdgi_mixup")
 
 
@@ -267,10 +268,8 @@ def per_run_row(
     run means (exact for small n)."""
     x, y = _paired(left, right)
     test = signed_rank(x, y, a, b, MEAN)
-    p = _p(test.p) + (f" ({test.note})" if test.note else "")
-    star = " *" if test.p is not None and test.p < SIGNIFICANCE else ""
-    delta = "–" if test.difference is None else f"{test.difference:+.3f}"
-    return f"| {a} vs {b} | {test.n} | {int(np.sum(x > y))} | {delta} | {p}{star} |"
+    delta, p = _difference_and_p(test)
+    return f"| {a} vs {b} | {test.n} | {int(np.sum(x > y))} | {delta} | {p} |"
 
 
 def subject_means(runs: Sequence[RunResult], method: str) -> dict[str, float]:
@@ -360,13 +359,19 @@ def _test_rows(runs: Sequence[RunResult], a: str, b: str, structures: Sequence[s
     return [_test_row(wilcoxon_test(runs, a, b, structure)) for structure in structures]
 
 
-def _test_row(test: WilcoxonResult) -> str:
+def _difference_and_p(test: WilcoxonResult) -> tuple[str, str]:
+    """The Δ and p cells of a test: "–" when missing, the note after p, `*` if significant."""
     delta = "–" if test.difference is None else f"{test.difference:+.3f}"
-    w = "–" if test.statistic is None else f"{test.statistic:.1f}"
     p = _p(test.p) + (f" ({test.note})" if test.note else "")
     star = " *" if test.p is not None and test.p < SIGNIFICANCE else ""
+    return delta, p + star
+
+
+def _test_row(test: WilcoxonResult) -> str:
+    delta, p = _difference_and_p(test)
+    w = "–" if test.statistic is None else f"{test.statistic:.1f}"
     comparison = f"{test.a} vs {test.b}"
-    return f"| {comparison} | {_label(test.structure)} | {test.n} | {delta} | {w} | {p}{star} |"
+    return f"| {comparison} | {_label(test.structure)} | {test.n} | {delta} | {w} | {p} |"
 
 
 def wilcoxon_section(
@@ -416,8 +421,7 @@ def wilcoxon_section(
             "the tests above count correlated pairs as independent; this one does not, and "
             "needs more runs to reach significance (with 5 runs, p ≥ 0.0625).",
             "",
-            "| comparison | runs | ahead | Δ | p |",
-            "|---|---|---|---|---|",
+            *PER_RUN_HEADER,
             *run_rows,
             "",
         ]
@@ -575,8 +579,7 @@ def joint_vs_independent_section(runs: Sequence[RunResult]) -> list[str]:
         "",
         "Per run (mean foreground Dice of each run, paired per (draw, seed)):",
         "",
-        "| comparison | runs | ahead | Δ | p |",
-        "|---|---|---|---|---|",
+        *PER_RUN_HEADER,
         *run_rows,
         "",
     ]
