@@ -28,6 +28,7 @@ def test_real_dataset_configs_keep_the_papers_generator_settings(dataset):
     assert (cfg.model.deformation_max_mm, cfg.model.deformation_grid) == (None, 1)
     assert (cfg.model.intensity_max, cfg.model.intensity_grid) == (1.0, 1)
     assert cfg.train.discriminator_learning_rate is None
+    assert cfg.train.discriminator_update_every == 1
     assert cfg.model.discriminator_patch_levels is None
     assert (cfg.train.real_label, cfg.train.validation_smoothing) == (1.0, 0.0)
     assert cfg.augment.generated_composition == "choice"
@@ -38,6 +39,15 @@ def test_overrides_are_typed_and_nested():
     assert cfg.train.batch_size == 8
     assert cfg.model.bn_momentum == 0.5
     assert parse_override("a.b.c=[1, 2]") == {"a": {"b": {"c": [1, 2]}}}
+
+
+def test_exponent_without_a_dot_is_a_number():
+    # YAML 1.1 reads 2e-4 as a string; a float key takes it as the number users mean.
+    cfg = load_config("phantom", overrides=["train.discriminator_learning_rate=2e-4"])
+    assert cfg.train.discriminator_learning_rate == pytest.approx(2e-4)
+    for text, message in (("fast", "expected a number"), ("nan", "finite")):
+        with pytest.raises(ConfigError, match=message):
+            load_config("phantom", overrides=[f"train.learning_rate={text}"])
 
 
 def test_user_config_file_is_merged(tmp_path):
@@ -84,6 +94,7 @@ def test_unknown_dataset():
         ("train.validation_smoothing=1.0", "train.validation_smoothing"),
         ("train.lambda_diversity=-1", "train.lambda_diversity"),
         ("train.discriminator_learning_rate=0", "train.discriminator_learning_rate"),
+        ("train.discriminator_update_every=0", "train.discriminator_update_every"),
         ("model.deformation_max_mm=0", "model.deformation_max_mm"),
         ("model.intensity_max=0", "model.intensity_max"),
         ("model.deformation_grid=7", "model.deformation_grid"),

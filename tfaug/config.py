@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -233,6 +234,9 @@ class TrainConfig:
         generated_fraction: (min, max) fraction of a joint batch that is generated.
         discriminator_learning_rate: Adam learning rate of the generator stages'
             discriminators; ``null``: ``learning_rate`` (the paper).
+        discriminator_update_every: k: the generator stages' discriminators are updated
+            once every k steps, with the mean gradient of those k batches, while G and S are
+            updated every step (1: every step, the paper).
         real_label: the discriminators' target for real images: 1.0 (the paper), or e.g.
             0.9 for one-sided label smoothing.
         validation_smoothing: α of the moving average of the validation score that picks
@@ -270,6 +274,7 @@ class TrainConfig:
     model_selection: str = "best"
     generated_fraction: list[float] = field(default_factory=lambda: [0.25, 0.7])
     discriminator_learning_rate: float | None = None
+    discriminator_update_every: int = 1
     real_label: float = 1.0
     validation_smoothing: float = 0.0
     self_training_rounds: int = 3
@@ -313,6 +318,18 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def _exponent_number(text: str, where: str) -> float | str:
+    """A number YAML 1.1 reads as a string (``1e-4``: no dot before the exponent) as a
+    float; any other string is returned unchanged for the caller's error."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: expected a finite number, found {text!r}")
+    return number
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check/convert a YAML value against a dataclass field annotation."""
     origin = typing.get_origin(annotation)
@@ -342,6 +359,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected true/false, found {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):
+            value = _exponent_number(value, where)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, found {value!r}")
         return float(value)
@@ -454,6 +473,9 @@ def _check_switches(config: Config) -> None:
     rate = train.discriminator_learning_rate
     if rate is not None and not rate > 0:
         problems.append(f"train.discriminator_learning_rate: {rate} must be > 0 or null")
+    if not train.discriminator_update_every >= 1:
+        every = train.discriminator_update_every
+        problems.append(f"train.discriminator_update_every: {every} must be >= 1")
     if not 0.5 < train.real_label <= 1.0:
         problems.append(f"train.real_label: {train.real_label} must be in (0.5, 1]")
     if not 0.0 <= train.validation_smoothing < 1.0:

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfaug.config import load_config
 from tfaug.models.discriminator import Discriminator
 from tfaug.models.generator import Generator
 from tfaug.models.unet import UNet
 from tfaug.ops.augment import RandomAffine, RandomElastic, RandomIntensity
+from tfaug.training.algorithm import discriminator_optimizer
 from tfaug.training.joint import (
     JointAugmentationModel,
     field_diversity,
@@ -323,3 +325,39 @@ def test_fit_runs_with_a_patch_discriminator():
     assert int(model.d_optimizer.iterations) == 3
     assert 0.0 <= history["d_acc_fake"][0] <= 1.0
     assert np.isfinite(history["d_loss"][0]) and history["adv_loss"][0] > 0.0
+
+
+def test_discriminator_updated_every_second_step_with_gradient_accumulation():
+    # train.discriminator_update_every = 2: D's Adam accumulates two steps' gradients and
+    # changes D's weights once per two steps; G changes every step.
+    model = _make_model(kind="intensity")
+    model.compile(
+        g_optimizer=keras.optimizers.Adam(1e-3),
+        d_optimizer=keras.optimizers.Adam(1e-3, gradient_accumulation_steps=2),
+    )
+    step = tf.function(model.train_step)
+    snapshots = []
+    for seed in range(3):
+        d_before = [w.numpy().copy() for w in model.discriminator.trainable_weights]
+        g_before = [w.numpy().copy() for w in model.generator.trainable_weights]
+        step(_batch(seed))
+        d_moved = any(
+            not np.array_equal(a, w.numpy())
+            for a, w in zip(d_before, model.discriminator.trainable_weights, strict=True)
+        )
+        g_moved = any(
+            not np.array_equal(a, w.numpy())
+            for a, w in zip(g_before, model.generator.trainable_weights, strict=True)
+        )
+        snapshots.append((d_moved, g_moved))
+    assert snapshots == [(False, True), (True, True), (False, True)]
+
+
+def test_discriminator_optimizer_follows_the_config():
+    paper = discriminator_optimizer(load_config("phantom"))
+    overrides = ["train.discriminator_update_every=3", "train.discriminator_learning_rate=2e-4"]
+    switched = discriminator_optimizer(load_config("phantom", overrides=overrides))
+    assert paper.gradient_accumulation_steps is None
+    assert float(paper.learning_rate) == pytest.approx(1e-3)
+    assert switched.gradient_accumulation_steps == 3
+    assert float(switched.learning_rate) == pytest.approx(2e-4)

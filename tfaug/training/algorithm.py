@@ -113,6 +113,20 @@ def build_discriminator(cfg: Config) -> Discriminator:
     return model
 
 
+def discriminator_optimizer(cfg: Config) -> keras.optimizers.Adam:
+    """Adam for a generator stage's D: ``train.discriminator_learning_rate`` (``null``:
+    ``learning_rate``), and with ``train.discriminator_update_every = k > 1`` a gradient
+    accumulation over k steps, so D's weights change once every k steps."""
+    rate = cfg.train.discriminator_learning_rate
+    every = cfg.train.discriminator_update_every
+    return keras.optimizers.Adam(
+        cfg.train.learning_rate if rate is None else rate,
+        beta_1=0.9,
+        beta_2=0.999,
+        gradient_accumulation_steps=every if every > 1 else None,
+    )
+
+
 def plan_split(cfg: Config) -> tuple[Path, Split]:
     """The data folder and the split of a run, checked before anything is trained.
 
@@ -217,12 +231,9 @@ class Algorithm:
             seed=self._seed(stage),
             real_label=cfg.train.real_label,
         )
-        d_learning_rate = cfg.train.discriminator_learning_rate
-        if d_learning_rate is None:
-            d_learning_rate = cfg.train.learning_rate
         model.compile(
             g_optimizer=keras.optimizers.Adam(cfg.train.learning_rate, beta_1=0.9, beta_2=0.999),
-            d_optimizer=keras.optimizers.Adam(d_learning_rate, beta_1=0.9, beta_2=0.999),
+            d_optimizer=discriminator_optimizer(cfg),
         )
         samples = self._sample_batch()
         stage_dir = self.run.stage(stage)
