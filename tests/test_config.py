@@ -30,6 +30,7 @@ def test_real_dataset_configs_keep_the_papers_generator_settings(dataset):
     assert cfg.train.discriminator_learning_rate is None
     assert cfg.train.discriminator_update_every == 1
     assert cfg.model.discriminator_patch_levels is None
+    assert cfg.model.discriminator_spectral_norm is False
     assert (cfg.train.real_label, cfg.train.validation_smoothing) == (1.0, 0.0)
     assert cfg.augment.generated_composition == "choice"
 

@@ -133,6 +133,8 @@ class ModelConfig:
         discriminator_patch_levels: ``null``: the paper's image-level D; k in 1..5: a patch
             discriminator of the first k strided convs and one logit per position, each
             seeing ``1 + 4·(2^k − 1)`` pixels (docs/switches.md).
+        discriminator_spectral_norm: spectrally normalised D layers, without
+            BatchNormalization (``false``: the paper).
         pixel_discriminator_filters: filters of the 4x4 stride-2 convs of the fully
             convolutional discriminator of ``adv_pixel`` (Hung et al. 2018: 64..512).
         bn_momentum: BatchNormalization momentum (0.99 in the paper; lower for short runs).
@@ -155,6 +157,7 @@ class ModelConfig:
     discriminator_filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 128])
     discriminator_units: int = 128
     discriminator_patch_levels: int | None = None
+    discriminator_spectral_norm: bool = False
     pixel_discriminator_filters: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3

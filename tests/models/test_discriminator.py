@@ -66,17 +66,35 @@ def test_patch_logits_only_see_their_receptive_field():
     np.testing.assert_array_equal(after[4:, 4:], before[4:, 4:])
 
 
-def test_patch_discriminator_round_trips_through_its_config():
-    model = Discriminator(**SMALL, patch_levels=2)
-    images = np.random.default_rng(0).random((1, 32, 32, 1)).astype("float32")
+@pytest.mark.parametrize("switch", [{"patch_levels": 2}, {"spectral_norm": True}])
+def test_switched_discriminator_round_trips_through_its_config(switch):
+    model = Discriminator(**SMALL, **switch)
+    images = np.random.default_rng(0).random((2, 32, 32, 1)).astype("float32")
+    model(images, training=True)  # moves the spectral norm's estimate
     expected = np.asarray(model(images, training=False))
     clone = Discriminator.from_config(model.get_config())
     clone(images)
     clone.set_weights(model.get_weights())
-    np.testing.assert_allclose(np.asarray(clone(images, training=False)), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(clone(images, training=False)), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("levels", [0, 6])
 def test_patch_levels_outside_one_to_five_is_a_clear_error(levels):
     with pytest.raises(ValueError, match="model.discriminator_patch_levels"):
         Discriminator(**SMALL, patch_levels=levels)
+
+
+@pytest.mark.parametrize("patch_levels", [None, 2])
+def test_spectral_norm_bounds_every_kernel_and_drops_batch_normalization(patch_levels):
+    model = Discriminator(**SMALL, patch_levels=patch_levels, spectral_norm=True)
+    images = np.random.default_rng(0).normal(size=(4, 32, 32, 1)).astype("float32")
+    for _ in range(20):  # one power iteration per training call
+        model(images, training=True)
+    kernels = [w for w in model.weights if w.path.endswith("kernel")]
+    assert len(kernels) == (3 + 5 if patch_levels is None else 1 + patch_levels)
+    for kernel in kernels:
+        matrix = np.asarray(kernel).reshape(-1, kernel.shape[-1])
+        assert np.linalg.svd(matrix, compute_uv=False)[0] == pytest.approx(1.0, abs=0.02)
+    assert not any("gamma" in w.path or "moving_mean" in w.path for w in model.weights)
+    assert model(images, training=False).dtype == "float32"
+

@@ -313,12 +313,14 @@ def test_fit_runs_with_random_augmentation_before_the_generator():
     assert np.isfinite(history["total_loss"][0]) and history["field_magnitude"][0] > 0.0
 
 
-def test_fit_runs_with_a_patch_discriminator():
+@pytest.mark.parametrize("switch", [{"patch_levels": 2}, {"spectral_norm": True}])
+def test_fit_runs_with_a_switched_discriminator(switch):
     # model.discriminator_patch_levels: D's logits are a (B,h,w,1) map; the losses and the
-    # accuracies average over its patches.
+    # accuracies average over its patches. model.discriminator_spectral_norm: D's kernels
+    # are rescaled inside the traced step.
     model = _make_model(
         kind="intensity",
-        discriminator=Discriminator(filters=(4, 4, 8, 8, 8), bn_momentum=0.9, patch_levels=2),
+        discriminator=Discriminator(filters=(4, 4, 8, 8, 8), bn_momentum=0.9, **switch),
     )
     data = tf.data.Dataset.from_tensors(_batch()).repeat(3)
     history = model.fit(data, epochs=1, verbose=0).history

@@ -27,6 +27,11 @@ class Discriminator(keras.Model):
     whose logits each see a square of ``1 + 4·(2^k − 1)`` pixels (13 for k = 2, 29 for
     k = 3), so it judges local appearance and cannot recognise a subject by its whole anatomy.
 
+    With ``spectral_norm`` (another switch), every conv and dense layer is wrapped in
+    ``keras.layers.SpectralNormalization`` (one power iteration per training call, Miyato et
+    al. 2018) and the convs have a bias and no BatchNormalization (conv → LeakyReLU(0.2)),
+    which bounds D's Lipschitz constant and so how sharply it can separate real from fake.
+
     Input shape: (B,H,W,1) float32; H and W multiples of 32, fixed by the first build (the
     flattened size depends on them).
     Output shape: (B,1) float32 logits; with ``patch_levels = k``, (B,H/2^k,W/2^k,1).
@@ -39,6 +44,8 @@ class Discriminator(keras.Model):
         bn_epsilon: BatchNormalization epsilon.
         patch_levels: ``None`` for the paper's image-level D, or the number k in 1..5 of
             strided convs of a patch discriminator.
+        spectral_norm: spectrally normalised layers without BatchNormalization (``False``:
+            the paper).
     """
 
     def __init__(
@@ -48,6 +55,7 @@ class Discriminator(keras.Model):
         bn_momentum: float = 0.99,
         bn_epsilon: float = 1e-3,
         patch_levels: int | None = None,
+        spectral_norm: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -66,12 +74,14 @@ class Discriminator(keras.Model):
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.patch_levels = patch_levels
+        self.spectral_norm = bool(spectral_norm)
         self.convs = [
             ConvBNAct(
                 f,
                 5,
                 strides=2,
                 negative_slope=LEAKY_SLOPE,
+                normalize=not self.spectral_norm,
                 bn_momentum=bn_momentum,
                 bn_epsilon=bn_epsilon,
                 name=f"conv{i}",
@@ -85,6 +95,11 @@ class Discriminator(keras.Model):
         else:
             self.flatten, self.hidden = None, []
             self.logit = keras.layers.Conv2D(1, 1, name="logit", dtype="float32")
+        if self.spectral_norm:
+            for conv in self.convs:
+                conv.conv = _spectrally_normalized(conv.conv)
+            self.hidden = [_spectrally_normalized(dense) for dense in self.hidden]
+            self.logit = _spectrally_normalized(self.logit)
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         check_spatial_size(input_shape, "Discriminator", require_static=True)
@@ -104,11 +119,13 @@ class Discriminator(keras.Model):
         x = inputs
         for conv in self.convs:
             x = conv(x, training=training)
+            if self.spectral_norm:  # a linear conv (no BN): the activation is D's own
+                x = ops.leaky_relu(x, negative_slope=LEAKY_SLOPE)
         if self.flatten is not None:
             x = self.flatten(x)
         for dense in self.hidden:
-            x = ops.leaky_relu(dense(x), negative_slope=LEAKY_SLOPE)
-        return self.logit(x)
+            x = ops.leaky_relu(dense(x, training=training), negative_slope=LEAKY_SLOPE)
+        return self.logit(x, training=training)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         if self.patch_levels is None:
@@ -125,5 +142,15 @@ class Discriminator(keras.Model):
             bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon,
             patch_levels=self.patch_levels,
+            spectral_norm=self.spectral_norm,
         )
         return config
+
+
+def _spectrally_normalized(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """``layer`` (with a ``kernel``) wrapped in ``keras.layers.SpectralNormalization``:
+    each training call divides the kernel by its largest singular value, estimated by one
+    power iteration (the estimate is kept between calls)."""
+    return keras.layers.SpectralNormalization(
+        layer, power_iterations=1, name=layer.name, dtype=layer.dtype_policy
+    )

@@ -107,6 +107,7 @@ def build_discriminator(cfg: Config) -> Discriminator:
         bn_momentum=cfg.model.bn_momentum,
         bn_epsilon=cfg.model.bn_epsilon,
         patch_levels=cfg.model.discriminator_patch_levels,
+        spectral_norm=cfg.model.discriminator_spectral_norm,
     )
     size = cfg.preprocess.crop_size
     model(tf.zeros((1, size, size, 1)))
