@@ -49,6 +49,7 @@ def _write_run(
     mode: str = "joint",
     dice=_known_dice,
     tag: str = "",
+    wall_time_s: dict[str, float] | None = None,
 ) -> None:
     name = f"phantom-nl{n_labeled}-{method}-split{draw}-seed{seed}"
     name += "" if mode == "joint" else f"-{mode}"
@@ -70,6 +71,8 @@ def _write_run(
         "generator_mode": mode,
         "test": test,
     }
+    if wall_time_s is not None:
+        content["wall_time_s"] = wall_time_s
     (path / "results.json").write_text(json.dumps(content))
     if tag:  # the report reads the tag from the run's config.yaml, as a run records it
         (path / "config.yaml").write_text(yaml.safe_dump({"method": method, "tag": tag}))
@@ -110,13 +113,26 @@ def test_table_gives_mean_std_over_runs_and_volumes(runs_dir, tmp_path):
     for column, structure in enumerate(STRUCTURES, start=1):
         values = _all_values("gd", structure)
         assert row[column] == f"{values.mean():.3f} ({values.std():.3f})"
-    assert row[-2:] == ["4", "16"]  # runs, volumes
+    assert row[-3:] == ["4", "16", "–"]  # runs, volumes, no recorded training time
     assert (
         "Grid complete: methods ['aff', 'rd', 'gd'] × draws [0, 1] × seeds [0, 1], 12 runs."
         in report
     )
     # The paper's order: aff before rd before gd.
     assert report.index("| aff |") < report.index("| rd |") < report.index("| gd |")
+
+
+def test_table_gives_the_median_training_time_of_each_method(tmp_path):
+    # Every recorded stage counts (pre-training and shared generator stages too); the last
+    # session's own total does not.
+    runs = tmp_path / "runs"
+    for draw, generators in enumerate((300.0, 420.0, 1800.0)):
+        stages = {"pretrain": 60.0, "generator_deformation": generators, "segmenter": 120.0}
+        _write_run(runs, "gd", draw, 0, wall_time_s={**stages, "this_session_total": 9.0})
+        _write_run(runs, "rd", draw, 0, wall_time_s={"segmenter": 90.0 + draw})
+    report = write_report(runs, tmp_path / "out").read_text()
+    assert _row(report, "gd")[-1] == "10.0"  # median of 8, 10 and 33 min
+    assert _row(report, "rd")[-1] == "1.5"  # median of 90, 91 and 92 s
 
 
 def test_wilcoxon_matches_scipy_on_the_pairs(runs_dir):

@@ -63,6 +63,9 @@ class RunResult:
         dice: test case id → structure → 3D Dice in [0, 1]; structure :data:`MEAN` is the
             volume's mean foreground Dice.
         tag: the ``tag`` of the run's config.yaml ("" when untagged or without the file).
+        training_s: wall-clock seconds of every training stage the run used (shared
+            generator stages included, summed over resumed sessions); ``None`` when
+            results.json does not record them.
     """
 
     name: str
@@ -74,6 +77,7 @@ class RunResult:
     seed: int
     dice: dict[str, dict[str, float]]
     tag: str = ""
+    training_s: float | None = None
 
     @property
     def setting(self) -> tuple[str, int, str]:
@@ -151,7 +155,15 @@ def _parse_results(path: Path) -> RunResult:
         seed=int(content["seed"]),
         dice=dice,
         tag=_run_tag(path.parent / "config.yaml"),
+        training_s=_training_seconds(content),
     )
+
+
+def _training_seconds(content: dict) -> float | None:
+    """The sum of a results.json's per-stage ``wall_time_s`` (its ``this_session_total``,
+    the time of the last session alone, left out); ``None`` without the record."""
+    stages = {k: v for k, v in content.get("wall_time_s", {}).items() if k != "this_session_total"}
+    return float(sum(stages.values())) if stages else None
 
 
 def _run_tag(config_path: Path) -> str:
@@ -314,14 +326,21 @@ def _p(p: float | None) -> str:
 
 
 def method_table(runs: Sequence[RunResult], structures: Sequence[str]) -> list[str]:
-    """Markdown rows: method | mean (std) per structure | runs | volumes."""
-    header = ["method", *map(_label, structures), "runs", "volumes"]
+    """Markdown rows: method | mean (std) per structure | runs | volumes | training time.
+
+    The training time is the median over the method's runs of :attr:`RunResult.training_s`,
+    in minutes ("–" when no run records it)."""
+    header = ["method", *map(_label, structures), "runs", "volumes", "training, min/run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method in ordered_methods({r.label for r in runs}):
         own = [r for r in runs if r.label == method]
         cells = [_cell(dice_values(own, method, s)) for s in structures]
         volumes = sum(len(r.dice) for r in own)
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {len(own)} | {volumes} |")
+        seconds = [r.training_s for r in own if r.training_s is not None]
+        minutes = f"{np.median(seconds) / 60:.1f}" if seconds else "–"
+        lines.append(
+            f"| {method} | " + " | ".join(cells) + f" | {len(own)} | {volumes} | {minutes} |"
+        )
     return lines
 
 
@@ -460,7 +479,9 @@ def setting_section(
         f"## {title}",
         "",
         "Mean (std) 3D Dice over all runs × test volumes; *runs* and *volumes* give how many "
-        "numbers each row rests on.",
+        "numbers each row rests on. *training* is the median wall-clock time of a run's "
+        "training stages (shared generator stages included): it compares methods at equal "
+        "iterations by their cost, and only runs that shared the machine in the same way.",
         "",
         *method_table(runs, structures),
         "",
