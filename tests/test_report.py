@@ -229,7 +229,7 @@ def test_missing_and_unfinished_runs_are_flagged(runs_dir, tmp_path):
     )
     assert "rd draw 1 seed 0" in report
     assert "**Unfinished runs** (not counted): phantom-nl1-rd-split1-seed0" in report
-    assert _row(report, "rd")[-2:] == ["3", "12"]
+    assert _row(report, "rd")[-3:-1] == ["3", "12"]
 
 
 def test_figures_are_written_and_referenced(runs_dir, tmp_path):
@@ -329,7 +329,7 @@ def test_tagged_runs_are_their_own_method_label_tested_and_plotted(runs_dir, tmp
     assert report.index("| gd |") < report.index("| gd [b] |")  # side by side
     values = _all_values("gd", "RV")  # the untagged row is not merged with the tagged runs
     assert _row(report, "gd")[1] == f"{values.mean():.3f} ({values.std():.3f})"
-    assert _row(report, "gd [b]")[-2:] == ["4", "16"]
+    assert _row(report, "gd [b]")[-3:-1] == ["4", "16"]
     assert "Grid complete" in report
     for baseline in ("rd", "gd"):
         row = _row(report, f"gd [b] vs {baseline} | RV")
@@ -451,7 +451,9 @@ def test_tiny_real_grid_then_report(tmp_path):
     results = json.loads((runs / "phantom-nl1-aff-split0-seed0" / "results.json").read_text())
     row = _row(report, "aff")
     assert row[1].startswith(f"{results['summary']['RV']['mean']:.3f} (")
-    assert row[-2:] == ["1", "2"]  # one run, two test volumes
+    assert row[-3:-1] == ["1", "2"]  # one run, two test volumes
+    stages = {k: v for k, v in results["wall_time_s"].items() if k != "this_session_total"}
+    assert row[-1] == f"{sum(stages.values()) / 60:.1f}"  # its training time, in minutes
     assert "| none |" in report
     assert "gd vs rd: skipped" in report
     assert (out / "phantom-nl1-joint-box.png").is_file()
