@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfaug.inference import OnnxPredictor, SavedModelPredictor, predict_slices
+from tfaug.deploy.inference import OnnxPredictor, SavedModelPredictor, predict_slices
 
 
 def median_ms(function: Callable[[], np.ndarray], repeats: int) -> float:

@@ -84,8 +84,8 @@ def run_script(name: str, arguments: list[str], saved: Path, reuse: bool) -> str
 def export_untrained_segmenter(folder: Path) -> Path:
     """Write the paper-size U-Net S (untrained) as ``folder/segmenter/1`` and ``.onnx``."""
     from tfaug.config import load_config
-    from tfaug.export import save_onnx, save_savedmodel, segmenter_function
-    from tfaug.training.algorithm import build_segmenter
+    from tfaug.deploy.export import save_onnx, save_savedmodel, segmenter_function
+    from tfaug.training.builders import build_segmenter
 
     cfg = load_config("acdc")
     segmenter = build_segmenter(cfg)

@@ -43,7 +43,8 @@ from flops import TRAINING_FACTOR, model_flops  # noqa: E402
 
 from tfaug.config import Config, load_config  # noqa: E402
 from tfaug.ops.warp import dense_image_warp  # noqa: E402
-from tfaug.training.algorithm import (  # noqa: E402
+from tfaug.training.builders import (  # noqa: E402
+    build_affine,
     build_discriminator,
     build_generator,
     build_segmenter,
@@ -51,7 +52,6 @@ from tfaug.training.algorithm import (  # noqa: E402
 from tfaug.training.joint import JointAugmentationModel  # noqa: E402
 from tfaug.training.loop import compile_train_step  # noqa: E402
 from tfaug.training.segmenter import SegmenterModel  # noqa: E402
-from tfaug.training.sources import build_affine  # noqa: E402
 
 CONFIGS = {"phantom": "phantom", "paper": "acdc"}  # bench name → configs/<dataset>.yaml
 STEPS = {"S": None, "GV": "deformation", "GI": "intensity"}  # step → generator kind

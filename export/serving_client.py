@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from tfaug.export import EXPORT_JSON, ExportError, read_export_json
-from tfaug.inference import segment_file
+from tfaug.deploy.export import EXPORT_JSON, ExportError, read_export_json
+from tfaug.deploy.inference import segment_file
 
 REQUEST_FORMATS = ("instances", "inputs")
 SIGNATURE = "serving_default"
@@ -88,7 +88,7 @@ def parse_response(response: dict[str, Any], request_format: str = "instances") 
 
 
 class ServingPredictor:
-    """A :class:`tfaug.inference.Predictor` that asks TF Serving over REST.
+    """A :class:`tfaug.deploy.inference.Predictor` that asks TF Serving over REST.
 
     Args:
         url: the server, e.g. ``http://localhost:8501``.

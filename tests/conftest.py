@@ -16,3 +16,11 @@ def _seed_everything():
     keras.utils.set_random_seed(1234)
     np.random.seed(1234)
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny phantom config and its cache ``(Config, Cache)``, built once per session."""
+    from tiny import prepare_tiny_cache
+
+    return prepare_tiny_cache(tmp_path_factory.getbasetemp())

@@ -3,13 +3,15 @@
 TensorFlow 2 / Keras 3 implementation of Chaitanya et al., Medical Image Analysis 2021.
 """
 
-__version__ = "0.1.0"
+from tfaug.version import __version__
+
+__all__ = ["LearnedAugmentation", "__version__"]
 
 
 def __getattr__(name: str):
     """``tfaug.LearnedAugmentation``, imported on first use (``import tfaug`` stays TF-free)."""
     if name == "LearnedAugmentation":
-        from tfaug.augmenter import LearnedAugmentation
+        from tfaug.deploy.augmenter import LearnedAugmentation
 
         return LearnedAugmentation
     raise AttributeError(f"module 'tfaug' has no attribute {name!r}")

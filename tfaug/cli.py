@@ -19,6 +19,7 @@ from typing import Any
 
 from tfaug.config import DATASETS, STRATEGIES, Config, ConfigError, config_from_dict, load_config
 from tfaug.data.volume import DatasetError
+from tfaug.methods import DEFAULT_METHOD, GENERATOR_MODES, METHODS, TUNED_METHODS, TUNERS
 
 
 def config_options() -> argparse.ArgumentParser:
@@ -135,12 +136,13 @@ def run_data_prepare(args: argparse.Namespace) -> int:
 
 def add_train_command(subparsers: Any) -> None:
     """``tfaug train`` (also ``python train/run.py``): Algorithm 1 into a run directory."""
-    from tfaug.training.sources import METHODS
 
     parser = subparsers.add_parser(
         "train", parents=[config_options()], help="run Algorithm 1 for one method, draw and seed"
     )
-    parser.add_argument("--method", choices=METHODS, default=None, help="default: gdgi")
+    parser.add_argument(
+        "--method", choices=METHODS, default=None, help=f"default: {DEFAULT_METHOD}"
+    )
     parser.add_argument("--nl", type=int, default=None, help="number of labeled volumes N_L")
     parser.add_argument("--split", type=int, default=None, help="labeled draw index")
     parser.add_argument("--seed", type=int, default=None, help="training seed")
@@ -166,7 +168,7 @@ def add_train_command(subparsers: Any) -> None:
     )
     ablations.add_argument(
         "--generator-mode",
-        choices=("joint", "independent"),
+        choices=GENERATOR_MODES,
         default=None,
         help="independent: L_S does not reach the generators (Table I)",
     )
@@ -225,8 +227,8 @@ def train_config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from tfaug.training.algorithm import plan_split, run_algorithm
-    from tfaug.training.rundir import RunDirectoryError, RunFinishedError, open_run_directory
+    from tfaug.runs.algorithm import plan_split, run_algorithm
+    from tfaug.runs.rundir import RunDirectoryError, RunFinishedError, open_run_directory
 
     cfg = train_config_from_args(args)
     plan_split(cfg)  # bad data folder or split: exit 2 before the run directory is touched
@@ -278,13 +280,20 @@ def add_grid_command(subparsers: Any) -> None:
     parser.add_argument("--shard", default="0/1", help="run only shard i/n (i from 0)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their status")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    parser.add_argument("--generator-mode", choices=("joint", "independent"), default="joint")
+    parser.add_argument("--generator-mode", choices=GENERATOR_MODES, default="joint")
     parser.add_argument("--iterations", type=int, default=None, help="iterations of every stage")
     parser.set_defaults(func=run_grid)
 
 
 def run_grid(args: argparse.Namespace) -> int:
-    from tfaug.grid import GridSpec, execute_grid, format_plan, parse_shard, plan_grid, shard_runs
+    from tfaug.experiments.grid import (
+        GridSpec,
+        execute_grid,
+        format_plan,
+        parse_shard,
+        plan_grid,
+        shard_runs,
+    )
 
     index, count = parse_shard(args.shard)
     spec = GridSpec(
@@ -327,7 +336,7 @@ def add_report_command(subparsers: Any) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from tfaug.report import ReportError, parse_comparison, write_report
+    from tfaug.experiments.report import ReportError, parse_comparison, write_report
 
     try:
         compare = [parse_comparison(text) for text in args.compare]
@@ -358,7 +367,7 @@ def add_export_command(subparsers: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from tfaug.export import ExportError, export_run
+    from tfaug.deploy.export import ExportError, export_run
 
     try:
         manifest = export_run(args.run_dir, args.out, args.formats, opset=args.opset)
@@ -387,8 +396,8 @@ def add_segment_command(subparsers: Any) -> None:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from tfaug.export import ExportError
-    from tfaug.inference import segment
+    from tfaug.deploy.export import ExportError
+    from tfaug.deploy.inference import segment
 
     try:
         written = segment(
@@ -409,14 +418,13 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def add_tune_command(subparsers: Any) -> None:
     """``tfaug tune`` (also ``python train/tune.py``): the keras-tuner λ search (docs/tuning.md)."""
-    from tfaug.tuning import KINDS, TUNERS
 
     parser = subparsers.add_parser(
         "tune",
         parents=[config_options()],
         help="search λ_adv and λ_LD (keras-tuner) on one generator stage; resumable",
     )
-    parser.add_argument("--generator", choices=tuple(KINDS), default="deformation")
+    parser.add_argument("--generator", choices=tuple(TUNED_METHODS), default="deformation")
     parser.add_argument("--tuner-dir", type=Path, required=True, help="the search's folder")
     parser.add_argument("--tuner", choices=TUNERS, default="random", help="default: random")
     parser.add_argument("--max-trials", type=int, default=10, help="trials in total")
@@ -435,8 +443,8 @@ def add_tune_command(subparsers: Any) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from tfaug.training.algorithm import plan_split
-    from tfaug.tuning import format_leaderboard, run_search
+    from tfaug.experiments.tuning import format_leaderboard, run_search
+    from tfaug.runs.algorithm import plan_split
 
     cfg = config_from_args(args)
     for owner, key, value in (

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from tfaug.methods import DEFAULT_METHOD, GENERATED_COMPOSITIONS, GENERATOR_MODES
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DATASETS = ("phantom", "acdc", "prostate", "pancreas")
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -31,6 +33,38 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 
 class ConfigError(ValueError):
     """A configuration file or override is malformed."""
+
+
+# -- what reads a field -------------------------------------------------------------------
+# A field's metadata says which stages read it, so the generators shared by several runs
+# (tfaug.runs.shared) are keyed by exactly the fields their stages read, and which fields are
+# switches beyond the paper (docs/switches.md lists them; a test holds the two together).
+# A field without metadata is read by every stage and is the paper's setting.
+READ_BY_FINAL = "final"  # only the final segmenter stage reads it
+READ_BY_RANDOM = "random"  # the final stage, and the generator stages with random_before_generators
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Any = dataclasses.MISSING,
+    read_by: str | None = None,
+    switch: bool = False,
+    generator_value: Any = dataclasses.MISSING,
+) -> Any:
+    """A config field with metadata.
+
+    Args:
+        default: the default value (or ``factory`` for a mutable one).
+        read_by: :data:`READ_BY_FINAL`, :data:`READ_BY_RANDOM`, or ``None`` (every stage).
+        switch: a switch beyond the paper (its default is the paper's setting).
+        generator_value: the value a shared generator directory records for a field its
+            stages do not read (default: the field's default).
+    """
+    metadata = {"read_by": read_by, "switch": switch}
+    if generator_value is not dataclasses.MISSING:
+        metadata["generator_value"] = generator_value
+    return field(default=default, default_factory=factory, metadata=metadata)
 
 
 @dataclass
@@ -71,7 +105,7 @@ class PhantomConfig:
 
 @dataclass
 class PreprocessConfig:
-    """Preprocessing applied to every volume before slicing (METHOD.md §7).
+    """Preprocessing applied to every volume before slicing (docs/method.md §7).
 
     Attributes:
         spacing_mm: target in-plane spacing in mm (slices are resampled to it).
@@ -92,7 +126,7 @@ class PreprocessConfig:
 
 @dataclass
 class SplitConfig:
-    """How volumes are divided (METHOD.md §7).
+    """How volumes are divided (docs/method.md §7).
 
     Attributes:
         scheme: ``random`` (seeded draws) or ``paper`` (the original ACDC ids).
@@ -110,7 +144,7 @@ class SplitConfig:
     n_labeled: int = 1
     n_unlabeled: int = 25
     n_test: int = 20
-    n_validation: int = 2
+    n_validation: int = setting(2, switch=True)
     draws: int = 5
     draw: int = 0
     split_seed: int = 0
@@ -119,7 +153,7 @@ class SplitConfig:
 
 @dataclass
 class ModelConfig:
-    """Network widths (METHOD.md §3).
+    """Network widths (docs/method.md §3).
 
     Attributes:
         unet_filters: filters per U-Net level (five levels; the input side must be a
@@ -156,20 +190,20 @@ class ModelConfig:
     flow_kernel: int = 3
     discriminator_filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 128])
     discriminator_units: int = 128
-    discriminator_patch_levels: int | None = None
-    discriminator_spectral_norm: bool = False
+    discriminator_patch_levels: int | None = setting(None, switch=True)
+    discriminator_spectral_norm: bool = setting(False, switch=True)
     pixel_discriminator_filters: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
-    deformation_max_mm: float | None = None
-    deformation_grid: int = 1
-    intensity_max: float = 1.0
-    intensity_grid: int = 1
+    deformation_max_mm: float | None = setting(None, switch=True)
+    deformation_grid: int = setting(1, switch=True)
+    intensity_max: float = setting(1.0, switch=True)
+    intensity_grid: int = setting(1, switch=True)
 
 
 @dataclass
 class AugmentConfig:
-    """Random augmentation parameters (METHOD.md §6).
+    """Random augmentation parameters (docs/method.md §6).
 
     Attributes:
         affine_probability: probability that a slice gets one affine transform.
@@ -201,20 +235,22 @@ class AugmentConfig:
     affine_probability: float = 0.8
     scale_range: list[float] = field(default_factory=lambda: [0.9, 1.1])
     rotation_degrees: float = 15.0
-    elastic_sigma_mm: float = 13.67
-    elastic_grid: int = 3
-    contrast_range: list[float] = field(default_factory=lambda: [0.8, 1.2])
-    brightness_range: list[float] = field(default_factory=lambda: [-0.1, 0.1])
-    mixup_alpha: float = 0.2
-    generated_composition: str = "choice"
-    generated_strength: list[float] = field(default_factory=lambda: [1.0, 1.0])
-    generated_after_random: bool = False
-    random_before_generators: bool = False
+    elastic_sigma_mm: float = setting(13.67, read_by=READ_BY_RANDOM)
+    elastic_grid: int = setting(3, read_by=READ_BY_RANDOM)
+    contrast_range: list[float] = setting(factory=lambda: [0.8, 1.2], read_by=READ_BY_RANDOM)
+    brightness_range: list[float] = setting(factory=lambda: [-0.1, 0.1], read_by=READ_BY_RANDOM)
+    mixup_alpha: float = setting(0.2, read_by=READ_BY_FINAL)
+    generated_composition: str = setting("choice", read_by=READ_BY_FINAL, switch=True)
+    generated_strength: list[float] = setting(
+        factory=lambda: [1.0, 1.0], read_by=READ_BY_FINAL, switch=True
+    )
+    generated_after_random: bool = setting(False, read_by=READ_BY_FINAL, switch=True)
+    random_before_generators: bool = setting(False, switch=True)
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation and schedule (METHOD.md §2, §4).
+    """Optimisation and schedule (docs/method.md §2, §4).
 
     Attributes:
         batch_size: global batch size.
@@ -266,20 +302,20 @@ class TrainConfig:
     learning_rate: float = 1e-3
     pretrain_iterations: int = 400
     generator_iterations: int = 10000
-    segmenter_iterations: int = 10000
+    segmenter_iterations: int = setting(10000, read_by=READ_BY_FINAL, generator_value=0)
     validate_every: int = 10
     class_weights: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.3, 0.3])
     lambda_seg: float = 1.0
     lambda_adv: float = 1.0
     lambda_ld: float = 1e-3
-    lambda_diversity: float = 0.0
+    lambda_diversity: float = setting(0.0, switch=True)
     generator_mode: str = "joint"
     model_selection: str = "best"
     generated_fraction: list[float] = field(default_factory=lambda: [0.25, 0.7])
-    discriminator_learning_rate: float | None = None
-    discriminator_update_every: int = 1
-    real_label: float = 1.0
-    validation_smoothing: float = 0.0
+    discriminator_learning_rate: float | None = setting(None, switch=True)
+    discriminator_update_every: int = setting(1, switch=True)
+    real_label: float = setting(1.0, switch=True)
+    validation_smoothing: float = setting(0.0, switch=True)
     self_training_rounds: int = 3
     self_training_iterations: int = 10000
     pseudo_label_confidence: float = 0.9
@@ -308,7 +344,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    method: str = "gdgi"
+    method: str = DEFAULT_METHOD
     runs_dir: str = "runs"
     strategy: str = "default"
     tag: str = ""
@@ -432,9 +468,9 @@ def parse_override(text: str) -> dict[str, Any]:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": DATASETS,
     "split.scheme": ("random", "paper"),
-    "train.generator_mode": ("joint", "independent"),
+    "train.generator_mode": GENERATOR_MODES,
     "train.model_selection": ("best", "last"),
-    "augment.generated_composition": ("choice", "chain"),
+    "augment.generated_composition": GENERATED_COMPOSITIONS,
 }
 
 

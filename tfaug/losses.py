@@ -1,4 +1,4 @@
-"""Loss terms of the joint objective (METHOD.md §4).
+"""Loss terms of the joint objective (docs/method.md §4).
 
 Every function takes tensors (any float dtype; computed in float32) and returns a float32
 scalar. None of them applies a weight λ; the training step does that.

@@ -5,9 +5,11 @@ import pytest
 
 from data.fixtures import make_label, write_acdc_case, write_nifti
 from tfaug.config import DataConfig
-from tfaug.data.acdc import list_acdc, load_acdc, read_info_cfg
+from tfaug.data.acdc import load_acdc, read_info_cfg
 from tfaug.data.datasets import check_dataset, list_cases, load_case, verify_dataset
 from tfaug.data.volume import DatasetError
+
+ACDC = DataConfig(dataset="acdc")
 
 # In the real ACDC, patients 001-020 are DCM, 021-040 HCM, ...: these groups disagree with
 # any guess from the id, so a reader that infers the group fails.
@@ -29,7 +31,7 @@ def classic(tmp_path):
 
 def test_lists_es_frames_with_group_and_info_from_info_cfg(classic):
     root, written = classic
-    cases = list_acdc(root)
+    cases = list_cases(ACDC, root)
     assert [c.case_id for c in cases] == ["patient001", "patient002", "patient021"]
     for case, (case_id, group, es) in zip(cases, CASES, strict=True):
         assert case.meta["group"] == group
@@ -47,7 +49,7 @@ def test_lists_es_frames_with_group_and_info_from_info_cfg(classic):
 
 def test_loads_the_es_frame_not_ed_nor_the_4d_file(classic):
     root, written = classic
-    case = list_acdc(root)[0]
+    case = list_cases(ACDC, root)[0]
     volume = load_acdc(case)
     truth = written["patient001"]
     assert volume.image.dtype == np.float32 and volume.image.shape == (12, 10, 3)
@@ -61,7 +63,7 @@ def test_loads_the_es_frame_not_ed_nor_the_4d_file(classic):
 
 def test_training_folder_itself_is_accepted(classic):
     root, _ = classic
-    assert [c.case_id for c in list_acdc(root / "training")] == [c[0] for c in CASES]
+    assert [c.case_id for c in list_cases(ACDC, root / "training")] == [c[0] for c in CASES]
 
 
 def test_2023_release_reads_training_and_testing(tmp_path):
@@ -69,17 +71,17 @@ def test_2023_release_reads_training_and_testing(tmp_path):
     write_acdc_case(database / "training", "patient001", "DCM", 5)
     write_acdc_case(database / "testing", "patient101", "HCM", 7)
     (database / "MANDATORY_CITATION.md").write_text("cite", encoding="utf-8")
-    cases = list_acdc(tmp_path)
+    cases = list_cases(ACDC, tmp_path)
     assert [(c.case_id, c.meta["subset"], c.meta["frame"]) for c in cases] == [
         ("patient001", "training", 5),
         ("patient101", "testing", 7),
     ]
-    assert [c.case_id for c in list_acdc(database)] == ["patient001", "patient101"]
+    assert [c.case_id for c in list_cases(ACDC, database)] == ["patient001", "patient101"]
 
 
 def test_plain_nii_files_are_accepted(tmp_path):
     truth = write_acdc_case(tmp_path / "training", "patient005", "HCM", 2, suffix=".nii")
-    (case,) = list_acdc(tmp_path)
+    (case,) = list_cases(ACDC, tmp_path)
     assert case.image_path.name == "patient005_frame02.nii"
     np.testing.assert_array_equal(load_acdc(case).image, truth.image)
 
@@ -88,7 +90,7 @@ def test_missing_info_cfg_names_the_file(classic):
     root, _ = classic
     (root / "training" / "patient002" / "Info.cfg").unlink()
     with pytest.raises(DatasetError, match=r"patient002/Info\.cfg: Info\.cfg not found"):
-        list_acdc(root)
+        list_cases(ACDC, root)
 
 
 def test_missing_es_key_is_reported(classic):
@@ -96,7 +98,7 @@ def test_missing_es_key_is_reported(classic):
     config = root / "training" / "patient001" / "Info.cfg"
     config.write_text("ED: 1\nGroup: RV\nNbFrame: 11\n", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"Info\.cfg: no 'ES' key"):
-        list_acdc(root)
+        list_cases(ACDC, root)
 
 
 def test_es_beyond_nbframe_is_reported(classic):
@@ -104,7 +106,7 @@ def test_es_beyond_nbframe_is_reported(classic):
     config = root / "training" / "patient001" / "Info.cfg"
     config.write_text("ED: 1\nES: 40\nGroup: RV\nNbFrame: 11\n", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"ES = 40, expected a frame number between 1 and"):
-        list_acdc(root)
+        list_cases(ACDC, root)
 
 
 def test_malformed_info_cfg_line_is_reported(tmp_path):
@@ -118,7 +120,7 @@ def test_missing_gt_file_names_the_expected_path(classic):
     root, written = classic
     written["patient021"].label_path.unlink()
     with pytest.raises(DatasetError, match=r"patient021_frame12_gt\.nii\.gz: end-systole label"):
-        list_acdc(root)
+        list_cases(ACDC, root)
 
 
 def test_listing_collects_every_broken_patient(classic):
@@ -126,13 +128,13 @@ def test_listing_collects_every_broken_patient(classic):
     (root / "training" / "patient002" / "Info.cfg").unlink()
     written["patient021"].image_path.unlink()
     with pytest.raises(DatasetError, match=r"2 problem\(s\)") as error:
-        list_acdc(root)
+        list_cases(ACDC, root)
     assert "patient002" in str(error.value) and "patient021_frame12" in str(error.value)
 
 
 def test_folder_without_patients_is_reported(tmp_path):
     with pytest.raises(DatasetError, match="no patientXXX folders found"):
-        list_acdc(tmp_path)
+        list_cases(ACDC, tmp_path)
 
 
 def test_label_value_outside_acdc_labels_is_reported(classic):
@@ -140,7 +142,7 @@ def test_label_value_outside_acdc_labels_is_reported(classic):
     label = written["patient001"].label.copy()
     label[0, 0, 0] = 7
     write_nifti(written["patient001"].label_path, label)
-    case = list_acdc(root)[0]
+    case = list_cases(ACDC, root)[0]
     with pytest.raises(DatasetError, match=r"outside \[0, 1, 2, 3\]: 7 \(1 voxels\)"):
         load_acdc(case)
 
@@ -195,7 +197,7 @@ def test_listing_reads_no_voxel_data(classic):
     root, written = classic
     path = written["patient002"].image_path
     path.write_bytes(path.read_bytes()[:-100])  # truncated: only loading can notice
-    case = list_acdc(root)[1]
+    case = list_cases(ACDC, root)[1]
     assert case.image_path == path
     with pytest.raises(DatasetError, match="truncated or damaged"):
         load_acdc(case)

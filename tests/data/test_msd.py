@@ -9,8 +9,10 @@ import pytest
 from data.fixtures import make_label, write_msd_dataset, write_nifti
 from tfaug.config import DataConfig
 from tfaug.data.datasets import check_dataset, list_cases, load_case, verify_dataset
-from tfaug.data.msd import list_msd, load_msd
+from tfaug.data.msd import load_msd
 from tfaug.data.volume import DatasetError
+
+PROSTATE = DataConfig(dataset="prostate", modality="T2")
 
 PROSTATE_IDS = [16, 0, 7, 2]  # listed out of order, with gaps, as in the real dataset.json
 PROSTATE = DataConfig(dataset="prostate", class_names=["background", "PZ", "TZ"], modality="T2")
@@ -32,7 +34,7 @@ def _edit_training(root, index, key, value):
 
 
 def test_lists_training_cases_in_natural_order_with_modality_meta(prostate):
-    cases = list_msd(prostate.root)
+    cases = list_cases(PROSTATE, prostate.root)
     assert [c.case_id for c in cases] == [
         "prostate_00", "prostate_02", "prostate_07", "prostate_16",
     ]  # fmt: skip
@@ -46,7 +48,7 @@ def test_lists_training_cases_in_natural_order_with_modality_meta(prostate):
 def test_loads_the_t2_channel_of_the_4d_image(prostate):
     truth = prostate.cases["prostate_07"]
     assert truth.image.shape == (12, 10, 3, 2)
-    case = next(c for c in list_msd(prostate.root) if c.case_id == "prostate_07")
+    case = next(c for c in list_cases(PROSTATE, prostate.root) if c.case_id == "prostate_07")
     volume = load_msd(case, modality="T2", merge_labels={}, label_set={0, 1, 2})
     assert volume.image.shape == (12, 10, 3) and volume.image.dtype == np.float32
     np.testing.assert_array_equal(volume.image, truth.image[..., 0])
@@ -58,13 +60,13 @@ def test_loads_the_t2_channel_of_the_4d_image(prostate):
 
 
 def test_4d_image_without_modality_is_an_error(prostate):
-    case = list_msd(prostate.root)[0]
+    case = list_cases(PROSTATE, prostate.root)[0]
     with pytest.raises(DatasetError, match=r"4D image .* no modality is configured.*'ADC', 'T2'"):
         load_msd(case, modality=None, merge_labels={}, label_set={0, 1, 2})
 
 
 def test_unknown_modality_is_an_error(prostate):
-    case = list_msd(prostate.root)[0]
+    case = list_cases(PROSTATE, prostate.root)[0]
     with pytest.raises(DatasetError, match=r"data\.modality 'DWI' is not in dataset\.json"):
         load_msd(case, modality="DWI", merge_labels={}, label_set={0, 1, 2})
 
@@ -102,7 +104,7 @@ def test_entry_escaping_the_root_is_an_error(prostate, text, message):
     write_nifti(prostate.root.parent / "outside.nii.gz", make_label((12, 10, 3)))
     _edit_training(prostate.root, 1, "image", text)
     with pytest.raises(DatasetError, match=rf"training\[1\] image: .*{message}"):
-        list_msd(prostate.root)
+        list_cases(PROSTATE, prostate.root)
 
 
 def test_symlink_escaping_the_root_is_an_error(prostate):
@@ -110,25 +112,25 @@ def test_symlink_escaping_the_root_is_an_error(prostate):
     os.symlink(outside, prostate.root / "labelsTr" / "linked.nii.gz")
     _edit_training(prostate.root, 2, "label", "./labelsTr/linked.nii.gz")
     with pytest.raises(DatasetError, match=r"training\[2\] label: .*outside the task folder"):
-        list_msd(prostate.root)
+        list_cases(PROSTATE, prostate.root)
 
 
 def test_listed_appledouble_file_is_an_error(prostate):
     _edit_training(prostate.root, 0, "label", "./labelsTr/._prostate_16.nii.gz")
     with pytest.raises(DatasetError, match=r"training\[0\] label: .*macOS metadata file"):
-        list_msd(prostate.root)
+        list_cases(PROSTATE, prostate.root)
 
 
 def test_listed_file_that_does_not_exist_is_an_error(prostate):
     prostate.cases["prostate_02"].image_path.unlink()
     with pytest.raises(DatasetError, match=r"prostate_02\.nii\.gz not found"):
-        list_msd(prostate.root)
+        list_cases(PROSTATE, prostate.root)
 
 
 def test_missing_dataset_json_is_an_error(prostate):
     (prostate.root / "dataset.json").unlink()
     with pytest.raises(DatasetError, match=r"dataset\.json not found\. Pass the Decathlon task"):
-        list_msd(prostate.root)
+        list_cases(PROSTATE, prostate.root)
 
 
 def test_malformed_modality_table_is_an_error(prostate):
@@ -137,7 +139,7 @@ def test_malformed_modality_table_is_an_error(prostate):
     content["modality"] = ["T2", "ADC"]
     path.write_text(json.dumps(content), encoding="utf-8")
     with pytest.raises(DatasetError, match="'modality' must map channel/label numbers"):
-        list_msd(prostate.root)
+        list_cases(PROSTATE, prostate.root)
 
 
 def test_datasets_missing_root_says_where_to_download(tmp_path):

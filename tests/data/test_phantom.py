@@ -7,8 +7,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tfaug.config import DataConfig
 from tfaug.data import phantom
-from tfaug.data.acdc import list_acdc, load_acdc
+from tfaug.data.acdc import load_acdc
+from tfaug.data.datasets import list_cases
 from tfaug.data.phantom import GROUPS, PHANTOM_VARIANTS, generate_phantom
 from tfaug.data.volume import DatasetError
 
@@ -212,7 +214,7 @@ def test_between_subject_variation_exceeds_within_subject(cases: list[Path]) -> 
 
 
 def test_reads_back_through_the_acdc_reader(dataset: Path, cases: list[Path]) -> None:
-    refs = list_acdc(dataset)
+    refs = list_cases(DataConfig(dataset="phantom"), dataset)
     assert [ref.case_id for ref in refs] == [case.name for case in cases]
     for ref, case in zip(refs, cases, strict=True):
         info = read_info(case)

@@ -1,4 +1,4 @@
-"""Shared fixtures of the training tests: tiny segmenter models and the tiny phantom cache."""
+"""Shared fixtures of the training tests: tiny segmenter models."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ from collections.abc import Callable
 
 import keras
 import pytest
-from tiny import build_tiny_unet, prepare_tiny_cache
+from tiny import build_tiny_unet
 
-from tfaug.config import Config
-from tfaug.data.records import Cache
 from tfaug.training.segmenter import SegmenterModel
 
 
@@ -32,9 +30,3 @@ def make_segmenter_model() -> Callable[..., SegmenterModel]:
         return model
 
     return make
-
-
-@pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Config, Cache]:
-    """The tiny phantom config and its cache, built once per session."""
-    return prepare_tiny_cache(tmp_path_factory.getbasetemp())

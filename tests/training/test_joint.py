@@ -10,13 +10,13 @@ from tfaug.models.discriminator import Discriminator
 from tfaug.models.generator import Generator
 from tfaug.models.unet import UNet
 from tfaug.ops.augment import RandomAffine, RandomElastic, RandomIntensity
-from tfaug.training.algorithm import discriminator_optimizer
+from tfaug.ops.generated import ChainAugmentation
+from tfaug.training.builders import build_discriminator_optimizer
 from tfaug.training.joint import (
     JointAugmentationModel,
     field_diversity,
     segmentation_gradient_wrt_generator,
 )
-from tfaug.training.sources import ChainAugmentation
 
 SIDE = 32
 BATCH = 8
@@ -356,9 +356,9 @@ def test_discriminator_updated_every_second_step_with_gradient_accumulation():
 
 
 def test_discriminator_optimizer_follows_the_config():
-    paper = discriminator_optimizer(load_config("phantom"))
+    paper = build_discriminator_optimizer(load_config("phantom"))
     overrides = ["train.discriminator_update_every=3", "train.discriminator_learning_rate=2e-4"]
-    switched = discriminator_optimizer(load_config("phantom", overrides=overrides))
+    switched = build_discriminator_optimizer(load_config("phantom", overrides=overrides))
     assert paper.gradient_accumulation_steps is None
     assert float(paper.learning_rate) == pytest.approx(1e-3)
     assert switched.gradient_accumulation_steps == 3

@@ -9,12 +9,12 @@ import pytest
 import tensorflow as tf
 from tiny import SIDE, build_tiny_unet
 
+from tfaug.io import read_jsonl
 from tfaug.ops.augment import RandomAffine
 from tfaug.training.loop import (
     StageResult,
     TrainingDivergedError,
     load_best,
-    read_metrics,
     run_stage,
     save_weights_atomic,
     write_json_atomic,
@@ -251,7 +251,7 @@ def test_smoothed_score_picks_a_stable_checkpoint_over_a_lucky_spike(
     assert result.best_step == 15
     assert result.best_score == pytest.approx(0.70625)
     assert [score for _, score in result.history] == [0.2, 0.9, 0.3, 0.8, 0.8]  # raw
-    rows = read_metrics(tmp_path / "metrics.jsonl")
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert [row["step"] for row in rows] == [3, 6, 9, 12, 15]
     assert [row["selection_score"] for row in rows] == pytest.approx(
         [0.2, 0.55, 0.425, 0.6125, 0.70625]
@@ -277,5 +277,5 @@ def test_resumed_stage_drops_metrics_written_after_its_checkpoint(make_segmenter
     resumed = make_segmenter_model()
     _stage(resumed, tmp_path, Recorder(resumed), Script(resumed, [0.5, 0.4]))
 
-    assert [row["step"] for row in read_metrics(log)] == [3, 6, 9]
-    assert [row["validation_dice"] for row in read_metrics(log)] == [0.2, 0.5, 0.4]
+    assert [row["step"] for row in read_jsonl(log)] == [3, 6, 9]
+    assert [row["validation_dice"] for row in read_jsonl(log)] == [0.2, 0.5, 0.4]

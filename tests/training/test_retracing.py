@@ -16,10 +16,14 @@ from tfaug.config import Config
 from tfaug.data.pipeline import labeled_dataset, unlabeled_dataset
 from tfaug.data.records import Cache
 from tfaug.training import loop
-from tfaug.training.algorithm import build_discriminator, build_generator, build_segmenter
+from tfaug.training.builders import (
+    build_affine,
+    build_discriminator,
+    build_generator,
+    build_segmenter,
+)
 from tfaug.training.joint import JointAugmentationModel
 from tfaug.training.segmenter import SegmenterModel
-from tfaug.training.sources import build_affine
 
 STEPS = 3
 

@@ -9,8 +9,8 @@ import tensorflow as tf
 from tiny import SIDE, build_tiny_unet
 
 from tfaug.models.generator import Generator
+from tfaug.ops.generated import GeneratedAugmentation
 from tfaug.training.segmenter import SegmenterModel
-from tfaug.training.sources import GeneratedAugmentation
 
 BATCH = 6
 

@@ -22,7 +22,7 @@ from collections import abc
 from pathlib import Path
 from typing import Any
 
-from tfaug.data.nifti import problems_message, read_volume
+from tfaug.data.nifti import read_volume
 from tfaug.data.volume import CaseRef, DatasetError, Volume
 
 ACDC_LABELS: frozenset[int] = frozenset({0, 1, 2, 3})
@@ -192,24 +192,6 @@ def scan_acdc(root: Path) -> tuple[list[CaseRef], list[str]]:
             continue
         cases[case.case_id] = case
     return [cases[key] for key in sorted(cases)], problems
-
-
-def list_acdc(root: Path) -> list[CaseRef]:
-    """List the end-systole cases of an ACDC dataset (no voxel data is read).
-
-    Args:
-        root: see the module docstring for the accepted layouts.
-
-    Returns:
-        One CaseRef per patient, sorted by id (see :func:`acdc_case`).
-
-    Raises:
-        DatasetError: one error listing every problem found (see :func:`scan_acdc`).
-    """
-    cases, problems = scan_acdc(root)
-    if problems:
-        raise DatasetError(problems_message(root, problems))
-    return cases
 
 
 def load_acdc(ref: CaseRef, *, label_set: abc.Set[int] = ACDC_LABELS) -> Volume:

@@ -24,7 +24,7 @@ from collections import abc
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tfaug.data.nifti import problems_message, read_header, read_volume
+from tfaug.data.nifti import read_header, read_volume
 from tfaug.data.volume import CaseRef, DatasetError, Volume
 
 _SUFFIXES = (".nii.gz", ".nii")
@@ -177,18 +177,6 @@ def scan_msd(root: Path) -> tuple[list[CaseRef], list[str]]:
     return [cases[key] for key in sorted(cases, key=_natural_key)], problems
 
 
-def list_msd(root: Path) -> list[CaseRef]:
-    """List the labeled training cases of a Decathlon task folder (no voxels are read).
-
-    Raises:
-        DatasetError: one error listing every problem found (see :func:`scan_msd`).
-    """
-    cases, problems = scan_msd(root)
-    if problems:
-        raise DatasetError(problems_message(root, problems))
-    return cases
-
-
 def _channel(ref: CaseRef, shape: tuple[int, ...], modality: str | None) -> int | None:
     """Channel of a 4D image holding ``modality``; ``None`` for a 3D image."""
     channels: dict[int, str] = ref.meta.get("modality", {})
@@ -219,7 +207,8 @@ def load_msd(
     """Load one Decathlon case as a :class:`Volume`.
 
     Args:
-        ref: a case from :func:`list_msd` (its ``meta["modality"]`` maps channels to names).
+        ref: a case from :func:`tfaug.data.datasets.list_cases` (its ``meta["modality"]``
+            maps channels to names).
         modality: the channel to read from a 4D (X, Y, Z, C) image, by name (``"T2"``,
             case-insensitive); ``None`` for 3D images. Only that channel is read.
         merge_labels: ``{source: target}`` label remapping (pancreas: ``{2: 1}``).

@@ -1,4 +1,4 @@
-"""Volume preprocessing (METHOD.md §7) and its inverse for predictions.
+"""Volume preprocessing (docs/method.md §7) and its inverse for predictions.
 
 Forward, per volume, in this order:
 

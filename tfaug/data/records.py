@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from tfaug.data.datasets import DOWNLOAD_HINTS, check_dataset, list_cases, load_
 from tfaug.data.phantom import generate_phantom
 from tfaug.data.preprocess import PreprocessedVolume, SliceGeometry, preprocess_volume
 from tfaug.data.volume import CaseRef, DatasetError
+from tfaug.io import atomic_path, write_text_atomic
 
 RECORDS_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -254,7 +254,7 @@ def prepare_cache(cfg: Config, *, progress: bool = True) -> Cache:
         "hash_inputs": cache_key_inputs(cfg, root),
         "cases": cases,
     }
-    _write_atomic(path / MANIFEST, _to_json(manifest).encode("utf-8"))
+    write_text_atomic(path / MANIFEST, _to_json(manifest))
     return open_cache(path)
 
 
@@ -333,27 +333,18 @@ def _write_case(cfg: Config, ref: CaseRef, path: Path) -> None:
         "image_path": str(ref.image_path),
         "label_path": None if ref.label_path is None else str(ref.label_path),
     }
-    _write_atomic(_case_info_path(path, ref), _to_json(info).encode("utf-8"))
-    tmp = _temporary(_record_path(path, ref))
-    with tf.io.TFRecordWriter(str(tmp)) as writer:
+    write_text_atomic(_case_info_path(path, ref), _to_json(info))
+    with (
+        atomic_path(_record_path(path, ref)) as temporary,
+        tf.io.TFRecordWriter(str(temporary)) as writer,
+    ):
         for serialized in _serialized_slices(pre):
             writer.write(serialized)
-    os.replace(tmp, _record_path(path, ref))
 
 
 def _serialized_slices(pre: PreprocessedVolume) -> Iterator[bytes]:
     for index in range(pre.image.shape[0]):
         yield encode_slice(pre, index)
-
-
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    tmp = _temporary(path)
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
 
 
 def _json_default(value: Any) -> Any:

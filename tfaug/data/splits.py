@@ -1,4 +1,5 @@
-"""Division of a dataset's cases into test / validation / unlabeled / labeled sets (METHOD.md §7).
+"""Division of a dataset's cases into test / validation / unlabeled / labeled sets
+(docs/method.md §7).
 
 Two schemes (``SplitConfig.scheme``):
 
@@ -55,7 +56,7 @@ class Split:
 
 @dataclass(frozen=True)
 class PaperSplit:
-    """The ACDC split of the paper's original code (METHOD.md §7).
+    """The ACDC split of the paper's original code (docs/method.md §7).
 
     Attributes:
         test: 20 test ids.

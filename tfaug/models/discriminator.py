@@ -1,4 +1,4 @@
-"""The image discriminator D (METHOD.md §3)."""
+"""The image discriminator D (docs/method.md §3)."""
 
 from __future__ import annotations
 

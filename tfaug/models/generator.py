@@ -1,4 +1,4 @@
-"""The conditional generators GV (deformation) and GI (intensity) (METHOD.md §3)."""
+"""The conditional generators GV (deformation) and GI (intensity) (docs/method.md §3)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from tfaug.methods import GENERATOR_KINDS
 from tfaug.models.layers import SIZE_MULTIPLE, DoubleConv, UpConvBlock, check_spatial_size
-
-GENERATOR_KINDS = ("deformation", "intensity")
 
 
 @keras.saving.register_keras_serializable(package="tfaug")

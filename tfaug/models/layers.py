@@ -1,6 +1,6 @@
 """Building blocks shared by the U-Net, the generators and the discriminator.
 
-Three blocks cover every convolution of METHOD.md §3:
+Three blocks cover every convolution of docs/method.md §3:
 
 - :class:`ConvBNAct`: convolution → BatchNormalization → ReLU / LeakyReLU
   (or a plain linear convolution with bias when ``normalize=False``);

@@ -1,4 +1,4 @@
-"""The U-Net segmenter S (METHOD.md §3)."""
+"""The U-Net segmenter S (docs/method.md §3)."""
 
 from __future__ import annotations
 

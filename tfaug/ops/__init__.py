@@ -1,1 +1,1 @@
-"""TensorFlow ops: the dense warp and the random augmentations."""
+"""TensorFlow ops: the dense warp, the random augmentations and the learned ones."""

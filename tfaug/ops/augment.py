@@ -1,4 +1,4 @@
-"""Random augmentations of image/label pairs as batched TensorFlow ops (METHOD.md §6).
+"""Random augmentations of image/label pairs as batched TensorFlow ops (docs/method.md §6).
 
 Two layers of API:
 
@@ -359,7 +359,7 @@ class PairedAugmentation(keras.layers.Layer):
 class RandomAffine(PairedAugmentation):
     """With probability p per slice, exactly one of scale / x-flip / rotation / k·45° turn.
 
-    The transform is drawn uniformly among ``transforms`` (default all four, METHOD.md §6):
+    The transform is drawn uniformly among ``transforms`` (default all four, docs/method.md §6):
     ``"scale"`` isotropic scale U(scale_range); ``"flip"`` mirror along x (the W axis);
     ``"rotation"`` U(−rotation_degrees, rotation_degrees); ``"rotation45"`` k·45°,
     k ∈ {0..7}; all about the image centre. Images are bilinear, masks nearest (one-hot stays

@@ -1,11 +1,12 @@
-"""The joint (S, G, D) training step of Algorithm 1, stage 2 (METHOD.md §4–§5).
+"""The joint (S, G, D) training step of Algorithm 1, stage 2 (docs/method.md §4–§5).
 
 :class:`JointAugmentationModel` composes a segmenter S (:class:`tfaug.models.unet.UNet`), one
 generator G (:class:`tfaug.models.generator.Generator`, deformation or intensity) and a
 discriminator D (:class:`tfaug.models.discriminator.Discriminator`). Its ``train_step``
 computes S(G(x, z)) inside one gradient tape, so that in ``"joint"`` mode the segmentation
-loss reaches G's weights, the fix of the original code's defect (METHOD.md §5). ``"independent"``
-mode feeds the generated pair to S through ``tf.stop_gradient``: the Table I ablation.
+loss reaches G's weights, the fix of the original code's defect (docs/method.md §5).
+``"independent"`` mode feeds the generated pair to S through ``tf.stop_gradient``: the
+Table I ablation.
 
 Export and tune the sub-models (``model.segmenter``, ``model.generator``), not this wrapper.
 """
@@ -25,16 +26,17 @@ from tfaug.losses import (
     intensity_ld_loss,
     weighted_cross_entropy,
 )
+from tfaug.methods import GENERATOR_MODES
 from tfaug.metrics import batch_dice
-from tfaug.ops.warp import dense_image_warp
+from tfaug.ops.generated import apply_field
 from tfaug.training.distribute import (
     global_batch_size,
     replica_rows,
     scale_for_replicas,
 )
+from tfaug.training.gradients import step_gradients
 from tfaug.training.precision import with_loss_scaling
 
-MODES = ("joint", "independent")
 _TRACKERS = (
     "seg_loss",
     "adv_loss",
@@ -109,7 +111,7 @@ class JointAugmentationModel(keras.Model):
     equals the single-device one), and under ``mixed_float16`` (``compile`` wraps the
     optimisers in ``LossScaleOptimizer`` s; the losses, the field and the warp are float32).
 
-    Does not: pre-train S, validate, or keep checkpoints (``tfaug.training.algorithm``).
+    Does not: pre-train S, validate, or keep checkpoints (``tfaug.runs.algorithm``).
     """
 
     def __init__(
@@ -247,9 +249,8 @@ class JointAugmentationModel(keras.Model):
             weights. Does not clip x_g.
         """
         field = self.generator((x, z), training=training)
-        if self.kind == "deformation":
-            return dense_image_warp(x, field), dense_image_warp(y_onehot, field), field
-        return x + tf.cast(field, x.dtype), y_onehot, field
+        x_g, y_g = apply_field(self.kind, x, y_onehot, field)
+        return x_g, y_g, field
 
     def generator_segmenter_losses(
         self, x: tf.Tensor, y_onehot: tf.Tensor, z: tf.Tensor, generated_rows: tf.Tensor
@@ -356,10 +357,13 @@ class JointAugmentationModel(keras.Model):
         # S's weights receive λ_S·L_S (on the mixed original/generated batch).
         if self.s_optimizer is None:
             weights = g_weights + s_weights
-            self.g_optimizer.apply(_gradients(tape, g_scaled, weights), weights)
+            gradients = step_gradients(tape, g_scaled, weights, "joint step, G and S")
+            self.g_optimizer.apply(gradients, weights)
         else:
-            self.g_optimizer.apply(_gradients(tape, g_scaled, g_weights), g_weights)
-            self.s_optimizer.apply(_gradients(tape, s_scaled, s_weights), s_weights)
+            gradients = step_gradients(tape, g_scaled, g_weights, "joint step, G")
+            self.g_optimizer.apply(gradients, g_weights)
+            gradients = step_gradients(tape, s_scaled, s_weights, "joint step, S")
+            self.s_optimizer.apply(gradients, s_weights)
 
         # 3. Second tape over D only: real = unlabeled images, fake = generated (no G path).
         x_u = tf.cast(x_u, tf.float32)
@@ -370,7 +374,9 @@ class JointAugmentationModel(keras.Model):
             fake_logits = self.discriminator(fake, training=True)
             d_loss = discriminator_loss(real_logits, fake_logits, self.real_label)
             d_scaled = self.d_optimizer.scale_loss(scale_for_replicas(d_loss))
-        self.d_optimizer.apply(tape.gradient(d_scaled, d_weights), d_weights)
+        self.d_optimizer.apply(
+            step_gradients(tape, d_scaled, d_weights, "joint step, D"), d_weights
+        )
 
         # 4. Trackers.
         names = ("seg_loss", "adv_loss", "ld_loss", "total_loss", "diversity")
@@ -498,8 +504,8 @@ def _check_arguments(
         problems.append(
             f"class_weights needs one weight per class ({n_classes}), found {list(class_weights)}"
         )
-    if mode not in MODES:
-        problems.append(f"mode must be one of {MODES}, found {mode!r}")
+    if mode not in GENERATOR_MODES:
+        problems.append(f"mode must be one of {GENERATOR_MODES}, found {mode!r}")
     fractions = tuple(generated_fraction)
     if len(fractions) != 2 or not 0.0 <= fractions[0] <= fractions[1] <= 1.0:
         problems.append(
@@ -538,12 +544,8 @@ def segmentation_gradient_wrt_generator(
     """
     with tf.GradientTape() as tape:
         losses = model.generator_segmenter_losses(x, y_onehot, z, generated_rows)
-    return _gradients(tape, losses["seg_loss"], model.generator.trainable_weights)
-
-
-def _gradients(tape: tf.GradientTape, loss: tf.Tensor, weights: list[Any]) -> list[tf.Tensor]:
-    """``tape.gradient`` with zeros (of each weight's shape) where a weight is unconnected."""
-    gradients = tape.gradient(loss, weights)
+    weights = model.generator.trainable_weights
+    gradients = tape.gradient(losses["seg_loss"], weights)  # None where L_S does not reach
     return [
         tf.zeros(w.shape, tf.float32) if g is None else g
         for g, w in zip(gradients, weights, strict=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from tfaug.io import append_jsonl, atomic_path, read_jsonl, write_json_atomic, write_jsonl_atomic
 from tfaug.training.distribute import (
     distribute_dataset,
     distributed_train_function,
@@ -64,20 +64,6 @@ class StageResult:
     best_score: float | None
     history: list[list[float]]
     wall_time_s: float
-
-
-def write_json_atomic(path: Path, content: dict) -> None:
-    """Write JSON to ``path`` through a temporary sibling and an atomic rename."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(content, indent=2, sort_keys=False), encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def save_weights_atomic(model: keras.Model, path: Path) -> None:
-    """``model.save_weights`` through a temporary file and an atomic rename."""
-    temporary = path.with_name(f".tmp-{path.name}")
-    model.save_weights(temporary)
-    os.replace(temporary, path)
 
 
 def _seed_states(model: keras.Model) -> list[tf.Variable]:
@@ -171,48 +157,24 @@ def run_stage(
     done_path = stage_dir / "done.json"
     if done_path.is_file():
         return StageResult(**json.loads(done_path.read_text(encoding="utf-8")))
-    (stage_dir / "best").mkdir(parents=True, exist_ok=True)
-
-    step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    best_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
-    best_score = tf.Variable(-math.inf, dtype=tf.float64, trainable=False)
-    elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-    smoothed = tf.Variable(math.nan, dtype=tf.float64, trainable=False)
-    history = tf.Variable(tf.zeros((0, 2), tf.float64), shape=(None, 2), trainable=False)
-    checkpoint = tf.train.Checkpoint(
-        model=model,
-        **_optimizers(model),
-        step=step,
-        best_step=best_step,
-        best_score=best_score,
-        elapsed=elapsed,
-        smoothed=smoothed,
-        history=history,
-        seeds=_seed_states(model),
-    )
-    manager = tf.train.CheckpointManager(checkpoint, stage_dir / "ckpt", max_to_keep=1)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        if int(best_step.numpy()) == int(step.numpy()):
-            _save_best(keep, stage_dir)  # the kill may have come between ckpt and best
+    state = StageState(model, stage_dir, keep)
 
     if distributes(strategy):
         train_function = distributed_train_function(strategy, model.train_step, jit_compile)
     else:
         train_function = compile_train_step(model, jit_compile)
-    start = int(step.numpy())
+    start = state.step
     metrics_log = MetricsLog(stage_dir / "metrics.jsonl", start)
     iterator = iter(distribute_dataset(strategy, make_dataset(start)))
     bar = tqdm(total=iterations, initial=start, desc=name, disable=not progress, unit="it")
     session_start = time.perf_counter()
-    logs: dict[str, float] = {}
     for current in range(start + 1, iterations + 1):
         logs = {key: float(value) for key, value in train_function(next(iterator)).items()}
         if not math.isfinite(logs["total_loss"]):
             bar.close()
             raise TrainingDivergedError(
                 f"stage {name!r}: the loss became {logs['total_loss']} at iteration "
-                f"{current}. The last good checkpoint (step {int(step.numpy())}) is kept in "
+                f"{current}. The last good checkpoint (step {state.step}) is kept in "
                 f"{stage_dir / 'ckpt'}; lower the learning rate or the λs and re-run."
             )
         bar.update(1)
@@ -220,32 +182,15 @@ def run_stage(
             bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k != "total_loss"})
         if current % validate_every and current != iterations:
             continue
-        step.assign(current)
         score = validate() if validate is not None else None
-        selection = None
-        if score is not None:
-            history.assign(tf.concat([history, [[float(current), score]]], axis=0))
-            previous = float(smoothed.numpy())
-            selection = (
-                score
-                if math.isnan(previous)
-                else (score_smoothing * previous + (1.0 - score_smoothing) * score)
-            )
-            smoothed.assign(selection)
-        improved = validate is None or selection > float(best_score.numpy())
-        if improved:
-            best_step.assign(current)
-            best_score.assign(selection if selection is not None else -math.inf)
+        selection, improved = state.record(current, score, score_smoothing)
         # Before the checkpoint: a kill between the two leaves a row past the restored step,
         # which the resumed stage drops and writes again.
         metrics_log.append(
             {"step": current, **logs, "validation_dice": score, "selection_score": selection}
         )
-        elapsed.assign_add(time.perf_counter() - session_start)
+        state.save(improved, time.perf_counter() - session_start)
         session_start = time.perf_counter()
-        manager.save()
-        if improved:
-            _save_best(keep, stage_dir)
         _write_summaries(writer, name, current, logs, score)
         if on_validation is not None:
             on_validation(current)
@@ -253,16 +198,106 @@ def run_stage(
             metric.reset_state()
     bar.close()
 
-    result = StageResult(
-        name=name,
-        iterations=iterations,
-        best_step=int(best_step.numpy()),
-        best_score=None if validate is None else float(best_score.numpy()),
-        history=history.numpy().tolist(),
-        wall_time_s=float(elapsed.numpy()),
-    )
+    result = state.result(name, iterations, validated=validate is not None)
     write_json_atomic(done_path, asdict(result))
     return result
+
+
+class StageState:
+    """The resumable state of a stage and its checkpoint, restored from ``stage_dir/ckpt``.
+
+    Holds the step, the best step and its selection score, the training time, the smoothed
+    score and the validation history as variables of one ``tf.train.Checkpoint`` together
+    with the model, its optimisers and its random-generator states. A new stage starts at
+    step 0 with no best score.
+
+    Args:
+        model: the compiled training model (its optimisers are found by attribute name).
+        stage_dir: the stage's folder (``ckpt/`` and ``best/`` are created in it).
+        keep: sub-models whose weights are saved at the best step, by file stem.
+    """
+
+    def __init__(self, model: keras.Model, stage_dir: Path, keep: dict[str, keras.Model]) -> None:
+        self.stage_dir = stage_dir
+        self.keep = keep
+        (stage_dir / "best").mkdir(parents=True, exist_ok=True)
+        self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        self.best_score = tf.Variable(-math.inf, dtype=tf.float64, trainable=False)
+        self.elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.smoothed = tf.Variable(math.nan, dtype=tf.float64, trainable=False)
+        self.history = tf.Variable(tf.zeros((0, 2), tf.float64), shape=(None, 2), trainable=False)
+        checkpoint = tf.train.Checkpoint(
+            model=model,
+            **_optimizers(model),
+            step=self.step_var,
+            best_step=self.best_step,
+            best_score=self.best_score,
+            elapsed=self.elapsed,
+            smoothed=self.smoothed,
+            history=self.history,
+            seeds=_seed_states(model),
+        )
+        self.manager = tf.train.CheckpointManager(checkpoint, stage_dir / "ckpt", max_to_keep=1)
+        if self.manager.latest_checkpoint:
+            checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            if int(self.best_step.numpy()) == self.step:
+                _save_best(keep, stage_dir)  # the kill may have come between ckpt and best
+
+    @property
+    def step(self) -> int:
+        """The last checkpointed step (0 for a new stage)."""
+        return int(self.step_var.numpy())
+
+    def record(
+        self, current: int, score: float | None, smoothing: float
+    ) -> tuple[float | None, bool]:
+        """Record the validation at step ``current``.
+
+        Args:
+            current: the step just trained.
+            score: the validation score, or ``None`` for a stage without validation.
+            smoothing: α of the score's exponential moving average.
+
+        Returns:
+            ``(selection, improved)``: the score the best step is chosen by (``None``
+            without validation) and whether this step becomes the best one (always without
+            validation, so the last step is kept).
+        """
+        self.step_var.assign(current)
+        selection = None
+        if score is not None:
+            self.history.assign(tf.concat([self.history, [[float(current), score]]], axis=0))
+            previous = float(self.smoothed.numpy())
+            selection = (
+                score
+                if math.isnan(previous)
+                else (smoothing * previous + (1.0 - smoothing) * score)
+            )
+            self.smoothed.assign(selection)
+        improved = score is None or selection > float(self.best_score.numpy())
+        if improved:
+            self.best_step.assign(current)
+            self.best_score.assign(selection if selection is not None else -math.inf)
+        return selection, improved
+
+    def save(self, improved: bool, seconds: float) -> None:
+        """Add ``seconds`` of training time, write the checkpoint, then the best weights."""
+        self.elapsed.assign_add(seconds)
+        self.manager.save()
+        if improved:
+            _save_best(self.keep, self.stage_dir)
+
+    def result(self, name: str, iterations: int, validated: bool) -> StageResult:
+        """The finished stage's :class:`StageResult`."""
+        return StageResult(
+            name=name,
+            iterations=iterations,
+            best_step=int(self.best_step.numpy()),
+            best_score=float(self.best_score.numpy()) if validated else None,
+            history=self.history.numpy().tolist(),
+            wall_time_s=float(self.elapsed.numpy()),
+        )
 
 
 class MetricsLog:
@@ -275,38 +310,25 @@ class MetricsLog:
 
     def __init__(self, path: Path, start: int) -> None:
         self.path = Path(path)
-        kept = [row for row in read_metrics(self.path) if row["step"] <= start]
         if self.path.is_file():
-            text = "".join(json.dumps(row) + "\n" for row in kept)
-            temporary = self.path.with_name(f".{self.path.name}.tmp")
-            temporary.write_text(text, encoding="utf-8")
-            os.replace(temporary, self.path)
+            kept = [row for row in read_jsonl(self.path) if row["step"] <= start]
+            write_jsonl_atomic(self.path, kept)
 
     def append(self, row: dict) -> None:
         """Append one row (JSON-serialisable scalars) and flush it to disk."""
-        with self.path.open("a", encoding="utf-8") as stream:
-            stream.write(json.dumps(row) + "\n")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a stage's ``metrics.jsonl`` (``[]`` if absent); a torn last line (a kill
-    mid-write) is skipped."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+        append_jsonl(self.path, row)
 
 
 def load_best(keep: dict[str, keras.Model], stage_dir: Path) -> None:
     """Load the best weights a finished stage kept into the given (built) sub-models."""
     for stem, sub_model in keep.items():
         sub_model.load_weights(Path(stage_dir) / "best" / f"{stem}.weights.h5")
+
+
+def save_weights_atomic(model: keras.Model, path: Path) -> None:
+    """``model.save_weights(path)`` through a temporary file and an atomic rename."""
+    with atomic_path(path, suffix=".weights.h5") as temporary:
+        model.save_weights(temporary)
 
 
 def _save_best(keep: dict[str, keras.Model], stage_dir: Path) -> None:

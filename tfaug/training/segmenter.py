@@ -1,4 +1,4 @@
-"""Training the segmenter S on labeled slices with an augmentation method (METHOD.md §6).
+"""Training the segmenter S on labeled slices with an augmentation method (docs/method.md §6).
 
 Batch composition: every method except ``none`` includes random affine augmentation.
 With a method layer, the first half of each batch is affine-augmented labeled data and
@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tfaug.losses import weighted_cross_entropy
 from tfaug.training.distribute import scale_for_replicas
+from tfaug.training.gradients import step_gradients
 
 
 class SegmenterModel(keras.Model):
@@ -71,7 +72,7 @@ class SegmenterModel(keras.Model):
         self.optimizer.build(self.segmenter.trainable_variables)
 
     def augment_batch(self, images: tf.Tensor, onehot: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Apply the batch composition of METHOD.md §6.
+        """Apply the batch composition of docs/method.md §6.
 
         Args:
             images: (B,H,W,1) float32.
@@ -107,7 +108,7 @@ class SegmenterModel(keras.Model):
             loss = weighted_cross_entropy(onehot, logits, self.class_weights)
             scaled = self.optimizer.scale_loss(scale_for_replicas(loss))
         variables = self.segmenter.trainable_variables
-        gradients = tape.gradient(scaled, variables)
+        gradients = step_gradients(tape, scaled, variables, "segmenter step")
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         # 3. Trackers.
         self.seg_loss_tracker.update_state(loss)

@@ -20,7 +20,8 @@ import yaml
 from tfaug.config import config_from_dict
 from tfaug.data.pipeline import labeled_dataset
 from tfaug.data.records import prepare_cache
-from tfaug.training.algorithm import build_generator, plan_split
+from tfaug.runs.algorithm import plan_split
+from tfaug.training.builders import build_generator
 from tfaug.training.joint import field_diversity
 
 DRAWS = 16

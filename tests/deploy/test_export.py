@@ -1,0 +1,261 @@
+"""Export of a finished run: SavedModel + ONNX signatures, parity, checker, export.json.
+
+The session builds ONE tiny finished run (phantom, 32x32 slices) and ONE export of it;
+the inference, augmenter and serving-client tests import the same fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+import pytest
+import tensorflow as tf
+from tiny import TINY as BASE_TINY
+
+from tfaug.analysis.evaluation import evaluate_test, load_volumes, summarise
+from tfaug.config import load_config
+from tfaug.data.pipeline import labeled_dataset
+from tfaug.data.records import prepare_cache, resolve_data_root
+from tfaug.data.splits import make_split
+from tfaug.deploy.export import (
+    EXPORT_JSON,
+    ExportError,
+    export_run,
+    find_export_json,
+    read_export_json,
+    run_onnx,
+    run_savedmodel,
+)
+from tfaug.io import write_json_atomic
+from tfaug.losses import weighted_cross_entropy
+from tfaug.ops.generated import apply_deformation, apply_intensity
+from tfaug.runs.rundir import open_run_directory
+from tfaug.training.builders import build_generator, build_segmenter
+
+# The shared tiny config with fewer subjects, a faster-adapting BN and a larger batch.
+TINY = {
+    **BASE_TINY,
+    "phantom": {"subjects": 8},
+    "split": {**BASE_TINY["split"], "draws": 1},
+    "model": {**BASE_TINY["model"], "bn_momentum": 0.5},
+    "train": {"batch_size": 8},
+}
+MODELS = ("segmenter", "generator_deformation", "generator_intensity", "augmenter")
+TOLERANCE = 1e-4
+
+
+def build_finished_run(base: Path):
+    """A finished gdgi run directory: config.yaml, best weights, results.json.
+
+    The segmenter is fitted for a few steps on the labeled slices so that its test Dice is not
+    trivially zero; the generators keep their initial weights. results.json is computed with
+    ``evaluate_test``, exactly as Algorithm 1 writes it. Reused if already built this session.
+    """
+    import yaml
+
+    config_file = base / "tiny.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(yaml.safe_dump(TINY), encoding="utf-8")
+    cfg = load_config("phantom", config_file)
+    cfg.data.cache_dir = str(base / "cache")
+    cfg.runs_dir = str(base / "runs")
+    cache = prepare_cache(cfg, progress=False)
+    split = make_split(cache.case_ids, cfg.split, cache.groups)
+    run = open_run_directory(cfg)
+    keras.utils.set_random_seed(0)
+    segmenter = build_segmenter(cfg)
+    segmenter.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=lambda labels, logits: weighted_cross_entropy(
+            tf.one_hot(tf.cast(labels, tf.int32), cfg.data.n_classes),
+            logits,
+            cfg.train.class_weights,
+        ),
+    )
+    data = labeled_dataset(cache, split.labeled + split.unlabeled, cfg.train.batch_size, seed=0)
+    segmenter.fit(data, steps_per_epoch=80, epochs=1, verbose=0)
+    stages = {"segmenter": ("segmenter", segmenter)}
+    for kind in ("deformation", "intensity"):
+        stages[f"generator_{kind}"] = ("generator", build_generator(cfg, kind))
+    for stage, (stem, model) in stages.items():
+        (run.stage(stage) / "best").mkdir(parents=True, exist_ok=True)
+        model.save_weights(run.stage(stage) / "best" / f"{stem}.weights.h5")
+    test = evaluate_test(segmenter, cache, split.test, cfg.data, resolve_data_root(cfg))
+    results = {
+        "run": run.path.name,
+        "test": test,
+        "summary": summarise(test, cfg.data.class_names[1:]),
+    }
+    write_json_atomic(run.results_path, results)
+    return run.path, cfg, cache, split
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """``(run_dir, cfg, cache, split)`` of the one tiny finished run of the session."""
+    return build_finished_run(tmp_path_factory.mktemp("finished"))
+
+
+@pytest.fixture(scope="session")
+def export_dir(finished_run, tmp_path_factory) -> Path:
+    """The run exported in both formats."""
+    out = tmp_path_factory.mktemp("export") / "phantom"
+    export_run(finished_run[0], out)
+    return out
+
+
+def phantom_slices(finished_run, count: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Real preprocessed test slices: images (N,S,S,1) float32, one-hot labels (N,S,S,C)."""
+    _, cfg, cache, split = finished_run
+    volume = load_volumes(cache, split.test[:1])[0]
+    middle = len(volume.images) // 2
+    rows = slice(max(0, middle - count // 2), max(0, middle - count // 2) + count)
+    onehot = np.eye(cfg.data.n_classes, dtype=np.float32)[volume.labels[rows]]
+    return volume.images[rows].astype(np.float32), onehot
+
+
+def test_export_writes_every_model_in_both_formats_with_export_json(export_dir, finished_run):
+    manifest = json.loads((export_dir / EXPORT_JSON).read_text())
+    cfg = finished_run[1]
+    assert set(manifest["models"]) == set(MODELS)
+    for name in MODELS:
+        assert (export_dir / name / "1" / "saved_model.pb").is_file()
+        assert (export_dir / f"{name}.onnx").is_file()
+    assert manifest["preprocess"]["spacing_mm"] == 5.0
+    assert manifest["preprocess"]["crop_size"] == 32
+    assert manifest["preprocess"]["percentiles"] == [2.0, 98.0]
+    assert manifest["data"]["class_names"] == cfg.data.class_names
+    assert manifest["input"] == {"size": 32, "channels": 1, "n_classes": 4, "z_dim": 8}
+    assert manifest["run"]["name"] == finished_run[0].name
+    assert manifest["run"]["test_summary"]["mean_dice"]["n"] == 2
+    assert {"tensorflow", "keras", "tf2onnx", "onnxruntime", "onnx_opset"} <= set(
+        manifest["versions"]
+    )
+    assert all(0 <= manifest["parity"][name] <= TOLERANCE for name in MODELS)
+
+
+def test_segmenter_savedmodel_signature_names_dtypes_and_dynamic_batch(export_dir):
+    signature = tf.saved_model.load(str(export_dir / "segmenter/1")).signatures["serving_default"]
+    (spec,) = signature.structured_input_signature[1].values()
+    assert spec.name == "image" and spec.dtype == tf.float32
+    assert spec.shape.as_list() == [None, 32, 32, 1]
+    for batch in (1, 3):
+        outputs = signature(image=tf.random.uniform((batch, 32, 32, 1)))
+        assert outputs["probabilities"].shape == (batch, 32, 32, 4)
+        assert outputs["labels"].shape == (batch, 32, 32)
+        assert outputs["labels"].dtype == tf.int32
+        np.testing.assert_allclose(outputs["probabilities"].numpy().sum(-1), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(
+            outputs["labels"].numpy(), outputs["probabilities"].numpy().argmax(-1)
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "inputs", "outputs"),
+    [
+        ("segmenter", ["image"], ["labels", "probabilities"]),
+        ("generator_deformation", ["image", "z"], ["field"]),
+        ("generator_intensity", ["image", "z"], ["field"]),
+        ("augmenter", ["image", "label", "z"], ["augmented_image", "augmented_label"]),
+    ],
+)
+def test_onnx_graphs_pass_the_checker_with_named_io_and_dynamic_batch(
+    export_dir, name, inputs, outputs
+):
+    model = onnx.load(str(export_dir / f"{name}.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert sorted(i.name for i in model.graph.input) == inputs
+    assert sorted(o.name for o in model.graph.output) == outputs
+    for tensor in model.graph.input:
+        batch_dim = tensor.type.tensor_type.shape.dim[0]
+        assert not batch_dim.HasField("dim_value"), f"{name}: batch axis is fixed"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_matches_savedmodel_on_random_inputs(export_dir, name):
+    signature = tf.saved_model.load(str(export_dir / name / "1")).signatures["serving_default"]
+    specs = signature.structured_input_signature[1]
+    rng = np.random.default_rng(3)
+    inputs = {}
+    for key, spec in specs.items():
+        shape = (3, *spec.shape[1:])
+        if key == "label":
+            inputs[key] = np.eye(shape[-1], dtype=np.float32)[
+                rng.integers(0, shape[-1], shape[:-1])
+            ]
+        else:
+            inputs[key] = rng.standard_normal(shape).astype(np.float32)
+    onnx_out = run_onnx(export_dir / f"{name}.onnx", inputs)
+    tf_out = run_savedmodel(export_dir / name / "1", inputs)
+    assert set(onnx_out) == set(tf_out)
+    for key in tf_out:
+        assert onnx_out[key].shape == tf_out[key].shape
+        assert np.abs(onnx_out[key].astype(np.float64) - tf_out[key]).max() <= TOLERANCE, key
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_matches_savedmodel_on_phantom_slices(export_dir, finished_run, name):
+    images, onehot = phantom_slices(finished_run)
+    z = np.random.default_rng(5).standard_normal((len(images), 8)).astype(np.float32)
+    candidates = {"image": images, "label": onehot, "z": z}
+    specs = tf.saved_model.load(str(export_dir / name / "1")).signatures["serving_default"]
+    inputs = {key: candidates[key] for key in specs.structured_input_signature[1]}
+    onnx_out = run_onnx(export_dir / f"{name}.onnx", inputs)
+    tf_out = run_savedmodel(export_dir / name / "1", inputs)
+    for key in tf_out:
+        assert np.abs(onnx_out[key].astype(np.float64) - tf_out[key]).max() <= TOLERANCE, key
+
+
+def test_augmenter_is_gv_warp_then_gi_with_the_same_z(export_dir, finished_run):
+    images, onehot = phantom_slices(finished_run, count=2)
+    z = np.random.default_rng(6).standard_normal((2, 8)).astype(np.float32)
+    flow = run_savedmodel(export_dir / "generator_deformation/1", {"image": images, "z": z})
+    warped_image, warped_label = apply_deformation(images, onehot, flow["field"])
+    delta = run_savedmodel(
+        export_dir / "generator_intensity/1", {"image": warped_image.numpy(), "z": z}
+    )
+    expected_image = apply_intensity(warped_image, delta["field"]).numpy()
+    out = run_savedmodel(export_dir / "augmenter/1", {"image": images, "label": onehot, "z": z})
+    np.testing.assert_allclose(out["augmented_image"], expected_image, atol=1e-5)
+    np.testing.assert_allclose(out["augmented_label"], warped_label.numpy(), atol=1e-5)
+    np.testing.assert_allclose(out["augmented_label"].sum(-1), 1.0, atol=1e-5)
+    assert np.abs(flow["field"]).max() > 0  # the warp is not the identity
+
+
+def test_export_of_an_unfinished_run_says_how_to_finish_it(finished_run, tmp_path):
+    copy = tmp_path / finished_run[0].name
+    shutil.copytree(finished_run[0], copy)
+    (copy / "results.json").unlink()
+    with pytest.raises(ExportError, match="results.json not found.*re-run the same train"):
+        export_run(copy, tmp_path / "out")
+
+
+def test_export_with_missing_weights_names_the_file(finished_run, tmp_path):
+    copy = tmp_path / finished_run[0].name
+    shutil.copytree(finished_run[0], copy)
+    (copy / "checkpoints/generator_intensity/best/generator.weights.h5").unlink()
+    with pytest.raises(ExportError, match="generator_intensity/best/generator.weights.h5"):
+        export_run(copy, tmp_path / "out")
+
+
+def test_export_rejects_an_unknown_format(finished_run, tmp_path):
+    with pytest.raises(ExportError, match="unknown format.*'tflite'"):
+        export_run(finished_run[0], tmp_path / "out", formats=("tflite",))
+
+
+def test_export_json_is_found_from_either_model_path_and_required(export_dir, tmp_path):
+    for model in (export_dir / "segmenter.onnx", export_dir / "segmenter/1", export_dir):
+        assert find_export_json(model) == export_dir / EXPORT_JSON
+    lonely = tmp_path / "segmenter.onnx"
+    shutil.copy(export_dir / "segmenter.onnx", lonely)
+    with pytest.raises(ExportError, match="export.json not found beside the model"):
+        find_export_json(lonely)
+    broken = tmp_path / EXPORT_JSON
+    broken.write_text(json.dumps({"models": {}}))
+    with pytest.raises(ExportError, match="missing preprocess, data, input"):
+        read_export_json(broken)

@@ -1,0 +1,151 @@
+# ruff: noqa: F811 (pytest fixtures imported from test_export are parameters here)
+"""NIfTI inference with the exported segmenter (ONNX Runtime and SavedModel), and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from test_export import export_dir, finished_run  # noqa: F401 (session-scoped fixtures)
+
+from tfaug.cli import main
+from tfaug.data.datasets import list_cases, load_case
+from tfaug.data.records import resolve_data_root
+from tfaug.data.volume import DatasetError
+from tfaug.deploy.export import EXPORT_JSON, ExportError
+from tfaug.deploy.inference import load_predictor, probabilities_path, segment
+from tfaug.metrics import dice_per_class
+
+
+@pytest.fixture(scope="module")
+def test_cases(finished_run):
+    """CaseRefs of the run's test volumes, in results.json order, with the reported Dice."""
+    run_dir, cfg, _, _ = finished_run
+    refs = {ref.case_id: ref for ref in list_cases(cfg.data, resolve_data_root(cfg))}
+    reported = json.loads((run_dir / "results.json").read_text())["test"]
+    return [(refs[entry["case_id"]], entry["dice"]) for entry in reported]
+
+
+@pytest.mark.parametrize("model", ["segmenter.onnx", "segmenter"])
+def test_segmenting_the_test_volumes_reproduces_the_reported_dice(
+    export_dir,
+    finished_run,
+    test_cases,
+    tmp_path,
+    model,
+):
+    cfg = finished_run[1]
+    best = max(max(reported.values()) for _, reported in test_cases)
+    assert best > 0.05, "the fixture's segmenter should find some structure"
+    for ref, reported in test_cases:
+        (written,) = segment(ref.image_path, tmp_path / f"{ref.case_id}.nii.gz", export_dir / model)
+        prediction = np.asarray(nib.load(written).dataobj)
+        dice = dice_per_class(prediction, load_case(cfg.data, ref).label, cfg.data.n_classes)
+        for name, value in zip(cfg.data.class_names[1:], dice, strict=True):
+            assert abs(value - reported[name]) <= 1e-3, (ref.case_id, name, value, reported)
+
+
+def test_label_file_keeps_the_input_grid_affine_and_header(export_dir, test_cases, tmp_path):
+    ref, _ = test_cases[1]
+    (written,) = segment(
+        ref.image_path,
+        tmp_path / "seg.nii.gz",
+        export_dir / "segmenter.onnx",
+        save_probabilities=True,
+    )
+    source, result = nib.load(ref.image_path), nib.load(written)
+    assert result.shape == source.shape
+    assert result.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(result.affine, source.affine)
+    assert result.header.get_zooms() == source.header.get_zooms()
+    assert result.header.get_qform_quaternion().tolist() == pytest.approx(
+        source.header.get_qform_quaternion().tolist()
+    )
+    labels = np.asarray(result.dataobj)
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2, 3}
+    probabilities = nib.load(probabilities_path(written)).get_fdata()
+    assert probabilities.shape == (*source.shape, 4)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(probabilities.argmax(-1), labels)
+
+
+def test_folder_input_writes_one_label_per_volume_and_skips_hidden_files(
+    export_dir,
+    test_cases,
+    tmp_path,
+):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for ref, _ in test_cases:
+        shutil.copy(ref.image_path, folder / ref.image_path.name)
+    (folder / "._patient.nii.gz").write_bytes(b"AppleDouble")
+    written = segment(folder, tmp_path / "out", export_dir / "segmenter", progress=False)
+    assert [p.name for p in written] == sorted(ref.image_path.name for ref, _ in test_cases)
+    assert all(p.parent == tmp_path / "out" and p.is_file() for p in written)
+
+
+def test_4d_input_needs_a_channel_and_the_channel_gives_the_3d_result(
+    export_dir,
+    test_cases,
+    tmp_path,
+):
+    ref, _ = test_cases[0]
+    source = nib.load(ref.image_path)
+    image = np.asarray(source.dataobj, dtype=np.float32)
+    stacked = tmp_path / "two_channels.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack([image * 2.0 + 7.0, image], -1), source.affine), stacked)
+    model = export_dir / "segmenter.onnx"
+    with pytest.raises(DatasetError, match=r"4D image .* with --channel \(0 to 1"):
+        segment(stacked, tmp_path / "a.nii.gz", model)
+    (from_4d,) = segment(stacked, tmp_path / "b.nii.gz", model, channel=1)
+    (from_3d,) = segment(ref.image_path, tmp_path / "c.nii.gz", model)
+    np.testing.assert_array_equal(nib.load(from_4d).dataobj, nib.load(from_3d).dataobj)
+    with pytest.raises(DatasetError, match="drop --channel"):
+        segment(ref.image_path, tmp_path / "d.nii.gz", model, channel=0)
+
+
+def test_a_model_of_another_size_than_export_json_is_refused(export_dir, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(export_dir / "segmenter.onnx", other)
+    manifest = json.loads((export_dir / EXPORT_JSON).read_text())
+    manifest["preprocess"]["crop_size"] = 64
+    (other / EXPORT_JSON).write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="takes 32x32 slices .* expects 64x64 slices"):
+        load_predictor(other / "segmenter.onnx")
+
+
+def test_a_model_without_export_json_is_refused(export_dir, test_cases, tmp_path):
+    shutil.copytree(export_dir / "segmenter", tmp_path / "lonely" / "segmenter")
+    with pytest.raises(ExportError, match="export.json not found beside the model"):
+        segment(test_cases[0][0].image_path, tmp_path / "x.nii.gz", tmp_path / "lonely/segmenter")
+
+
+def test_cli_segment_writes_labels_and_exits_2_on_bad_input(
+    export_dir,
+    test_cases,
+    tmp_path,
+    capsys,
+):
+    ref, _ = test_cases[0]
+    model = str(export_dir / "segmenter.onnx")
+    out = tmp_path / "cli.nii.gz"
+    assert main(["segment", "-i", str(ref.image_path), "-o", str(out), "--model", model]) == 0
+    assert nib.load(out).get_data_dtype() == np.uint8
+    missing = tmp_path / "nothing"
+    assert main(["segment", "-i", str(missing), "-o", str(out), "--model", model]) == 2
+    assert "input not found" in capsys.readouterr().err
+    lonely = tmp_path / "lonely.onnx"
+    shutil.copy(model, lonely)
+    code = main(["segment", "-i", str(ref.image_path), "-o", str(out), "--model", str(lonely)])
+    assert code == 2
+    assert "export.json not found" in capsys.readouterr().err
+
+
+def test_probabilities_path_is_beside_the_label_file():
+    assert probabilities_path(Path("/o/case.nii.gz")) == Path("/o/case_probabilities.nii.gz")
+    assert probabilities_path(Path("/o/case.nii")) == Path("/o/case_probabilities.nii.gz")

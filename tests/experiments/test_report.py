@@ -1,0 +1,459 @@
+"""The method comparison report on synthetic results.json files, and one real tiny grid."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from tfaug.cli import main
+from tfaug.experiments import plots
+from tfaug.experiments.grid import GridSpec, execute_grid, plan_grid
+from tfaug.experiments.report import (
+    ReportError,
+    best_other_method,
+    load_runs,
+    missing_runs,
+    ordered_methods,
+    paired_values,
+    wilcoxon_test,
+    write_report,
+)
+
+STRUCTURES = ("RV", "Myo", "LV")
+CASES = ("patient003", "patient008", "patient013", "patient021")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _known_dice(method: str, draw: int, seed: int, case: int) -> dict[str, float]:
+    """Deterministic Dice in [0, 1]: gd beats rd by a varying margin, aff lowest."""
+    methods = {"aff": 0.40, "rd": 0.50, "gd": 0.55, "gdgi": 0.58}
+    rng = np.random.default_rng([list(methods).index(method), draw, seed, case])
+    base = methods[method]
+    return {s: float(np.clip(base + 0.1 * rng.standard_normal(), 0, 1)) for s in STRUCTURES}
+
+
+def _write_run(
+    runs_dir: Path,
+    method: str,
+    draw: int,
+    seed: int,
+    n_labeled: int = 1,
+    mode: str = "joint",
+    dice=_known_dice,
+    tag: str = "",
+    wall_time_s: dict[str, float] | None = None,
+) -> None:
+    name = f"phantom-nl{n_labeled}-{method}-split{draw}-seed{seed}"
+    name += "" if mode == "joint" else f"-{mode}"
+    name += f"-{tag}" if tag else ""
+    test = []
+    for i, case in enumerate(CASES):
+        scores = dice(method, draw, seed, i)
+        test.append(
+            {"case_id": case, "dice": scores, "mean_dice": float(np.mean(list(scores.values())))}
+        )
+    path = runs_dir / name
+    path.mkdir(parents=True)
+    content = {
+        "dataset": "phantom",
+        "method": method,
+        "n_labeled": n_labeled,
+        "draw": draw,
+        "seed": seed,
+        "generator_mode": mode,
+        "test": test,
+    }
+    if wall_time_s is not None:
+        content["wall_time_s"] = wall_time_s
+    (path / "results.json").write_text(json.dumps(content))
+    if tag:  # the report reads the tag from the run's config.yaml, as a run records it
+        (path / "config.yaml").write_text(yaml.safe_dump({"method": method, "tag": tag}))
+
+
+@pytest.fixture()
+def runs_dir(tmp_path: Path) -> Path:
+    """3 methods × 2 draws × 2 seeds × 4 volumes, N_L = 1, joint."""
+    runs = tmp_path / "runs"
+    for method in ("aff", "rd", "gd"):
+        for draw in range(2):
+            for seed in range(2):
+                _write_run(runs, method, draw, seed)
+    return runs
+
+
+def _all_values(method: str, structure: str) -> np.ndarray:
+    return np.array(
+        [
+            _known_dice(method, d, s, c)[structure]
+            for d in range(2)
+            for s in range(2)
+            for c in range(len(CASES))
+        ]
+    )
+
+
+def _row(report: str, first_cell: str) -> list[str]:
+    for line in report.splitlines():
+        if line.startswith(f"| {first_cell} |"):
+            return [cell.strip() for cell in line.strip("|").split("|")]
+    raise AssertionError(f"no row {first_cell!r} in the report")
+
+
+def test_table_gives_mean_std_over_runs_and_volumes(runs_dir, tmp_path):
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+    row = _row(report, "gd")
+    for column, structure in enumerate(STRUCTURES, start=1):
+        values = _all_values("gd", structure)
+        assert row[column] == f"{values.mean():.3f} ({values.std():.3f})"
+    assert row[-3:] == ["4", "16", "–"]  # runs, volumes, no recorded training time
+    assert (
+        "Grid complete: methods ['aff', 'rd', 'gd'] × draws [0, 1] × seeds [0, 1], 12 runs."
+        in report
+    )
+    # The paper's order: aff before rd before gd.
+    assert report.index("| aff |") < report.index("| rd |") < report.index("| gd |")
+
+
+def test_table_gives_the_median_training_time_of_each_method(tmp_path):
+    # Every recorded stage counts (pre-training and shared generator stages too); the last
+    # session's own total does not.
+    runs = tmp_path / "runs"
+    for draw, generators in enumerate((300.0, 420.0, 1800.0)):
+        stages = {"pretrain": 60.0, "generator_deformation": generators, "segmenter": 120.0}
+        _write_run(runs, "gd", draw, 0, wall_time_s={**stages, "this_session_total": 9.0})
+        _write_run(runs, "rd", draw, 0, wall_time_s={"segmenter": 90.0 + draw})
+    report = write_report(runs, tmp_path / "out").read_text()
+    assert _row(report, "gd")[-1] == "10.0"  # median of 8, 10 and 33 min
+    assert _row(report, "rd")[-1] == "1.5"  # median of 90, 91 and 92 s
+
+
+def test_wilcoxon_matches_scipy_on_the_pairs(runs_dir):
+    runs = load_runs(runs_dir)
+    x, y = paired_values(runs, "gd", "rd", "RV")
+    assert len(x) == 16
+    # Pairs match by (volume, draw, seed): rebuild them independently, in the same key order.
+    keys = sorted((case, d, s) for case in range(len(CASES)) for d in range(2) for s in range(2))
+    np.testing.assert_allclose(x, [_known_dice("gd", d, s, c)["RV"] for c, d, s in keys])
+    np.testing.assert_allclose(y, [_known_dice("rd", d, s, c)["RV"] for c, d, s in keys])
+    expected = stats.wilcoxon(x, y)
+    test = wilcoxon_test(runs, "gd", "rd", "RV")
+    assert test.n == 16
+    assert test.p == pytest.approx(expected.pvalue)
+    assert test.statistic == pytest.approx(expected.statistic)
+    assert test.difference == pytest.approx(np.mean(x - y))
+
+
+def test_per_run_test_pairs_the_runs_mean_dice_by_draw_and_seed(runs_dir, tmp_path):
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+
+    def run_mean(method, draw, seed):
+        volumes = [_known_dice(method, draw, seed, case).values() for case in range(len(CASES))]
+        return np.mean([np.mean(list(dice)) for dice in volumes])
+
+    runs = [(draw, seed) for draw in range(2) for seed in range(2)]
+    gd = np.array([run_mean("gd", *run) for run in runs])
+    rd = np.array([run_mean("rd", *run) for run in runs])
+    # The per-run table's row: its second cell is the number of runs (the per-volume rows
+    # have a structure there).
+    assert _row(report, "gd vs rd | 4") == [
+        "gd vs rd",
+        "4",
+        str(int(np.sum(gd > rd))),
+        f"{np.mean(gd - rd):+.3f}",
+        f"{stats.wilcoxon(gd, rd).pvalue:.2g}",
+    ]
+
+
+def test_report_states_the_tests_and_skips_missing_methods(runs_dir, tmp_path):
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+    runs = load_runs(runs_dir)
+    p = wilcoxon_test(runs, "gd", "rd", "Myo").p
+    assert "| gd vs rd | Myo | 16 |" in report
+    p_rv = wilcoxon_test(runs, "gd", "rd", "RV").p
+    assert _row(report, "gd vs rd")[-1] == f"{p_rv:.2g}" + (" *" if p_rv < 0.05 else "")
+    assert f"{p:.2g}" in report
+    assert "gi vs ri: skipped, no runs of gi, ri." in report
+    assert "gdgi vs rd: skipped, no runs of gdgi." in report
+
+
+def test_gdgi_is_tested_against_the_best_related_method(runs_dir, tmp_path):
+    for draw in range(2):
+        for seed in range(2):
+            _write_run(runs_dir, "gdgi", draw, seed)
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+    assert "Best related method (highest mean foreground Dice, no generators): rd." in report
+    x, y = paired_values(load_runs(runs_dir), "gdgi", "rd", "mean")
+    expected = stats.wilcoxon(x, y).pvalue
+    row = _row(report, "gdgi vs rd | mean (fg)")
+    assert row[2] == "16"
+    assert row[-1] == f"{expected:.2g}" + (" *" if expected < 0.05 else "")
+
+
+def test_best_other_method_excludes_the_proposed_ones(runs_dir):
+    runs = load_runs(runs_dir)
+    assert best_other_method(runs) == "rd"  # gd uses a learned generator: not related work
+    assert best_other_method([r for r in runs if r.method != "rd"]) == "aff"
+    assert best_other_method([r for r in runs if r.method == "gd"]) is None
+
+
+def test_identical_methods_give_a_note_instead_of_a_p_value(tmp_path):
+    def same(method, draw, seed, case):
+        return {s: 0.5 + 0.01 * case for s in STRUCTURES}
+
+    for method in ("rd", "gd"):
+        _write_run(tmp_path, method, 0, 0, dice=same)
+    test = wilcoxon_test(load_runs(tmp_path), "gd", "rd", "LV")
+    assert (test.n, test.p, test.difference) == (4, None, 0.0)
+    assert "zero" in test.note
+
+
+def test_missing_and_unfinished_runs_are_flagged(runs_dir, tmp_path):
+    (runs_dir / "phantom-nl1-rd-split1-seed0" / "results.json").unlink()
+    (runs_dir / "phantom-nl1-rd-split1-seed0" / "config.yaml").write_text("{}\n")
+    shared = runs_dir / "phantom-nl1-generators-split0-seed0"  # never has results: not a run
+    shared.mkdir()
+    (shared / "config.yaml").write_text("method: generators\n")
+    assert missing_runs(load_runs(runs_dir)) == [("rd", 1, 0)]
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+    assert (
+        "**Missing runs** (1 of the grid methods ['aff', 'rd', 'gd'] × draws [0, 1] × seeds [0, 1])"
+        in report
+    )
+    assert "rd draw 1 seed 0" in report
+    assert "**Unfinished runs** (not counted): phantom-nl1-rd-split1-seed0" in report
+    assert _row(report, "rd")[-3:-1] == ["3", "12"]
+
+
+def test_figures_are_written_and_referenced(runs_dir, tmp_path):
+    out = tmp_path / "out"
+    report = write_report(runs_dir, out).read_text()
+    for name in ("phantom-nl1-joint-box.png", "phantom-nl1-joint-subjects.png"):
+        assert f"]({name})" in report
+        image = matplotlib.image.imread(out / name)
+        assert image.ndim == 3 and image.shape[0] > 100
+
+
+def test_joint_vs_independent_is_tested_per_volume_draw_and_seed(runs_dir, tmp_path):
+    def weaker(method, draw, seed, case):
+        return {s: v - 0.01 * (1 + case) for s, v in _known_dice(method, draw, seed, case).items()}
+
+    for draw in range(2):
+        for seed in range(2):
+            _write_run(runs_dir, "gd", draw, seed, mode="independent", dice=weaker)
+    _write_run(runs_dir, "gd", 5, 0, mode="independent")  # no joint partner: not paired
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+    joint = _all_values("gd", "Myo")
+    independent = joint - np.tile(0.01 * (1 + np.arange(len(CASES))), 4)
+    expected = stats.wilcoxon(joint, independent)
+    cells = _row(report, "gd (phantom, N_L = 1) joint vs independent | Myo")
+    assert cells[2:] == [
+        str(len(joint)),
+        f"{np.mean(joint - independent):+.3f}",
+        f"{expected.statistic:.1f}",
+        f"{expected.pvalue:.2g} *",
+    ]
+    # Per run: joint is ahead in all four paired runs, by the mean of 0.01·(1..4); the
+    # unpaired independent run (draw 5) is left out.
+    per_run = _row(report, "gd (phantom, N_L = 1) joint vs independent | 4")
+    assert per_run[2:] == ["4", "+0.025", f"{stats.wilcoxon([1, 2, 3, 4]).pvalue:.2g}"]
+
+
+def test_dice_vs_nl_and_joint_vs_independent_sections(runs_dir, tmp_path):
+    for draw in range(2):
+        _write_run(runs_dir, "gd", draw, 0, n_labeled=3)
+        _write_run(runs_dir, "gd", draw, 0, mode="independent")
+    out = tmp_path / "out"
+    report = write_report(runs_dir, out).read_text()
+    assert "## phantom: Dice against N_L (joint generators)" in report
+    assert (out / "phantom-dice-vs-nl.png").is_file()
+    nl3 = np.array(
+        [np.mean(list(_known_dice("gd", d, 0, c).values())) for d in range(2) for c in range(4)]
+    )
+    assert f"{nl3.mean():.3f} ({nl3.std():.3f}), 2 runs / 8 vol." in report
+    assert "## Joint vs independent generator training (Table I)" in report
+    lines = [line for line in report.splitlines() if line.startswith("| phantom | 1 | gd |")]
+    assert [line.split("|")[4].strip() for line in lines] == ["joint", "independent"]
+    assert lines[0].rstrip(" |").endswith("4 | 16")
+    assert lines[1].rstrip(" |").endswith("2 | 8")
+    # Each setting has its own section; the independent one is missing rd and aff.
+    assert "## phantom, N_L = 1, independent generators" in report
+    assert "gd vs rd: skipped, no runs of rd." in report
+
+
+def test_empty_or_malformed_runs_directory_is_an_error(tmp_path):
+    with pytest.raises(ReportError, match="no finished run"):
+        write_report(tmp_path, tmp_path / "out")
+    bad = tmp_path / "phantom-nl1-aff-split0-seed0"
+    bad.mkdir()
+    (bad / "results.json").write_text('{"method": "aff"}')
+    with pytest.raises(ReportError) as error:
+        write_report(tmp_path, tmp_path / "out")
+    assert f"{bad / 'results.json'}: missing key 'test'" in str(error.value)
+    assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+
+
+def _improved_gd(method, draw, seed, case):
+    """The tagged gd runs: gdgi's known Dice, so they differ from the untagged gd runs."""
+    return _known_dice("gdgi", draw, seed, case)
+
+
+def _p_cell(runs, a: str, b: str, structure: str) -> str:
+    p = stats.wilcoxon(*paired_values(runs, a, b, structure)).pvalue
+    return f"{p:.2g}" + (" *" if p < 0.05 else "")
+
+
+def test_tagged_runs_are_their_own_method_label_tested_and_plotted(runs_dir, tmp_path, monkeypatch):
+    for draw in range(2):
+        for seed in range(2):
+            _write_run(runs_dir, "gd", draw, seed, dice=_improved_gd, tag="b")
+    boxes = {}
+    save_box_plots = plots.save_box_plots
+
+    def record_box_plots(values, structures, path, title):  # the real plot, values kept
+        boxes.update(values)
+        return save_box_plots(values, structures, path, title)
+
+    monkeypatch.setattr(plots, "save_box_plots", record_box_plots)
+    report = write_report(runs_dir, tmp_path / "out").read_text()
+
+    runs = load_runs(runs_dir)
+    assert {r.label for r in runs} == {"aff", "rd", "gd", "gd [b]"}
+    assert report.index("| gd |") < report.index("| gd [b] |")  # side by side
+    values = _all_values("gd", "RV")  # the untagged row is not merged with the tagged runs
+    assert _row(report, "gd")[1] == f"{values.mean():.3f} ({values.std():.3f})"
+    assert _row(report, "gd [b]")[-3:-1] == ["4", "16"]
+    assert "Grid complete" in report
+    for baseline in ("rd", "gd"):
+        row = _row(report, f"gd [b] vs {baseline} | RV")
+        assert row[2] == "16" and row[-1] == _p_cell(runs, "gd [b]", baseline, "RV")
+    assert list(boxes) == ["aff", "rd", "gd", "gd [b]"]
+    np.testing.assert_allclose(
+        boxes["gd [b]"]["RV"],
+        [
+            _improved_gd("gd", d, s, c)["RV"]
+            for d in range(2)
+            for s in range(2)
+            for c in range(len(CASES))
+        ],
+    )
+
+
+def test_ordered_methods_put_tagged_labels_after_their_method():
+    labels = ["gdgi [b]", "zeta", "aff", "gdgi", "gdgi [a]", "rdri"]
+    assert ordered_methods(labels) == ["aff", "rdri", "gdgi", "gdgi [a]", "gdgi [b]", "zeta"]
+
+
+def test_compare_option_adds_a_test_and_rejects_unknown_labels(runs_dir, tmp_path, capsys):
+    _write_run(runs_dir, "gd", 0, 0, dice=_improved_gd, tag="b")
+    out = tmp_path / "out"
+    compare = ["--compare", "gd [b],aff", "--compare", "gd [b],rd"]  # the second is automatic
+    assert main(["report", str(runs_dir), "--out", str(out), *compare]) == 0
+    report = (out / "report.md").read_text()
+    row = _row(report, "gd [b] vs aff | mean (fg)")
+    assert row[2] == "4"  # draw 0 seed 0 only: 4 paired volumes
+    assert row[-1] == _p_cell(load_runs(runs_dir), "gd [b]", "aff", "mean")
+    assert report.count("| gd [b] vs rd | RV |") == 1
+
+    assert main(["report", str(runs_dir), "--out", str(out), "--compare", "gd [x],aff"]) == 2
+    assert "no finished run" in capsys.readouterr().err
+    assert main(["report", str(runs_dir), "--out", str(out), "--compare", "gd"]) == 2
+    assert "two method labels separated by a comma" in capsys.readouterr().err
+
+
+def test_report_has_generator_diagnostics_after_the_existing_sections(runs_dir, tmp_path):
+    checkpoints = runs_dir / "phantom-nl1-generators-split0-seed0" / "checkpoints"
+    (checkpoints / "generator_deformation").mkdir(parents=True)
+    (checkpoints / "generator_intensity").mkdir()
+    row = {
+        "step": 5,
+        "field_norm": 0.25,
+        "field_peak": 1.0,
+        "foreground_lost": 0.02,
+        "d_acc_real": 1.0,
+        "d_acc_fake": 0.75,
+        "adv_loss": 4.0,
+        "validation_dice": 0.5,
+        "selection_score": 0.5,
+    }
+    (checkpoints / "generator_deformation" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    config = {"method": "generators", "preprocess": {"spacing_mm": 2.0, "crop_size": 40}}
+    (checkpoints.parent / "config.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+
+    report = write_report(runs_dir, out).read_text()
+
+    assert report.index("## phantom, N_L = 1, joint generators") < report.index(
+        "## Generator diagnostics"
+    )
+    # 0.25 px × 2 mm = 0.50 mm = 0.6 % of the 80 mm field of view; GI has no metrics.
+    assert "| GV | 0.50 mm (0.6 %) | 2.00 mm (2.5 %) | 2.0 % | 100 / 75 % | 4.00 |" in report
+    assert "| GI | no diagnostics (no metrics.jsonl) |" in report
+    assert "](diagnostics-phantom-nl1-joint.png)" in report
+    assert matplotlib.image.imread(out / "diagnostics-phantom-nl1-joint.png").ndim == 3
+    assert "Unfinished runs" not in report
+
+
+TINY_CONFIG = """\
+phantom: {subjects: 12}
+preprocess: {crop_size: 32, spacing_mm: 5.0, n4: false}
+split: {n_unlabeled: 3, n_test: 2, n_validation: 1, draws: 1}
+model:
+  unet_filters: [4, 4, 8, 8, 8]
+  generator_filters: [8, 8, 4, 4, 4]
+  generator_image_filters: 4
+  discriminator_filters: [4, 4, 8, 8, 8]
+  discriminator_units: 8
+  z_dim: 8
+train: {batch_size: 4, pretrain_iterations: 2, generator_iterations: 2,
+        segmenter_iterations: 4, validate_every: 2}
+"""
+
+
+def test_tiny_real_grid_then_report(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG)
+    runs = tmp_path / "runs"
+    grid = [
+        sys.executable,
+        str(REPO / "train" / "grid.py"),
+        "--config",
+        str(config),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--runs-dir",
+        str(runs),
+        "--methods",
+        "none,aff",
+        "--draws",
+        "1",
+        "--seeds",
+        "1",
+    ]
+    first = subprocess.run(grid, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.count(": done") == 2
+    # The same grid again: both runs are finished and skipped without a subprocess.
+    spec = GridSpec("phantom", (1,), ("none", "aff"), 1, 1, runs, config_file=config)
+    assert [r.status for r in plan_grid(spec)] == ["finished", "finished"]
+    assert execute_grid(plan_grid(spec), echo=False) == []
+
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    results = json.loads((runs / "phantom-nl1-aff-split0-seed0" / "results.json").read_text())
+    row = _row(report, "aff")
+    assert row[1].startswith(f"{results['summary']['RV']['mean']:.3f} (")
+    assert row[-3:-1] == ["1", "2"]  # one run, two test volumes
+    stages = {k: v for k, v in results["wall_time_s"].items() if k != "this_session_total"}
+    assert row[-1] == f"{sum(stages.values()) / 60:.1f}"  # its training time, in minutes
+    assert "| none |" in report
+    assert "gd vs rd: skipped" in report
+    assert (out / "phantom-nl1-joint-box.png").is_file()

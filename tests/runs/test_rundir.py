@@ -1,0 +1,137 @@
+"""Tests for tfaug/runs/rundir.py: run names, config recording, resume and force."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tfaug.config import load_config
+from tfaug.runs.rundir import (
+    RunDirectory,
+    RunDirectoryError,
+    RunFinishedError,
+    open_run_directory,
+    run_name,
+)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    cfg = load_config("phantom", overrides=["split.n_labeled=3", "split.draw=2", "train.seed=5"])
+    cfg.method = "rdri"
+    cfg.runs_dir = str(tmp_path / "runs")
+    return cfg
+
+
+def test_run_name_has_dataset_nl_method_split_seed(cfg):
+    assert run_name(cfg) == "phantom-nl3-rdri-split2-seed5"
+    cfg.train.generator_mode = "independent"
+    assert run_name(cfg) == "phantom-nl3-rdri-split2-seed5-independent"
+
+
+def test_new_directory_records_the_resolved_config(cfg, tmp_path):
+    run = open_run_directory(cfg)
+
+    assert run == RunDirectory(tmp_path / "runs" / "phantom-nl3-rdri-split2-seed5")
+    assert run.path.is_dir()
+    assert yaml.safe_load(run.config_path.read_text()) == cfg.to_dict()
+    assert not run.finished
+    assert run.stage("pretrain") == run.path / "checkpoints" / "pretrain"
+    assert [p.name for p in run.path.iterdir()] == ["config.yaml"]
+
+
+def test_reopening_with_the_same_config_resumes(cfg):
+    run = open_run_directory(cfg)
+    marker = run.stage("pretrain") / "ckpt"
+    marker.mkdir(parents=True)
+    mtime = run.config_path.stat().st_mtime_ns
+
+    again = open_run_directory(cfg)
+
+    assert again == run
+    assert marker.is_dir()
+    assert run.config_path.stat().st_mtime_ns == mtime
+
+
+def test_a_different_config_is_refused_naming_the_keys(cfg):
+    run = open_run_directory(cfg)
+    cfg.train.learning_rate = 0.01
+    cfg.augment.mixup_alpha = 0.4
+
+    with pytest.raises(RunDirectoryError) as raised:
+        open_run_directory(cfg)
+
+    message = str(raised.value)
+    assert str(run.config_path) in message
+    assert "augment.mixup_alpha, train.learning_rate" in message
+    assert "--force" in message
+    assert not isinstance(raised.value, RunFinishedError)
+
+
+def test_a_finished_run_is_not_touched(cfg):
+    run = open_run_directory(cfg)
+    (run.results_path).write_text(json.dumps({"summary": {}}))
+    before = sorted(p.name for p in run.path.parent.iterdir())
+
+    with pytest.raises(RunFinishedError, match="finished"):
+        open_run_directory(cfg)
+
+    assert run.finished
+    assert sorted(p.name for p in run.path.parent.iterdir()) == before
+
+
+def test_force_moves_the_old_run_aside(cfg):
+    run = open_run_directory(cfg)
+    run.results_path.write_text(json.dumps({"old": True}))
+
+    new = open_run_directory(cfg, force=True)
+
+    assert new == run
+    assert not new.finished
+    assert yaml.safe_load(new.config_path.read_text()) == cfg.to_dict()
+    aside = [p for p in run.path.parent.iterdir() if p.name != run.path.name]
+    assert len(aside) == 1
+    assert aside[0].name.startswith(f"{run.path.name}.replaced-")
+    assert json.loads((aside[0] / "results.json").read_text()) == {"old": True}
+
+
+def test_force_also_replaces_an_unfinished_run_with_another_config(cfg):
+    open_run_directory(cfg)
+    cfg.train.learning_rate = 0.01
+
+    run = open_run_directory(cfg, force=True)
+
+    assert yaml.safe_load(run.config_path.read_text())["train"]["learning_rate"] == 0.01
+
+
+def test_an_unwritable_runs_dir_is_refused(cfg, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    cfg.runs_dir = str(tmp_path / "file" / "runs")
+
+    with pytest.raises(RunDirectoryError, match=r"file/runs: cannot create the runs directory"):
+        open_run_directory(cfg)
+
+
+def test_forcing_twice_in_a_row_keeps_both_old_runs(cfg):
+    for attempt in range(3):
+        run = open_run_directory(cfg, force=True)
+        run.results_path.write_text(json.dumps({"attempt": attempt}))
+
+    aside = sorted(p for p in run.path.parent.iterdir() if p.name != run.path.name)
+    assert [json.loads((p / "results.json").read_text()) for p in aside] == [
+        {"attempt": 0},
+        {"attempt": 1},
+    ]
+
+
+def test_a_recorded_config_without_keys_added_since_still_resumes(tmp_path):
+    from tiny import tiny_config
+
+    cfg = tiny_config(tmp_path, tmp_path / "runs")
+    run = open_run_directory(cfg)
+    recorded = yaml.safe_load(run.config_path.read_text())
+    del recorded["train"]["model_selection"]  # as written by a version without the key
+    run.config_path.write_text(yaml.safe_dump(recorded))
+    assert open_run_directory(cfg).path == run.path

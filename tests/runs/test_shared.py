@@ -1,0 +1,124 @@
+"""Generator stages shared between the generator methods of one (dataset, N_L, draw, seed)."""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from tiny import tiny_config
+
+from tfaug.runs.algorithm import Algorithm
+from tfaug.runs.rundir import RunDirectoryError, open_run_directory, run_name
+from tfaug.runs.shared import exclusive_lock, generator_config, open_generator_directory
+
+
+def test_generator_config_is_the_same_for_every_generator_method(tmp_path):
+    configs = []
+    for method in ("gd", "gi", "gdgi", "gdgi_mixup"):
+        cfg = tiny_config(tmp_path, tmp_path, method)
+        cfg.train.segmenter_iterations = 77
+        cfg.augment.mixup_alpha = 0.4
+        cfg.augment.elastic_sigma_mm = 3.0
+        configs.append(generator_config(cfg))
+    assert all(c == configs[0] for c in configs)
+    assert run_name(configs[0]) == "phantom-nl1-generators-split0-seed0"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda c: setattr(c.train, "lambda_ld", 0.01),
+        lambda c: setattr(c.train, "generator_mode", "independent"),
+        lambda c: setattr(c.augment, "rotation_degrees", 5.0),
+        lambda c: setattr(c.split, "draw", 1),
+        lambda c: setattr(c.augment, "random_before_generators", True),
+    ],
+)
+def test_settings_the_generators_depend_on_change_the_generator_config(tmp_path, change):
+    cfg = tiny_config(tmp_path, tmp_path)
+    other = tiny_config(tmp_path, tmp_path)
+    change(other)
+    assert generator_config(cfg) != generator_config(other)
+
+
+def test_random_augmentation_parameters_matter_only_when_the_generators_see_them(tmp_path):
+    cfg = tiny_config(tmp_path, tmp_path)
+    other = tiny_config(tmp_path, tmp_path)
+    other.augment.elastic_sigma_mm = 3.0
+    assert generator_config(cfg) == generator_config(other)
+    cfg.augment.random_before_generators = other.augment.random_before_generators = True
+    assert generator_config(cfg) != generator_config(other)
+    assert generator_config(other).augment.elastic_sigma_mm == 3.0
+
+
+def test_stages_are_linked_and_existing_stage_folders_are_kept(tmp_path):
+    cfg = tiny_config(tmp_path, tmp_path / "runs", "gd")
+    run = open_run_directory(cfg)
+    (run.stage("pretrain") / "ckpt").mkdir(parents=True)  # a run from before sharing
+    shared = open_generator_directory(cfg, run, ["pretrain", "generator_deformation"])
+    assert not run.stage("pretrain").is_symlink()
+    link = run.stage("generator_deformation")
+    assert link.is_symlink() and link.resolve() == shared.stage("generator_deformation").resolve()
+    recorded = yaml.safe_load(shared.config_path.read_text())
+    assert recorded["method"] == "generators"
+
+
+def test_a_different_generator_config_in_the_shared_folder_is_refused(tmp_path):
+    cfg = tiny_config(tmp_path, tmp_path / "runs", "gd")
+    open_generator_directory(cfg, open_run_directory(cfg), ["pretrain"])
+    other = tiny_config(tmp_path, tmp_path / "runs", "gi")
+    shared_path = tmp_path / "runs" / "phantom-nl1-generators-split0-seed0" / "config.yaml"
+    recorded = yaml.safe_load(shared_path.read_text())
+    recorded["train"]["lambda_ld"] = 0.5  # tamper: the folder now holds another config
+    shared_path.write_text(yaml.safe_dump(recorded))
+    with pytest.raises(RunDirectoryError, match="train.lambda_ld"):
+        open_generator_directory(other, open_run_directory(other), ["pretrain"])
+
+
+def test_the_lock_is_exclusive_across_processes(tmp_path):
+    lock = tmp_path / ".lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from tfaug.runs.shared import exclusive_lock\n"
+            f"with exclusive_lock(Path({str(lock)!r})):\n"
+            "    print('held', flush=True); time.sleep(3)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with open(lock, "a+") as handle, pytest.raises(BlockingIOError):
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    started = time.perf_counter()
+    with exclusive_lock(lock):
+        waited = time.perf_counter() - started
+    holder.wait(timeout=30)
+    assert waited > 0.5
+
+
+def test_a_second_generator_method_reuses_the_trained_stages(tiny_cache, tmp_path):
+    base_cfg, _ = tiny_cache
+    stamps = {}
+    for method, kinds in (("gd", ("deformation",)), ("gi", ("intensity",))):
+        cfg = tiny_config(base_cfg.data.cache_dir, tmp_path / "runs", method)
+        cfg.train.generator_iterations = 3
+        algorithm = Algorithm(cfg, open_run_directory(cfg), progress=False)
+        algorithm.prepare()
+        algorithm.train_generators(kinds)
+        shared = tmp_path / "runs" / "phantom-nl1-generators-split0-seed0" / "checkpoints"
+        stamps[method] = {
+            stage.name: (stage / "done.json").stat().st_mtime_ns
+            for stage in shared.iterdir()
+            if (stage / "done.json").exists()
+        }
+    assert set(stamps["gd"]) == {"pretrain", "generator_deformation"}
+    assert set(stamps["gi"]) == {"pretrain", "generator_deformation", "generator_intensity"}
+    assert stamps["gi"]["pretrain"] == stamps["gd"]["pretrain"]  # not trained again
+    assert stamps["gi"]["generator_deformation"] == stamps["gd"]["generator_deformation"]

@@ -1,0 +1,1 @@
+"""What a trained run is judged by: evaluation, figures and the generators' diagnostics."""

@@ -1,0 +1,1 @@
+"""The comparison methods that train S their own way: self-training and adversarial SSL."""

@@ -1,0 +1,668 @@
+"""The method comparison: a markdown report over the finished runs of a runs directory.
+
+Every ``<runs_dir>/*/results.json`` (written last by a run, so only finished runs count) is
+read. Runs are grouped into *settings* ``(dataset, N_L, generator mode)``; within a setting
+runs are told apart by their *method label*: the method, with `` [<tag>]`` for runs with a
+``tag`` in their config.yaml (``gdgi`` and ``gdgi [b]`` are two rows). Every number is
+computed over all runs × test volumes (docs/method.md §7 "Evaluation"):
+
+- mean (std) 3D Dice per structure and method, with the runs and volumes it rests on;
+- the paper's three Wilcoxon signed-rank tests (GD vs RD, GI vs RI, GD+GI vs the best
+  other method), two-sided, paired per (test volume, draw, seed), ``scipy.stats.wilcoxon``;
+  each tagged variant of GD, GI or GD+GI is also tested against the same baseline and
+  against its untagged method, and any pair of labels can be asked for (``compare``);
+  each of these pairs is also tested per run (the runs' mean foreground Dice, paired per
+  (draw, seed)), the conservative check: the volumes of one run share one trained model;
+- box plots per structure (Fig. 2) and mean Dice per test subject (Fig. 9);
+- the runs missing from the grid inferred as methods × draws × seeds present.
+
+Across settings: Dice against N_L (Fig. 3c) when several N_L exist, and joint vs
+independent generator training (Table I) when both exist; the generator stages'
+diagnostics (:mod:`tfaug.experiments.diagnostics_report`). Nothing is trained or evaluated
+here; Dice values are taken from the results files as they are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy import stats
+
+from tfaug.analysis.diagnostics import DiagnosticsError
+from tfaug.experiments import plots
+from tfaug.experiments.diagnostics_report import diagnostics_section
+from tfaug.methods import GENERATOR_METHODS, METHODS
+
+MEAN = "mean"  # the column of the per-volume mean foreground Dice
+# The paper's comparisons (Fig. 2): (proposed, baseline); None = the best related method,
+# i.e. the best method that does not use the learned generators.
+COMPARISONS: tuple[tuple[str, str | None], ...] = (("gd", "rd"), ("gi", "ri"), ("gdgi", None))
+SIGNIFICANCE = 0.05  # the paper's threshold
+PER_RUN_HEADER = ("| comparison | runs | ahead | Δ | p |", "|---|---|---|---|---|")
+METHOD_ORDER = METHODS  # the order of a table's rows; unknown methods follow by name
+
+
+class ReportError(ValueError):
+    """The runs directory holds no usable results, or a results file is malformed."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The test Dice of one finished run.
+
+    Attributes:
+        name: the run directory name.
+        dataset, n_labeled, generator_mode, method, draw, seed: the run's coordinates.
+        dice: test case id → structure → 3D Dice in [0, 1]; structure :data:`MEAN` is the
+            volume's mean foreground Dice.
+        tag: the ``tag`` of the run's config.yaml ("" when untagged or without the file).
+        training_s: wall-clock seconds of every training stage the run used (shared
+            generator stages included, summed over resumed sessions); ``None`` when
+            results.json does not record them.
+    """
+
+    name: str
+    dataset: str
+    n_labeled: int
+    generator_mode: str
+    method: str
+    draw: int
+    seed: int
+    dice: dict[str, dict[str, float]]
+    tag: str = ""
+    training_s: float | None = None
+
+    @property
+    def setting(self) -> tuple[str, int, str]:
+        return (self.dataset, self.n_labeled, self.generator_mode)
+
+    @property
+    def label(self) -> str:
+        """The method as the report names it: ``gdgi``, or ``gdgi [b]`` for a run tagged b."""
+        return f"{self.method} [{self.tag}]" if self.tag else self.method
+
+
+@dataclass(frozen=True)
+class WilcoxonResult:
+    """One two-sided signed-rank test of method ``a`` against ``b`` on one structure.
+
+    ``n`` is the number of (volume, draw, seed) pairs; ``difference`` the mean of a − b;
+    ``p`` is ``None`` (with ``note``) when the test cannot be run.
+    """
+
+    a: str
+    b: str
+    structure: str
+    n: int
+    statistic: float | None
+    p: float | None
+    difference: float | None
+    note: str = ""
+
+
+def load_runs(runs_dir: Path) -> list[RunResult]:
+    """Read ``<runs_dir>/*/results.json``; moved-aside ``*.replaced-*`` runs are ignored.
+
+    Raises:
+        ReportError: ``runs_dir`` is not a folder, or results files are malformed (every
+            bad file is named in one message).
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ReportError(f"{runs_dir}: runs directory not found; pass the folder of run dirs")
+    runs, problems = [], []
+    for path in sorted(runs_dir.glob("*/results.json")):
+        if ".replaced-" in path.parent.name:
+            continue
+        try:
+            runs.append(_parse_results(path))
+        except KeyError as error:
+            problems.append(f"{path}: missing key {error}")
+        except (OSError, ValueError, TypeError) as error:
+            problems.append(f"{path}: {error}")
+    if problems:
+        raise ReportError(
+            "malformed results.json (expected the file a finished `tfaug train` writes): "
+            + "; ".join(problems)
+            + ". Delete these run directories and run them again."
+        )
+    return runs
+
+
+def _parse_results(path: Path) -> RunResult:
+    content = json.loads(path.read_text(encoding="utf-8"))
+    dice = {}
+    for volume in content["test"]:
+        scores = {name: float(value) for name, value in volume["dice"].items()}
+        scores[MEAN] = float(volume["mean_dice"])
+        dice[str(volume["case_id"])] = scores
+    if not dice:
+        raise ValueError("no test volumes")
+    return RunResult(
+        name=path.parent.name,
+        dataset=str(content["dataset"]),
+        n_labeled=int(content["n_labeled"]),
+        generator_mode=str(content.get("generator_mode", "joint")),
+        method=str(content["method"]),
+        draw=int(content["draw"]),
+        seed=int(content["seed"]),
+        dice=dice,
+        tag=_run_tag(path.parent / "config.yaml"),
+        training_s=_training_seconds(content),
+    )
+
+
+def _training_seconds(content: dict) -> float | None:
+    """The sum of a results.json's per-stage ``wall_time_s`` (its ``this_session_total``,
+    the time of the last session alone, left out); ``None`` without the record."""
+    stages = {k: v for k, v in content.get("wall_time_s", {}).items() if k != "this_session_total"}
+    return float(sum(stages.values())) if stages else None
+
+
+def _run_tag(config_path: Path) -> str:
+    """The ``tag`` recorded in a run's config.yaml; "" without the file or the key."""
+    if not config_path.is_file():
+        return ""
+    return str((yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("tag") or "")
+
+
+def unfinished_runs(runs_dir: Path) -> list[str]:
+    """Names of run directories with a ``config.yaml`` but no ``results.json``.
+
+    Shared generator directories (``method: generators``, :mod:`tfaug.runs.shared`)
+    never have results and are not runs; directories moved aside by ``--force`` are skipped.
+    """
+    return sorted(
+        p.parent.name
+        for p in Path(runs_dir).glob("*/config.yaml")
+        if not (p.parent / "results.json").is_file()
+        and ".replaced-" not in p.parent.name
+        and (yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("method") != "generators"
+    )
+
+
+def ordered_methods(methods: Iterable[str]) -> list[str]:
+    """Method labels in the paper's order (none, aff, …, gdgi_mixup), each method's tagged
+    labels (``gdgi [b]``) right after it, unknown methods last, alphabetically."""
+
+    def key(label: str) -> tuple[bool, int, str, str]:
+        method, _, tag = label.partition(" [")
+        known = method in METHOD_ORDER
+        return (not known, METHOD_ORDER.index(method) if known else 0, method, tag)
+
+    return sorted(set(methods), key=key)
+
+
+def structures_of(runs: Sequence[RunResult]) -> list[str]:
+    """The structures of the first run's first volume, :data:`MEAN` last."""
+    first = next(iter(runs[0].dice.values()))
+    return [name for name in first if name != MEAN] + [MEAN]
+
+
+def dice_values(runs: Sequence[RunResult], method: str, structure: str) -> np.ndarray:
+    """(runs × volumes,) float64 Dice of the method label on ``structure`` (every run, volume)."""
+    return np.array(
+        [d[structure] for r in runs if r.label == method for d in r.dice.values()], np.float64
+    )
+
+
+def keyed_values(
+    runs: Sequence[RunResult], method: str, structure: str
+) -> dict[tuple[str, int, int], float]:
+    """(test volume, draw, seed) → Dice of the method label on ``structure``."""
+    return {
+        (case, r.draw, r.seed): d[structure]
+        for r in runs
+        if r.label == method
+        for case, d in r.dice.items()
+    }
+
+
+def paired_values(
+    runs: Sequence[RunResult], a: str, b: str, structure: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dice of ``a`` and ``b`` on the (test volume, draw, seed) keys both have, sorted by key."""
+    return _paired(keyed_values(runs, a, structure), keyed_values(runs, b, structure))
+
+
+def _paired(
+    left: dict[tuple[str, int, int], float], right: dict[tuple[str, int, int], float]
+) -> tuple[np.ndarray, np.ndarray]:
+    keys = sorted(set(left) & set(right))
+    return np.array([left[k] for k in keys]), np.array([right[k] for k in keys])
+
+
+def wilcoxon_test(runs: Sequence[RunResult], a: str, b: str, structure: str) -> WilcoxonResult:
+    """Two-sided Wilcoxon signed-rank test of ``a`` vs ``b`` (``scipy.stats.wilcoxon``)."""
+    return signed_rank(*paired_values(runs, a, b, structure), a, b, structure)
+
+
+def signed_rank(x: np.ndarray, y: np.ndarray, a: str, b: str, structure: str) -> WilcoxonResult:
+    """The two-sided Wilcoxon signed-rank test of paired Dice ``x`` (of ``a``) and ``y``
+    (of ``b``), both (n,); a result with ``p=None`` and a note when it cannot run."""
+    if len(x) == 0:
+        return WilcoxonResult(a, b, structure, 0, None, None, None, "no paired volumes")
+    difference = float(np.mean(x - y))
+    if np.all(x == y):
+        note = "all paired differences are zero"
+        return WilcoxonResult(a, b, structure, len(x), None, None, difference, note)
+    test = stats.wilcoxon(x, y)
+    return WilcoxonResult(
+        a, b, structure, len(x), float(test.statistic), float(test.pvalue), difference
+    )
+
+
+def run_means(runs: Sequence[RunResult], method: str) -> dict[tuple[str, int, int], float]:
+    """("", draw, seed) → the run's mean over test volumes of the mean foreground Dice, for
+    the runs of the method label (keys shaped like :func:`keyed_values`' for pairing)."""
+    return {
+        ("", r.draw, r.seed): float(np.mean([d[MEAN] for d in r.dice.values()]))
+        for r in runs
+        if r.label == method
+    }
+
+
+def per_run_row(
+    left: dict[tuple[str, int, int], float],
+    right: dict[tuple[str, int, int], float],
+    a: str,
+    b: str,
+) -> str:
+    """A markdown row: the :func:`run_means` ``left`` (of ``a``) vs ``right`` (of ``b``)
+    paired per run, with the runs ``a`` is ahead in and the two-sided Wilcoxon test of the
+    run means (exact for small n)."""
+    x, y = _paired(left, right)
+    test = signed_rank(x, y, a, b, MEAN)
+    delta, p = _difference_and_p(test)
+    return f"| {a} vs {b} | {test.n} | {int(np.sum(x > y))} | {delta} | {p} |"
+
+
+def subject_means(runs: Sequence[RunResult], method: str) -> dict[str, float]:
+    """Test case id → mean foreground Dice of ``method`` over its runs (paper Fig. 9)."""
+    scores: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        if run.label == method:
+            for case, dice in run.dice.items():
+                scores[case].append(dice[MEAN])
+    return {case: float(np.mean(values)) for case, values in scores.items()}
+
+
+def best_other_method(runs: Sequence[RunResult]) -> str | None:
+    """The related method label (no :data:`GENERATOR_METHODS`) with the best mean fg Dice."""
+    others = ordered_methods({r.label for r in runs if r.method not in GENERATOR_METHODS})
+    if not others:
+        return None
+    return max(others, key=lambda m: float(dice_values(runs, m, MEAN).mean()))
+
+
+def missing_runs(runs: Sequence[RunResult]) -> list[tuple[str, int, int]]:
+    """(method label, draw, seed) absent from the grid labels × draws × seeds in ``runs``."""
+    present = {(r.label, r.draw, r.seed) for r in runs}
+    grid = itertools.product(
+        ordered_methods({r.label for r in runs}),
+        sorted({r.draw for r in runs}),
+        sorted({r.seed for r in runs}),
+    )
+    return [key for key in grid if key not in present]
+
+
+def _cell(values: np.ndarray) -> str:
+    return f"{values.mean():.3f} ({values.std():.3f})"
+
+
+def _label(structure: str) -> str:
+    return "mean (fg)" if structure == MEAN else structure
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else f"{p:.2g}"
+
+
+def method_table(runs: Sequence[RunResult], structures: Sequence[str]) -> list[str]:
+    """Markdown rows: method | mean (std) per structure | runs | volumes | training time.
+
+    The training time is the median over the method's runs of :attr:`RunResult.training_s`,
+    in minutes ("–" when no run records it)."""
+    header = ["method", *map(_label, structures), "runs", "volumes", "training, min/run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in ordered_methods({r.label for r in runs}):
+        own = [r for r in runs if r.label == method]
+        cells = [_cell(dice_values(own, method, s)) for s in structures]
+        volumes = sum(len(r.dice) for r in own)
+        seconds = [r.training_s for r in own if r.training_s is not None]
+        minutes = f"{np.median(seconds) / 60:.1f}" if seconds else "–"
+        lines.append(
+            f"| {method} | " + " | ".join(cells) + f" | {len(own)} | {volumes} | {minutes} |"
+        )
+    return lines
+
+
+def tagged_comparisons(runs: Sequence[RunResult]) -> list[tuple[str, str]]:
+    """Each tagged variant of a proposed method (e.g. ``gdgi [b]``) against the baseline of
+    its paper comparison (rd, ri or the best related method) and against its untagged method
+    (the paper's setting), in :data:`COMPARISONS` order."""
+    labels = ordered_methods({r.label for r in runs})
+    pairs = []
+    for a, baseline in COMPARISONS:
+        b = baseline or best_other_method(runs)
+        for label in labels:
+            if label.startswith(f"{a} ["):
+                pairs += [(label, b)] if b is not None else []
+                pairs.append((label, a))
+    return pairs
+
+
+def parse_comparison(text: str) -> tuple[str, str]:
+    """``"gdgi [b],aff"`` → ``("gdgi [b]", "aff")``: two method labels for one extra test.
+
+    Raises:
+        ReportError: not two non-empty labels separated by one comma.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise ReportError(
+            f"--compare {text!r}: expected two method labels separated by a comma, e.g. "
+            "--compare 'gdgi [b],aff' (labels as in the report's tables)"
+        )
+    return parts[0], parts[1]
+
+
+def _test_rows(runs: Sequence[RunResult], a: str, b: str, structures: Sequence[str]) -> list[str]:
+    return [_test_row(wilcoxon_test(runs, a, b, structure)) for structure in structures]
+
+
+def _difference_and_p(test: WilcoxonResult) -> tuple[str, str]:
+    """The Δ and p cells of a test: "–" when missing, the note after p, `*` if significant."""
+    delta = "–" if test.difference is None else f"{test.difference:+.3f}"
+    p = _p(test.p) + (f" ({test.note})" if test.note else "")
+    star = " *" if test.p is not None and test.p < SIGNIFICANCE else ""
+    return delta, p + star
+
+
+def _test_row(test: WilcoxonResult) -> str:
+    delta, p = _difference_and_p(test)
+    w = "–" if test.statistic is None else f"{test.statistic:.1f}"
+    comparison = f"{test.a} vs {test.b}"
+    return f"| {comparison} | {_label(test.structure)} | {test.n} | {delta} | {w} | {p} |"
+
+
+def wilcoxon_section(
+    runs: Sequence[RunResult],
+    structures: Sequence[str],
+    compare: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    """Markdown of the paper's three tests, then :func:`tagged_comparisons` and the
+    ``compare`` pairs of method labels (each pair once; pairs with neither label in ``runs``
+    are left out); a note in place of each test that cannot run."""
+    present = {r.label for r in runs}
+    rows, run_rows, notes = [], [], []
+    for a, baseline in COMPARISONS:
+        b = baseline or best_other_method(runs)
+        missing = [m for m in (a, b) if m is not None and m not in present]
+        missing += ["a related method"] if b is None else []
+        if missing:
+            notes.append(f"{a} vs {b or 'best related'}: skipped, no runs of {', '.join(missing)}.")
+            continue
+        if baseline is None:
+            notes.append(f"Best related method (highest mean foreground Dice, no generators): {b}.")
+        rows += _test_rows(runs, a, b, structures)
+        run_rows.append(per_run_row(run_means(runs, a), run_means(runs, b), a, b))
+    for a, b in dict.fromkeys([*tagged_comparisons(runs), *compare]):  # each pair once
+        missing = [m for m in (a, b) if m not in present]
+        if len(missing) == 2:
+            continue  # a pair of another setting
+        if missing:
+            notes.append(f"{a} vs {b}: skipped, no runs of {', '.join(missing)}.")
+            continue
+        rows += _test_rows(runs, a, b, structures)
+        run_rows.append(per_run_row(run_means(runs, a), run_means(runs, b), a, b))
+    lines = [
+        "Two-sided Wilcoxon signed-rank tests (scipy.stats.wilcoxon), paired per "
+        f"(test volume, draw, seed); n = pairs, Δ = mean Dice difference (first − second), "
+        f"* = p < {SIGNIFICANCE}.",
+        "",
+    ]
+    if rows:
+        lines += [
+            "| comparison | structure | n | Δ | W | p |",
+            "|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "The same pairs per run: each run's mean foreground Dice over its test volumes, "
+            "paired per (draw, seed). The volumes of one run share one trained segmenter, so "
+            "the tests above count correlated pairs as independent; this one does not, and "
+            "needs more runs to reach significance (with 5 runs, p ≥ 0.0625).",
+            "",
+            *PER_RUN_HEADER,
+            *run_rows,
+            "",
+        ]
+    return lines + notes
+
+
+def _setting_title(setting: tuple[str, int, str]) -> str:
+    dataset, n_labeled, mode = setting
+    return f"{dataset}, N_L = {n_labeled}, {mode} generators"
+
+
+def _slug(setting: tuple[str, int, str]) -> str:
+    dataset, n_labeled, mode = setting
+    return f"{dataset}-nl{n_labeled}-{mode}"
+
+
+def setting_section(
+    runs: Sequence[RunResult],
+    setting: tuple[str, int, str],
+    out_dir: Path,
+    compare: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    """Markdown (and PNGs in ``out_dir``) for the runs of one setting; ``compare``: extra
+    Wilcoxon tests as pairs of method labels."""
+    structures = structures_of(runs)
+    methods = ordered_methods({r.label for r in runs})
+    title = _setting_title(setting)
+    labels = [_label(s) for s in structures]
+    box = {m: {_label(s): dice_values(runs, m, s) for s in structures} for m in methods}
+    box_path = plots.save_box_plots(box, labels, out_dir / f"{_slug(setting)}-box.png", title)
+    per_subject = {m: subject_means(runs, m) for m in methods}
+    subject_path = plots.save_per_subject_plot(
+        per_subject, out_dir / f"{_slug(setting)}-subjects.png", title
+    )
+    lines = [
+        f"## {title}",
+        "",
+        "Mean (std) 3D Dice over all runs × test volumes; *runs* and *volumes* give how many "
+        "numbers each row rests on. *training* is the median wall-clock time of a run's "
+        "training stages (shared generator stages included): it compares methods at equal "
+        "iterations by their cost, and only runs that shared the machine in the same way.",
+        "",
+        *method_table(runs, structures),
+        "",
+        *wilcoxon_section(runs, structures, compare),
+        "",
+        f"![Dice per structure]({box_path.name})",
+        "",
+        f"![Mean Dice per test subject]({subject_path.name})",
+        "",
+    ]
+    missing = missing_runs(runs)
+    draws = sorted({r.draw for r in runs})
+    seeds = sorted({r.seed for r in runs})
+    grid = f"methods {methods} × draws {draws} × seeds {seeds}"
+    if missing:
+        listed = ", ".join(f"{m} draw {d} seed {s}" for m, d, s in missing)
+        lines.append(f"**Missing runs** ({len(missing)} of the grid {grid}): {listed}.")
+    else:
+        lines.append(f"Grid complete: {grid}, {len(runs)} runs.")
+    return lines + [""]
+
+
+def dice_vs_nl_section(runs: Sequence[RunResult], out_dir: Path) -> list[str]:
+    """Fig. 3c: per dataset (joint generators), when more than one N_L is present."""
+    lines = []
+    for dataset in sorted({r.dataset for r in runs}):
+        own = [r for r in runs if r.dataset == dataset and r.generator_mode == "joint"]
+        nls = sorted({r.n_labeled for r in own})
+        if len(nls) < 2:
+            continue
+        structures = structures_of(own)
+        curves: dict[str, dict[int, dict[str, tuple[float, float]]]] = defaultdict(dict)
+        rows = [
+            "| method | " + " | ".join(f"N_L = {n}" for n in nls) + " |",
+            "|" + "---|" * (len(nls) + 1),
+        ]
+        for method in ordered_methods({r.label for r in own}):
+            cells = []
+            for n in nls:
+                subset = [r for r in own if r.n_labeled == n]
+                values = {s: dice_values(subset, method, s) for s in structures}
+                if len(values[MEAN]) == 0:
+                    cells.append("–")
+                    continue
+                curves[method][n] = {
+                    s: (float(v.mean()), float(v.std())) for s, v in values.items()
+                }
+                runs_n = sum(r.label == method for r in subset)
+                cells.append(f"{_cell(values[MEAN])}, {runs_n} runs / {len(values[MEAN])} vol.")
+            rows.append(f"| {method} | " + " | ".join(cells) + " |")
+        path = plots.save_dice_vs_nl_plot(
+            curves, structures, out_dir / f"{dataset}-dice-vs-nl.png", f"{dataset}: Dice vs N_L"
+        )
+        lines += [
+            f"## {dataset}: Dice against N_L (joint generators)",
+            "",
+            "Mean foreground Dice, mean (std) over runs × test volumes.",
+            "",
+            *rows,
+            "",
+            f"![Dice against N_L]({path.name})",
+            "",
+        ]
+    return lines
+
+
+def joint_vs_independent_section(runs: Sequence[RunResult]) -> list[str]:
+    """Table I: (dataset, N_L, method) with runs in both generator modes, then a Wilcoxon
+    test of joint vs independent per structure, paired per (test volume, draw, seed)."""
+    modes = defaultdict(set)
+    for r in runs:
+        modes[(r.dataset, r.n_labeled, r.label)].add(r.generator_mode)
+    both = sorted(key for key, found in modes.items() if {"joint", "independent"} <= found)
+    if not both:
+        return []
+    structures = structures_of([r for r in runs if (r.dataset, r.n_labeled, r.label) in both])
+    header = ["dataset", "N_L", "method", "generators", *map(_label, structures), "runs", "volumes"]
+    lines = [
+        "## Joint vs independent generator training (Table I)",
+        "",
+        "Independent: the segmentation loss does not reach the generators. Mean (std) Dice.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    tests, run_rows = [], []
+    for dataset, n_labeled, method in both:
+        by_mode = {
+            mode: [r for r in runs if r.setting == (dataset, n_labeled, mode)]
+            for mode in ("joint", "independent")
+        }
+        for mode, own in by_mode.items():
+            cells = [_cell(dice_values(own, method, s)) for s in structures]
+            n_runs = sum(r.label == method for r in own)
+            volumes = len(dice_values(own, method, MEAN))
+            lines.append(
+                f"| {dataset} | {n_labeled} | {method} | {mode} | "
+                + " | ".join(cells)
+                + f" | {n_runs} | {volumes} |"
+            )
+        name = f"{method} ({dataset}, N_L = {n_labeled}) joint"
+        for s in structures:
+            joint, independent = (keyed_values(own, method, s) for own in by_mode.values())
+            tests.append(signed_rank(*_paired(joint, independent), name, "independent", s))
+        joint, independent = (run_means(own, method) for own in by_mode.values())
+        run_rows.append(per_run_row(joint, independent, name, "independent"))
+    return [
+        *lines,
+        "",
+        "Joint minus independent, two-sided Wilcoxon signed-rank tests paired per (test volume, "
+        f"draw, seed); * = p < {SIGNIFICANCE}.",
+        "",
+        "| comparison | structure | n | Δ | W | p |",
+        "|---|---|---|---|---|---|",
+        *map(_test_row, tests),
+        "",
+        "Per run (mean foreground Dice of each run, paired per (draw, seed)):",
+        "",
+        *PER_RUN_HEADER,
+        *run_rows,
+        "",
+    ]
+
+
+def build_report(runs_dir: Path, out_dir: Path, compare: Sequence[tuple[str, str]] = ()) -> str:
+    """The markdown text of the report; figures are written into ``out_dir``.
+
+    Args:
+        runs_dir: the folder of run directories.
+        out_dir: where the figures go.
+        compare: extra Wilcoxon tests, pairs of method labels (``("gdgi [b]", "aff")``),
+            run in every setting holding both.
+
+    Raises:
+        ReportError: no finished run in ``runs_dir``, a malformed results file, a
+            ``compare`` label no run has, or an unreadable generator stage.
+    """
+    runs = load_runs(runs_dir)
+    if not runs:
+        raise ReportError(
+            f"{runs_dir}: no finished run (no */results.json); run `tfaug grid` or "
+            "`tfaug train` with --runs-dir pointing here first"
+        )
+    labels = ordered_methods({r.label for r in runs})
+    unknown = sorted({label for pair in compare for label in pair} - set(labels))
+    if unknown:
+        raise ReportError(
+            f"--compare: no finished run in {runs_dir} has the method label(s) {unknown}; "
+            f"the labels are {labels}"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = sorted({r.setting for r in runs}, key=lambda s: (s[0], s[1], s[2] != "joint", s[2]))
+    lines = [
+        "# Method comparison",
+        "",
+        f"{len(runs)} finished runs from `{runs_dir}` in {len(settings)} setting(s).",
+        "",
+    ]
+    unfinished = unfinished_runs(runs_dir)
+    if unfinished:
+        lines += [f"**Unfinished runs** (not counted): {', '.join(unfinished)}.", ""]
+    for setting in settings:
+        own = [r for r in runs if r.setting == setting]
+        lines += setting_section(own, setting, out_dir, compare)
+    lines += dice_vs_nl_section(runs, out_dir)
+    lines += joint_vs_independent_section(runs)
+    try:
+        lines += diagnostics_section(runs_dir, out_dir)
+    except DiagnosticsError as error:
+        raise ReportError(str(error)) from error
+    return "\n".join(lines)
+
+
+def write_report(runs_dir: Path, out_dir: Path, compare: Sequence[tuple[str, str]] = ()) -> Path:
+    """Write ``<out_dir>/report.md`` and its PNG figures; returns the report's path.
+
+    Raises:
+        ReportError: see :func:`build_report`.
+    """
+    out_dir = Path(out_dir)
+    text = build_report(Path(runs_dir), out_dir, compare)
+    path = out_dir / "report.md"
+    path.write_text(text, encoding="utf-8")
+    return path

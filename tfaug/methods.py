@@ -1,0 +1,77 @@
+"""The names tfaug's methods, generator kinds and modes, stages and seeds are known by.
+
+One place for every name that a config, a run directory, the command line, the grid, the
+report and the export spell out. This module imports nothing (no TensorFlow), so
+``tfaug --help`` and ``tfaug report`` can read it cheaply.
+"""
+
+from __future__ import annotations
+
+# -- generators ---------------------------------------------------------------------------
+GENERATOR_KINDS = ("deformation", "intensity")  # GV outputs a flow, GI an additive ΔI
+GENERATOR_SHORT_NAMES = {"deformation": "GV", "intensity": "GI"}
+GENERATOR_MODES = ("joint", "independent")  # does L_S reach the generators (Table I)?
+GENERATED_COMPOSITIONS = ("choice", "chain")  # how the final stage combines GV and GI
+
+# -- methods ------------------------------------------------------------------------------
+RANDOM_METHODS = ("none", "aff", "rd", "ri", "rdri", "mixup")
+# Which generators each method needs; the other methods need none.
+GENERATOR_METHODS: dict[str, tuple[str, ...]] = {
+    "gd": ("deformation",),
+    "gi": ("intensity",),
+    "gdgi": ("deformation", "intensity"),
+    "gdgi_mixup": ("deformation", "intensity"),
+}
+# Semi-supervised comparisons that train S their own way (tfaug.baselines), not through
+# an augmentation layer in the segmenter stage.
+ADVERSARIAL_LEVELS = {"adv_pixel": "pixel", "adv_image": "image"}
+COMPARISON_METHODS = ("self_training", *ADVERSARIAL_LEVELS)
+METHODS = (*RANDOM_METHODS, *GENERATOR_METHODS, *COMPARISON_METHODS)
+DEFAULT_METHOD = "gdgi"
+# The method each generator kind is tuned with (`tfaug tune --generator`).
+TUNED_METHODS = {"deformation": "gd", "intensity": "gi"}
+TUNERS = ("random", "bayesian", "grid")
+
+# -- stages -------------------------------------------------------------------------------
+PRETRAIN_STAGE = "pretrain"
+SEGMENTER_STAGE = "segmenter"
+ADVERSARIAL_STAGE = "adversarial"
+
+
+def generator_stage(kind: str) -> str:
+    """The stage folder name of generator ``kind``: ``"generator_deformation"``, …"""
+    return f"generator_{kind}"
+
+
+def self_training_stage(round_index: int) -> str:
+    """The stage folder name of self-training round r (0: S on labeled slices alone)."""
+    return f"self_training_round{round_index}"
+
+
+GENERATOR_STAGES = {generator_stage(kind): kind for kind in GENERATOR_KINDS}
+SHARED_STAGES = (PRETRAIN_STAGE, *GENERATOR_STAGES)  # trained once per generator directory
+
+# -- seeds --------------------------------------------------------------------------------
+# A stage draws from seed ``train.seed * SEED_STRIDE + offset``; within a stage, a data
+# stream resumed at step t adds t, and a second random layer of one kind adds the
+# ``SUBSTREAM`` offset of its role. Changing any value changes every run's random draws.
+SEED_STRIDE = 1000
+STAGE_SEED_OFFSETS = {
+    PRETRAIN_STAGE: 1,
+    generator_stage("deformation"): 2,
+    generator_stage("intensity"): 3,
+    SEGMENTER_STAGE: 4,
+    "self_training": 10,  # round r uses 10 + r
+    ADVERSARIAL_STAGE: 30,
+}
+SUBSTREAM = {
+    "random_intensity": 1,  # RI beside RD in one stage
+    "second_dataset": 1,  # the unlabeled (or pseudo-labeled) half of a batch
+    "random_before_generators": 2,  # RD+RI before G in the generator stages
+    "mixup_after_generated": 2,  # Mixup after the generated pairs (gdgi_mixup)
+}
+
+
+def stage_seed(train_seed: int, offset: int) -> int:
+    """The seed of a stage: ``train_seed * SEED_STRIDE + offset``."""
+    return train_seed * SEED_STRIDE + offset

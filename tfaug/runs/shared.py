@@ -1,0 +1,81 @@
+"""Generators shared by the runs of one (dataset, N_L, draw, seed): trained once, reused.
+
+The methods ``gd``, ``gi``, ``gdgi`` and ``gdgi_mixup`` differ only in how the final
+segmenter uses the generators, so the pre-training and generator stages live in one
+*generator directory*, ``<runs_dir>/<dataset>-nl<N>-generators-split<k>-seed<s>[...]/``,
+whose ``config.yaml`` is the run's config with everything the final stage alone reads
+neutralised (:func:`generator_config`). Each run directory links its
+``checkpoints/<stage>`` to the shared stage folder, so a run still shows every checkpoint it
+used. An exclusive file lock serialises runs that reach the same generator stages at the same
+time (grid shards on one machine or on a shared file system with POSIX locks).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tfaug.config import READ_BY_FINAL, READ_BY_RANDOM, Config
+from tfaug.runs.rundir import RunDirectory, open_run_directory
+
+
+def generator_config(cfg: Config) -> Config:
+    """The config that determines the generator stages of ``cfg``'s run.
+
+    ``method`` becomes ``"generators"``, and every field the generator stages do not read
+    (metadata ``read_by`` of :func:`tfaug.config.setting`: the final stage's iterations, the
+    random elastic and intensity parameters unless ``augment.random_before_generators``
+    makes the generator stages use them, Mixup, how the generators are composed) takes its
+    ``generator_value`` (default: the field's default). Everything else (data, split,
+    networks, λs, mode, seed, affine parameters, tag) is kept, so two runs share generators
+    exactly when their generator stages would be the same.
+    """
+    shared = copy.deepcopy(cfg)
+    shared.method = "generators"
+    random_read = cfg.augment.random_before_generators
+    for section in dataclasses.fields(shared):
+        values = getattr(shared, section.name)
+        if not dataclasses.is_dataclass(values):
+            continue
+        defaults = type(values)()
+        for item in dataclasses.fields(values):
+            read_by = item.metadata.get("read_by")
+            if read_by == READ_BY_FINAL or (read_by == READ_BY_RANDOM and not random_read):
+                value = item.metadata.get("generator_value", getattr(defaults, item.name))
+                setattr(values, item.name, value)
+    return shared
+
+
+def open_generator_directory(cfg: Config, run: RunDirectory, stages: list[str]) -> RunDirectory:
+    """Open the shared generator directory of ``cfg`` and link ``stages`` into ``run``.
+
+    A stage folder that already exists in ``run`` (a real folder, or a link) is left as it
+    is, so runs started before sharing existed resume from their own checkpoints.
+
+    Raises:
+        RunDirectoryError: the generator directory holds a different config.
+    """
+    shared = open_run_directory(generator_config(cfg))
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        shared.stage(stage).mkdir(parents=True, exist_ok=True)
+        link = run.stage(stage)
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(os.path.relpath(shared.stage(stage), run.checkpoints))
+    return shared
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) while the block runs."""
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
