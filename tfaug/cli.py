@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tfaug.config import DATASETS, STRATEGIES, Config, ConfigError, config_from_dict, load_config
+from tfaug.console import setup_console
 from tfaug.data.volume import DatasetError
 
 
@@ -496,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``tfaug`` command line; returns the exit code (see the module docstring)."""
+    setup_console()  # before anything imports TensorFlow
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
