@@ -127,15 +127,16 @@ def folder_state(folder: Path) -> list[tuple[str, int, int]]:
     return sorted(state)
 
 
-def interrupt_when_writing_starts(folder: Path) -> threading.Thread:
-    """Send this process SIGINT (Ctrl-C) as soon as any file of ``folder`` changes."""
+def interrupt_when_writing_starts(folder: Path, done: threading.Event) -> threading.Thread:
+    """Send this process SIGINT (Ctrl-C) as soon as any file of ``folder`` changes, unless
+    ``done`` is set first."""
     before, main_thread = folder_state(folder), threading.main_thread().ident
 
     def watch() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and folder_state(folder) == before:
+        while not done.is_set() and folder_state(folder) == before:
             time.sleep(0.0005)
-        signal.pthread_kill(main_thread, signal.SIGINT)
+        if not done.is_set():
+            signal.pthread_kill(main_thread, signal.SIGINT)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -148,10 +149,14 @@ def test_an_output_interrupted_while_written_is_never_half_written(volumes, tmp_
     shutil.copy(volumes[0], target)  # an earlier, complete output
     before = target.read_bytes()
     noise = np.random.default_rng(0).random((256, 256, 256), dtype=np.float32)  # slow to gzip
-    watcher = interrupt_when_writing_starts(target.parent)
-    with pytest.raises(KeyboardInterrupt):
-        write_like(noise, nib.load(volumes[0]), target)
-    watcher.join()
+    done = threading.Event()
+    watcher = interrupt_when_writing_starts(target.parent, done)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_like(noise, nib.load(volumes[0]), target)
+    finally:
+        done.set()
+        watcher.join()
     assert target.read_bytes() == before
     assert [p.name for p in target.parent.iterdir()] == ["case.nii.gz"]
 

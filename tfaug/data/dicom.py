@@ -83,16 +83,23 @@ def series_files(folder: Path, uid: str) -> list[Path]:
     return [Path(name) for name in names]
 
 
-def find_series_folders(root: Path) -> Iterator[tuple[Path, list[str]]]:
+def find_series_folders(
+    root: Path, _seen: set[Path] | None = None
+) -> Iterator[tuple[Path, list[str]]]:
     """``(folder, series uids)`` for ``root`` and every folder below it holding DICOM files.
 
-    Folders are visited in sorted order; hidden folders (``.*``) are skipped.
+    Folders are visited in sorted order, each once (a symbolic link back up is not followed
+    again); hidden folders (``.*``) are skipped.
     """
+    seen = set() if _seen is None else _seen
+    if root.resolve() in seen:
+        return
+    seen.add(root.resolve())
     uids = series_uids(root)
     if uids:
         yield root, uids
     for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        yield from find_series_folders(child)
+        yield from find_series_folders(child, seen)
 
 
 def mixed_series_message(folder: Path, uids: Sequence[str]) -> str:
