@@ -22,6 +22,10 @@ Request formats (TF Serving's REST API), signature ``serving_default``:
 
 from __future__ import annotations
 
+from tfaug.console import setup_console
+
+setup_console()  # TensorFlow's start-up lines stay quiet: before tfaug.deploy.inference imports it
+
 import argparse
 import json
 import sys

@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("tfaug.baselines",),
     ("tfaug.runs",),
     ("tfaug.experiments", "tfaug.deploy"),
-    ("tfaug.cli",),
+    ("tfaug.cli", "tfaug.console"),
 )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tfaug.config import DATASETS, STRATEGIES, Config, ConfigError, config_from_dict, load_config
+from tfaug.console import setup_console
 from tfaug.data.volume import DatasetError
 from tfaug.methods import DEFAULT_METHOD, GENERATOR_MODES, METHODS, TUNED_METHODS, TUNERS
 
@@ -380,8 +381,16 @@ def run_export(args: argparse.Namespace) -> int:
 
 def add_segment_command(subparsers: Any) -> None:
     """``tfaug segment -i IN -o OUT --model DIR/segmenter.onnx`` (or the SavedModel folder)."""
-    parser = subparsers.add_parser("segment", help="segment NIfTI files with an exported model")
-    parser.add_argument("-i", "--input", type=Path, required=True, help="NIfTI file or folder")
+    parser = subparsers.add_parser(
+        "segment", help="segment NIfTI files and DICOM series with an exported model"
+    )
+    parser.add_argument(
+        "-i",
+        "--input",
+        type=Path,
+        required=True,
+        help="NIfTI file, DICOM series folder, or a folder of NIfTI files and series folders",
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="label file or folder")
     parser.add_argument(
         "--model", type=Path, required=True, help="DIR/segmenter.onnx or DIR/segmenter"
@@ -391,28 +400,53 @@ def add_segment_command(subparsers: Any) -> None:
     parser.add_argument(
         "--save-probabilities", action="store_true", help="also write <name>_probabilities"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="segment inputs whose outputs exist again (default: skip them, so an interrupted "
+        "folder run resumes)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="preprocess_overrides",
+        action="append",
+        default=[],
+        metavar="preprocess.KEY=VALUE",
+        help="change export.json's preprocessing (repeatable); only n4, n4_shrink, "
+        "n4_iterations and n4_negatives, e.g. preprocess.n4=false",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_segment)
 
 
 def run_segment(args: argparse.Namespace) -> int:
     from tfaug.deploy.export import ExportError
-    from tfaug.deploy.inference import segment
+    from tfaug.deploy.inference import segment_inputs
 
     try:
-        written = segment(
+        report = segment_inputs(
             args.input,
             args.output,
             args.model,
             channel=args.channel,
             batch_size=args.batch_size,
             save_probabilities=args.save_probabilities,
+            overwrite=args.overwrite,
+            preprocess_overrides=args.preprocess_overrides,
             progress=not args.quiet,
         )
     except ExportError as error:
         print(f"tfaug: error: {error}", file=sys.stderr)
         return 2
-    print("\n".join(str(path) for path in written))
+    print(report.summary())
+    if report.failed:
+        total = len(report.failed) + len(report.written) + len(report.skipped)
+        print(
+            f"tfaug: error: {len(report.failed)} of {total} input(s) could not be segmented "
+            "(listed above)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -504,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``tfaug`` command line; returns the exit code (see the module docstring)."""
+    setup_console()  # before anything imports TensorFlow
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -113,6 +113,12 @@ class PreprocessConfig:
         n4: apply SimpleITK N4 bias-field correction (MR only).
         n4_shrink: per-axis shrink factors (x, y, z) for N4.
         n4_iterations: N4 fitting iterations per level.
+        n4_negatives: what N4 does with an MR volume holding a few negative voxels (the tail
+            left by reconstruction, registration or spline resampling): ``clip`` them to 0
+            first, with a warning naming the count (the default; a no-op on non-negative
+            volumes, so configs without the key behave as before), or ``refuse`` the volume.
+            Volumes that cannot be MR magnitude images (mostly negative, or a large part far
+            below zero as in CT) are refused either way.
         percentiles: (low, high) percentiles for ``(x - p_low) / (p_high - p_low)``.
     """
 
@@ -121,6 +127,7 @@ class PreprocessConfig:
     n4: bool = True
     n4_shrink: list[int] = field(default_factory=lambda: [4, 4, 1])
     n4_iterations: list[int] = field(default_factory=lambda: [50, 50, 30, 20])
+    n4_negatives: str = "clip"
     percentiles: list[float] = field(default_factory=lambda: [2.0, 98.0])
 
 
@@ -471,6 +478,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.generator_mode": GENERATOR_MODES,
     "train.model_selection": ("best", "last"),
     "augment.generated_composition": GENERATED_COMPOSITIONS,
+    "preprocess.n4_negatives": ("clip", "refuse"),
 }
 
 

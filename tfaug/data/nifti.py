@@ -1,4 +1,4 @@
-"""Reading NIfTI files with nibabel, and the checks every dataset reader shares.
+"""Reading NIfTI files with nibabel, the checks every dataset reader shares, safe writing.
 
 nibabel (not SimpleITK) reads the files: several ACDC headers have non-orthonormal
 direction cosines that SimpleITK >= 2.1 rejects. Every problem raises
@@ -8,6 +8,7 @@ expected, what was found and the fix. Nothing here resamples, reorients or norma
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -269,3 +270,26 @@ def problems_message(root: Path, problems: list[str]) -> str:
     """One message listing every problem found in the dataset at ``root``."""
     listed = "\n".join(f"  - {problem}" for problem in problems)
     return f"{root}: {len(problems)} problem(s) in the dataset:\n{listed}"
+
+
+def save_nifti_atomic(image: nib.Nifti1Image, path: Path) -> Path:
+    """Write ``image`` to ``path`` without ever leaving a half-written ``path``.
+
+    The file is written under a hidden temporary name in the same folder (same extension, so
+    nibabel compresses ``.nii.gz``), then renamed over ``path``; the temporary file is removed
+    if writing fails or is interrupted. Parent folders are created.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = next((s for s in (".nii.gz", ".nii") if path.name.endswith(s)), "")
+    stem = path.name[: len(path.name) - len(suffix)]
+    temporary = path.with_name(f".{stem}.partial-{os.getpid()}{suffix}")
+    try:
+        nib.save(image, str(temporary))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

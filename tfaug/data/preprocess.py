@@ -2,7 +2,8 @@
 
 Forward, per volume, in this order:
 
-1. N4 bias-field correction (optional, MR only; SimpleITK) on the 3D volume.
+1. N4 bias-field correction (optional, MR only; SimpleITK) on the 3D volume, after the
+   small negative tail of MR reconstructions is clipped to 0 (:func:`positive_for_n4`).
 2. Intensity normalisation ``(x - p2) / (p98 - p2)`` over the whole volume.
 3. Slice-wise in-plane resampling to a fixed spacing (linear for images, nearest for
    labels). Slices are never resampled along z.
@@ -29,6 +30,7 @@ with background, or crop back) then resample to the exact native in-plane shape.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -38,10 +40,19 @@ import SimpleITK as sitk  # noqa: N813 (the conventional alias)
 from scipy import ndimage
 
 from tfaug.config import PreprocessConfig
-from tfaug.data.volume import DatasetError, Volume
+from tfaug.data.volume import DatasetError, DatasetWarning, Volume
 
 Interpolation = Literal["linear", "nearest"]
 _ORDERS = {"linear": 1, "nearest": 0}
+
+MOSTLY_NEGATIVE = 0.5
+"""More than this fraction of negative voxels: signed data (phase, a difference), not MR."""
+LARGE_NEGATIVE_FRACTION = 0.05
+"""With more than this fraction of negative voxels, a deep negative tail means CT (air at
+−1000 HU, fat at −100 HU), not the small tail of an MR reconstruction."""
+DEEP_NEGATIVE_RATIO = 0.2
+"""A negative tail is deep when its 99th-percentile magnitude exceeds this fraction of the
+99th percentile of the positive voxels (the bright-tissue level)."""
 
 
 @dataclass
@@ -146,7 +157,9 @@ def preprocess_volume(volume: Volume, cfg: PreprocessConfig) -> PreprocessedVolu
         )
     spacing = _check_spacing(volume.spacing, where)
     if cfg.n4:
-        image = n4_correct(image, spacing, cfg.n4_shrink, cfg.n4_iterations, name=where)
+        image = n4_correct(
+            image, spacing, cfg.n4_shrink, cfg.n4_iterations, name=where, negatives=cfg.n4_negatives
+        )
     image = normalise(image, tuple(cfg.percentiles), name=where)
     image = crop_or_pad(resample_slices(image, spacing, cfg.spacing_mm, "linear"), cfg.crop_size)
     label = None
@@ -172,6 +185,7 @@ def n4_correct(
     shrink: Sequence[int],
     iterations: Sequence[int],
     name: str = "image",
+    negatives: str = "clip",
 ) -> np.ndarray:
     """SimpleITK N4 bias-field correction of a 3D MR volume.
 
@@ -182,27 +196,28 @@ def n4_correct(
     *original* image is divided by ``exp(log_bias)`` (as in SimpleITK's N4 example).
 
     Args:
-        image: float (X, Y, Z), non-negative intensities (MR).
+        image: float (X, Y, Z), MR intensities: non-negative, or with the small negative tail
+            that :func:`positive_for_n4` clips.
         spacing: (sx, sy, sz) in mm.
         shrink: per-axis shrink factors (x, y, z), each >= 1.
         iterations: maximum iterations per fitting level (one level per entry).
         name: what to call the image in error messages (the case).
+        negatives: ``"clip"`` or ``"refuse"`` (``preprocess.n4_negatives``), see
+            :func:`positive_for_n4`.
 
     Returns:
-        float32 (X, Y, Z), corrected; zeros stay zero. Intensities are not rescaled.
+        float32 (X, Y, Z), corrected; zeros (and clipped voxels) stay zero. Intensities are not
+        rescaled.
 
     Raises:
-        DatasetError: negative intensities (N4 models a positive multiplicative bias;
-            disable ``preprocess.n4`` for CT), bad shrink/iterations, or a non-finite result.
+        DatasetError: intensities that are not an MR magnitude image (N4 models a positive
+            multiplicative bias; disable ``preprocess.n4`` for CT), bad shrink/iterations, or a
+            non-finite result.
     """
     array = np.asarray(image, dtype=np.float32)
     if array.ndim != 3:
         raise DatasetError(f"{name}: N4 expects a 3D (X, Y, Z) image, found shape {array.shape}")
-    if float(array.min()) < 0.0:
-        raise DatasetError(
-            f"{name}: N4 expects non-negative MR intensities, found minimum {array.min():.4g}; "
-            "set preprocess.n4=false for CT or signed data"
-        )
+    array = positive_for_n4(array, name, negatives)
     if len(shrink) != 3 or any(int(f) < 1 for f in shrink):
         raise DatasetError(
             f"{name}: preprocess.n4_shrink must be three factors >= 1 (x, y, z), found "
@@ -232,6 +247,70 @@ def n4_correct(
             f"{name}: N4 produced non-finite values; check the image or set preprocess.n4=false"
         )
     return np.ascontiguousarray(corrected, dtype=np.float32)
+
+
+def positive_for_n4(image: np.ndarray, name: str = "image", negatives: str = "clip") -> np.ndarray:
+    """Clip the small negative tail of an MR volume to 0 before N4, or refuse the volume.
+
+    MR magnitude images are non-negative; reconstruction filters, registration and spline
+    resampling leave a few voxels slightly below zero, mostly in the background. Clipping them
+    to 0 (rather than shifting every voxel up by the minimum) changes only those voxels, keeps
+    the background at 0 as N4's multiplicative model needs (a shift would add a constant that
+    N4 then divides by the bias field), and does not depend on the single most negative voxel.
+
+    Refused whatever ``negatives`` says: more than :data:`MOSTLY_NEGATIVE` of the voxels
+    negative (signed data), or more than :data:`LARGE_NEGATIVE_FRACTION` negative with a tail
+    deeper than :data:`DEEP_NEGATIVE_RATIO` of the bright-tissue level (CT: air, fat).
+
+    Args:
+        image: float32 (X, Y, Z) in scanner units.
+        name: the volume, for messages.
+        negatives: ``"clip"`` (warn with the count, then clip) or ``"refuse"``.
+
+    Returns:
+        float32 (X, Y, Z) without negative voxels (``image`` itself if it had none).
+
+    Raises:
+        DatasetError: a volume refused as above, or ``negatives="refuse"`` and any negative voxel.
+        ValueError: ``negatives`` is neither ``"clip"`` nor ``"refuse"``.
+    """
+    if negatives not in ("clip", "refuse"):
+        raise ValueError(
+            f"positive_for_n4: negatives must be 'clip' or 'refuse', found {negatives!r}"
+        )
+    below = image < 0
+    count = int(np.count_nonzero(below))
+    if count == 0:
+        return image
+    fraction = count / image.size
+    depth = float(np.percentile(-image[below], 99))
+    positive = image[image > 0]
+    bright = float(np.percentile(positive, 99)) if positive.size else 0.0
+    found = (
+        f"found {count} negative voxels ({100 * fraction:.3g} % of {image.size}) down to "
+        f"{float(image.min()):.4g}"
+    )
+    if fraction > MOSTLY_NEGATIVE or (
+        fraction > LARGE_NEGATIVE_FRACTION and depth > DEEP_NEGATIVE_RATIO * bright
+    ):
+        raise DatasetError(
+            f"{name}: N4 expects non-negative MR intensities, {found}, a tail reaching "
+            f"{depth:.4g} against a bright-tissue level of {bright:.4g}: this is CT "
+            "(Hounsfield units) or signed data, not an MR magnitude image; set "
+            "preprocess.n4=false for CT or signed data"
+        )
+    if negatives == "refuse":
+        raise DatasetError(
+            f"{name}: N4 expects non-negative MR intensities, {found}, and "
+            "preprocess.n4_negatives=refuse; set preprocess.n4_negatives=clip to clip them to "
+            "0 before N4 (or preprocess.n4=false for CT or signed data)"
+        )
+    warnings.warn(
+        f"{name}: {found}; clipped to 0 before N4 (preprocess.n4_negatives=clip)",
+        DatasetWarning,
+        stacklevel=2,
+    )
+    return np.maximum(image, 0.0)
 
 
 def normalise(

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from tfaug.config import Config
+from tfaug.config import Config, PreprocessConfig
 from tfaug.data.datasets import DOWNLOAD_HINTS, check_dataset, list_cases, load_case
 from tfaug.data.phantom import generate_phantom
 from tfaug.data.preprocess import PreprocessedVolume, SliceGeometry, preprocess_volume
@@ -99,12 +99,24 @@ def cache_key_inputs(cfg: Config, root: Path) -> dict[str, Any]:
         "format": RECORDS_FORMAT,
         "dataset": cfg.data.dataset,
         "root": str(root),
-        "preprocess": dataclasses.asdict(cfg.preprocess),
+        "preprocess": _preprocess_key(cfg.preprocess),
         "modality": cfg.data.modality,
         "merge_labels": {str(k): v for k, v in sorted(cfg.data.merge_labels.items())},
         "n_classes": cfg.data.n_classes,
         "phantom": dataclasses.asdict(cfg.phantom) if cfg.data.dataset == "phantom" else None,
     }
+
+
+def _preprocess_key(preprocess: PreprocessConfig) -> dict[str, Any]:
+    """The PreprocessConfig as hashed: ``n4_negatives`` at its default ``clip`` is left out.
+
+    Clipping changes nothing on the non-negative volumes that caches made before the key
+    existed could hold (N4 refused any other), so those caches keep their folder and are reused.
+    """
+    values = dataclasses.asdict(preprocess)
+    if values.get("n4_negatives") == "clip":
+        del values["n4_negatives"]
+    return values
 
 
 def cache_path(cfg: Config, root: Path) -> Path:

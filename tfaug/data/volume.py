@@ -21,6 +21,14 @@ class DatasetError(ValueError):
     """
 
 
+class DatasetWarning(UserWarning):
+    """A volume was accepted after a change the user should know about.
+
+    The message names the file, what was found and what was done with it (e.g. negative
+    voxels clipped before N4, or a preprocessing setting overridden at inference).
+    """
+
+
 @dataclass(frozen=True)
 class CaseRef:
     """Where one case lives on disk, before anything is read.

@@ -1,15 +1,24 @@
-"""Segment NIfTI volumes with an exported segmenter (ONNX Runtime or a SavedModel).
+"""Segment NIfTI volumes and DICOM series with an exported segmenter (ONNX Runtime or a
+SavedModel).
 
 For every input volume, as ``tfaug/analysis/evaluation.py`` does for the test set:
 
-1. read the NIfTI with nibabel (one channel of a 4D file with ``channel``);
+1. read the NIfTI with nibabel (one channel of a 4D file with ``channel``), or the DICOM
+   series with SimpleITK (:mod:`tfaug.data.dicom`);
 2. apply the training preprocessing recorded in ``export.json`` (N4 if it was used,
-   percentile normalisation, in-plane resampling to the training spacing, centre crop/pad);
+   percentile normalisation, in-plane resampling to the training spacing, centre crop/pad),
+   with the ``--set preprocess.KEY=VALUE`` changes inference allows
+   (:mod:`tfaug.data.preprocess_overrides`);
 3. predict the softmax slice by slice, in batches;
 4. map the probabilities back onto the native grid (un-crop, linear resampling) and take the
    argmax there;
-5. write a uint8 label NIfTI with the input's affine and header (and optionally the native
-   probabilities as a float32 (X,Y,Z,C) NIfTI).
+5. write a uint8 label NIfTI with the input's affine and header, or the series' geometry (and
+   optionally the native probabilities as a float32 (X,Y,Z,C) NIfTI), under a temporary
+   name renamed at the end, so no half-written output is ever left.
+
+A folder is segmented volume by volume: a volume that fails is named in the
+:class:`~tfaug.data.inputs.SegmentReport` with its reason and the others go on; outputs
+that already exist are skipped unless ``overwrite`` (so an interrupted run resumes).
 
 A predictor is anything with ``size``, ``n_classes`` and ``predict(images (N,S,S,1)) ->
 probabilities (N,S,S,C)``: :class:`OnnxPredictor`, :class:`SavedModelPredictor`, or the TF
@@ -18,6 +27,7 @@ Serving client of ``export/serving_client.py``. Nothing here trains, evaluates o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,12 +36,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tfaug.config import ConfigError, config_from_dict
-from tfaug.data.nifti import load_nifti, read_header
+from tfaug.data.dicom import read_series
+from tfaug.data.inputs import NIFTI_SUFFIXES, SegmentInput, SegmentReport, plan_outputs
+from tfaug.data.nifti import load_nifti, read_header, save_nifti_atomic
 from tfaug.data.preprocess import SliceGeometry, preprocess_volume, restore_probabilities
+from tfaug.data.preprocess_overrides import override_preprocess
 from tfaug.data.volume import DatasetError, Volume
 from tfaug.deploy.export import ExportError, find_export_json, read_export_json
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PROBABILITIES_SUFFIX = "_probabilities"
 
 
@@ -274,13 +286,13 @@ def write_like(data: np.ndarray, reference: nib.Nifti1Image, path: Path) -> None
     """Write ``data`` as NIfTI with ``reference``'s affine and header, in ``data``'s dtype.
 
     The header's intensity scaling is reset (slope 1, intercept 0); its shape follows ``data``.
+    The file appears complete or not at all (:func:`~tfaug.data.nifti.save_nifti_atomic`).
     """
     header = reference.header.copy()
     image = nib.Nifti1Image(data, reference.affine, header)
     image.set_data_dtype(data.dtype)
     image.header.set_slope_inter(1.0, 0.0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(image, str(path))
+    save_nifti_atomic(image, path)
 
 
 def _strip_suffix(name: str) -> str:
@@ -314,52 +326,93 @@ def segment_file(
         DatasetError: an unreadable input, a 4D input without ``channel``, or an
             ``output_path`` that is the input file.
     """
-    input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.resolve() == input_path.resolve():
+    source = SegmentInput(Path(input_path))
+    return segment_input(
+        predictor,
+        manifest,
+        source,
+        Path(output_path),
+        channel=channel,
+        batch_size=batch_size,
+        save_probabilities=save_probabilities,
+    )
+
+
+def read_input(
+    item: SegmentInput, channel: int | None = None
+) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """float32 (X, Y, Z) voxels and the NIfTI image whose affine and header the outputs get.
+
+    Raises:
+        DatasetError: the input's listing ``problem``, ``channel`` with a DICOM series, or any
+            reading problem (:func:`read_image`, :func:`tfaug.data.dicom.read_series`).
+    """
+    if item.problem is not None:
+        raise DatasetError(item.problem)
+    if item.series_uid is None:
+        return read_image(item.source, channel)
+    if channel is not None:
+        raise DatasetError(
+            f"{item.label}: --channel {channel} given but a DICOM series is one 3D volume; "
+            "drop --channel (or segment the 4D NIfTI files and the series separately)"
+        )
+    image, nifti, _ = read_series(item.source, item.series_uid)
+    return image, nifti
+
+
+def segment_input(
+    predictor: Predictor,
+    manifest: dict[str, Any],
+    item: SegmentInput,
+    output_path: Path,
+    *,
+    channel: int | None = None,
+    batch_size: int = 16,
+    save_probabilities: bool = False,
+) -> Path:
+    """Segment one NIfTI file or DICOM series into a uint8 label NIfTI on its grid.
+
+    The probabilities (if asked) are written before the labels, so an existing label file
+    means a complete output.
+
+    Returns:
+        ``output_path``.
+
+    Raises:
+        DatasetError: an ``output_path`` that is the input file, or see :func:`read_input`
+            and :func:`preprocess_image`.
+    """
+    if output_path.resolve() == item.source.resolve():
         raise DatasetError(
             f"{output_path}: the output would overwrite the input image; choose another -o"
         )
-    image, nifti = read_image(input_path, channel)
-    labels, probabilities = segment_image(
-        predictor, manifest, image, nifti, batch_size, str(input_path)
-    )
-    write_like(labels, nifti, output_path)
+    image, nifti = read_input(item, channel)
+    labels, probabilities = segment_image(predictor, manifest, image, nifti, batch_size, item.label)
     if save_probabilities:
         write_like(probabilities, nifti, probabilities_path(output_path))
+    write_like(labels, nifti, output_path)
     return output_path
 
 
-def list_inputs(folder: Path) -> list[Path]:
-    """The NIfTI files of ``folder`` (not recursive), sorted; hidden ``._*`` files skipped.
-
-    Raises:
-        DatasetError: the folder holds no NIfTI file.
-    """
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name.endswith(NIFTI_SUFFIXES)
+def _finished(item: SegmentInput, label_path: Path, save_probabilities: bool) -> bool:
+    """True if every file a run would write for ``item`` is already there (and is not the
+    input itself, which :func:`segment_input` refuses)."""
+    wanted = [label_path, probabilities_path(label_path)] if save_probabilities else [label_path]
+    return (
+        item.problem is None
+        and label_path.resolve() != item.source.resolve()
+        and all(path.is_file() for path in wanted)
     )
-    if not files:
-        raise DatasetError(
-            f"{folder}: no .nii or .nii.gz file found; pass a NIfTI file or a folder of them"
-        )
-    return files
 
 
-def output_paths(input_path: Path, output: Path) -> list[tuple[Path, Path]]:
-    """(input file, label file) pairs: a file → ``output`` (a .nii/.nii.gz name, else a folder
-    receiving the input's file name); a folder → ``output/<same file name>`` for each file."""
-    if input_path.is_dir():
-        return [(path, output / path.name) for path in list_inputs(input_path)]
-    if not input_path.is_file():
-        raise DatasetError(f"{input_path}: input not found; pass a NIfTI file or a folder")
-    if output.name.endswith(NIFTI_SUFFIXES):
-        return [(input_path, output)]
-    return [(input_path, output / input_path.name)]
+def _reason(error: Exception) -> str:
+    """The message of a failed input: tfaug's own errors as they are, others with their type."""
+    if isinstance(error, ValueError) and str(error):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
 
 
-def segment(
+def segment_inputs(
     input_path: str | Path,
     output: str | Path,
     model: str | Path,
@@ -367,39 +420,83 @@ def segment(
     channel: int | None = None,
     batch_size: int = 16,
     save_probabilities: bool = False,
+    overwrite: bool = False,
+    preprocess_overrides: Sequence[str] = (),
     progress: bool = True,
-) -> list[Path]:
-    """Segment a NIfTI file or every NIfTI file of a folder (``tfaug segment``).
+) -> SegmentReport:
+    """Segment a NIfTI file, a DICOM series folder, or every volume of a folder (``tfaug
+    segment``), and report what became of each.
 
     Args:
-        input_path: a ``.nii``/``.nii.gz`` file or a folder of them.
-        output: a label file name (for a file input) or a folder.
+        input_path: a ``.nii``/``.nii.gz`` file, or a folder of NIfTI files and DICOM series
+            (:func:`tfaug.data.inputs.find_inputs`).
+        output: a label file name (for one volume) or a folder.
         model: ``DIR/segmenter.onnx`` or the SavedModel folder (see :func:`load_predictor`).
-        channel: channel of 4D inputs (required for them).
+        channel: channel of 4D NIfTI inputs (required for them).
         batch_size: slices per forward pass.
         save_probabilities: also write ``<name>_probabilities.nii.gz`` float32 (X,Y,Z,C).
-        progress: a progress bar over the files (folders only).
+        overwrite: segment inputs whose outputs exist again (default: skip them).
+        preprocess_overrides: ``preprocess.KEY=VALUE`` changes to export.json's preprocessing
+            (:mod:`tfaug.data.preprocess_overrides`).
+        progress: a progress bar over the volumes (folders only).
 
     Returns:
-        The label files written, in input order.
+        The :class:`SegmentReport`. For a folder, a volume that cannot be segmented is listed
+        in ``failed`` with its reason and the others go on.
 
     Raises:
         ExportError: see :func:`load_predictor`.
-        DatasetError: a missing input, an empty folder, an unreadable or 4D file without
-            ``channel``.
+        ConfigError: a refused ``preprocess_overrides`` entry.
+        DatasetError: a missing input or an empty folder; for a file input, any problem of
+            that file.
     """
-    pairs = output_paths(Path(input_path), Path(output))
+    input_path = Path(input_path)
+    pairs = plan_outputs(input_path, Path(output))
     predictor, manifest = load_predictor(model)
-    show = progress and Path(input_path).is_dir()
-    return [
-        segment_file(
-            predictor,
-            manifest,
-            source,
-            target,
-            channel=channel,
-            batch_size=batch_size,
-            save_probabilities=save_probabilities,
+    manifest = override_preprocess(manifest, preprocess_overrides)
+    folder = input_path.is_dir()
+    report = SegmentReport()
+    for item, target in tqdm(
+        pairs, desc="segment", unit="volume", disable=not (progress and folder)
+    ):
+        if not overwrite and _finished(item, target, save_probabilities):
+            report.skipped.append((item, target))
+            continue
+        try:
+            segment_input(
+                predictor,
+                manifest,
+                item,
+                target,
+                channel=channel,
+                batch_size=batch_size,
+                save_probabilities=save_probabilities,
+            )
+        except Exception as error:  # one bad volume must not stop a folder
+            if not folder:
+                raise
+            report.failed.append((item, _reason(error)))
+        else:
+            report.written.append((item, target))
+    return report
+
+
+def segment(
+    input_path: str | Path, output: str | Path, model: str | Path, **options: Any
+) -> list[Path]:
+    """:func:`segment_inputs` (same arguments), returning the label files; raises if any
+    volume failed.
+
+    Returns:
+        The label files written now, then those already there, each in input order.
+
+    Raises:
+        DatasetError: as :func:`segment_inputs`; and, for a folder, once every other volume is
+            done, one error with the summary if any volume failed.
+    """
+    report = segment_inputs(input_path, output, model, **options)
+    if report.failed:
+        raise DatasetError(
+            f"{input_path}: {len(report.failed)} volume(s) failed\n{report.summary()}"
         )
-        for source, target in tqdm(pairs, desc="segment", unit="volume", disable=not show)
-    ]
+    return report.outputs

@@ -1,0 +1,171 @@
+"""Writers of untidy scanner data for tests: MR with a negative tail, CT, DICOM series.
+
+Use from any test (``tests/`` is on ``sys.path`` through its conftest)::
+
+    from data.scanner_fixtures import mr_with_negative_tail, write_dicom_series
+
+Volumes are (X, Y, Z) arrays in the file's voxel order, as nibabel and tfaug read them. DICOM
+series are written with SimpleITK (GDCM) one slice per file, with the tags a scanner writes
+(ImagePositionPatient, ImageOrientationPatient, SeriesInstanceUID, SeriesDescription, ...), and
+file names that do not follow the slice order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk  # noqa: N813 (the conventional alias)
+from scipy import ndimage
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _ellipse(shape: Sequence[int], centre: Sequence[float], radii: Sequence[float]) -> np.ndarray:
+    """bool (X, Y): inside the ellipse of ``radii`` (voxels) around ``centre`` (voxels from the
+    middle)."""
+    x, y = np.meshgrid(
+        np.arange(shape[0]) - shape[0] / 2, np.arange(shape[1]) - shape[1] / 2, indexing="ij"
+    )
+    return ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 < 1
+
+
+def mr_with_negative_tail(shape: Sequence[int] = (96, 80, 6), seed: int = 0) -> np.ndarray:
+    """int16 (X, Y, Z) MR-like volume whose cubic-spline rotation left a small negative tail.
+
+    A body (450) with an organ (800) under a smooth multiplicative bias, non-negative noise,
+    then every slice rotated by 7° with a cubic spline (as registration does): the spline
+    overshoots below zero beside the sharp edges, a few % of the voxels down to about −90.
+    """
+    rng = np.random.default_rng(seed)
+    body, organ = _ellipse(shape, (0, 0), (36, 28)), _ellipse(shape, (8, 0), (12, 10))
+    plane = np.where(organ, 800.0, np.where(body, 450.0, 0.0))
+    bias = np.exp(0.3 * np.arange(shape[0]) / shape[0])[:, None]
+    noise = rng.normal(0.0, 4.0, shape) * body[..., None]
+    volume = np.abs((plane * bias)[..., None] + noise)
+    rotated = ndimage.rotate(volume, 7.0, axes=(0, 1), reshape=False, order=3, mode="constant")
+    return np.round(rotated).astype(np.int16)
+
+
+def ct_volume(shape: Sequence[int] = (96, 80, 6), seed: int = 0) -> np.ndarray:
+    """int16 (X, Y, Z) abdominal CT in Hounsfield units, the body filling the field of view.
+
+    Soft tissue 40 ± 10 HU, a fat layer (−100 HU), bowel gas (−1000 HU) and a vertebra (700 HU):
+    far fewer than half the voxels are negative, but the negative tail reaches −1000.
+    """
+    rng = np.random.default_rng(seed)
+    inner, gas = _ellipse(shape, (0, 0), (46, 38)), _ellipse(shape, (-15, 10), (8, 6))
+    bone = _ellipse(shape, (0, -25), (7, 6))
+    plane = np.where(inner, 40.0, -100.0)
+    plane[gas], plane[bone] = -1000.0, 700.0
+    return np.round(plane[..., None] + rng.normal(0.0, 10.0, shape)).astype(np.int16)
+
+
+def signed_volume(shape: Sequence[int] = (96, 80, 6), seed: int = 0) -> np.ndarray:
+    """int16 (X, Y, Z) phase-like data in [−3142, 3142]: about half the voxels negative."""
+    return np.round(np.random.default_rng(seed).uniform(-3142, 3142, shape)).astype(np.int16)
+
+
+@dataclass(frozen=True)
+class SeriesGeometry:
+    """Where a DICOM series lies, in DICOM's patient coordinates (LPS, mm).
+
+    Attributes:
+        spacing: (column spacing, row spacing, slice distance) in mm.
+        origin: position of the first voxel of the first slice.
+        direction: 3x3, columns = the row direction, the column direction, the slice normal.
+    """
+
+    spacing: tuple[float, float, float] = (0.8, 0.9, 3.5)
+    origin: tuple[float, float, float] = (10.0, -20.0, 30.0)
+    direction: tuple[float, ...] = tuple(
+        (
+            np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1.0]])
+            @ np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0.0]])  # coronal, then turned 17°
+        ).ravel()
+    )
+
+    def nifti_affine(self) -> np.ndarray:
+        """The 4x4 NIfTI (RAS) voxel-to-world matrix of this geometry."""
+        matrix = np.array(self.direction).reshape(3, 3) * np.array(self.spacing)
+        affine = np.eye(4)
+        affine[:3, :3] = LPS_TO_RAS @ matrix
+        affine[:3, 3] = LPS_TO_RAS @ np.array(self.origin)
+        return affine
+
+
+def write_dicom_series(
+    folder: Path,
+    volume: np.ndarray,
+    *,
+    geometry: SeriesGeometry | None = None,
+    uid: str = "1.2.826.0.1.3680043.2.1125.7.1",
+    description: str = "t2_tse tra/4mm",
+    modality: str = "MR",
+    file_order: Sequence[int] | None = None,
+) -> list[Path]:
+    """Write an int16 (X, Y, Z) volume as a DICOM series, one file per slice.
+
+    Args:
+        folder: created if needed.
+        volume: int16 (X, Y, Z); slice k is ``volume[:, :, k]``.
+        geometry: spacing, origin, direction (:class:`SeriesGeometry` by default).
+        uid: SeriesInstanceUID.
+        description: SeriesDescription.
+        modality: Modality tag.
+        file_order: the number in the file name of each slice (default: reversed order), so
+            sorting by name does not sort by position.
+
+    Returns:
+        The files written, in slice order.
+    """
+    geometry = geometry or SeriesGeometry()
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.astype(np.int16).transpose(2, 1, 0)))
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    direction = np.array(geometry.direction).reshape(3, 3)
+    orientation = "\\".join(f"{v:.6f}" for v in [*direction[:, 0], *direction[:, 1]])
+    order = list(file_order) if file_order is not None else list(range(volume.shape[2]))[::-1]
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    written = []
+    for k in range(volume.shape[2]):
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {
+            "0008|0060": modality,
+            "0008|103e": description,
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.7",
+            "0020|000e": uid,
+            "0020|0011": "3",
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+            "0020|0037": orientation,
+            "0018|0050": f"{geometry.spacing[2]:g}",
+        }
+        slice_image = image[:, :, k]
+        for tag, value in tags.items():
+            slice_image.SetMetaData(tag, value)
+        path = folder / f"IM{order[k]:04d}"
+        writer.SetFileName(str(path))
+        writer.SetImageIO("GDCMImageIO")
+        writer.Execute(slice_image)
+        written.append(path)
+    return written
+
+
+def write_multiframe_dicom(path: Path, volume: np.ndarray) -> Path:
+    """Write an (X, Y, Z) volume as ONE multi-frame DICOM file (NumberOfFrames = Z), uint16."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = sitk.GetImageFromArray(
+        np.ascontiguousarray(volume.astype(np.uint16).transpose(2, 1, 0))
+    )
+    image.SetSpacing((0.8, 0.9, 3.0))
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.SetFileName(str(path))
+    writer.Execute(image)
+    return path

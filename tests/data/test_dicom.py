@@ -1,0 +1,132 @@
+"""DICOM series written by SimpleITK, read back as tfaug reads NIfTI volumes."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk  # noqa: N813
+
+from data.fixtures import write_nifti
+from data.scanner_fixtures import (
+    SeriesGeometry,
+    mr_with_negative_tail,
+    write_dicom_series,
+    write_multiframe_dicom,
+)
+from tfaug.data.dicom import read_series, safe_file_name, series_uids
+from tfaug.data.inputs import find_inputs, plan_outputs
+from tfaug.data.volume import DatasetError
+
+UID = "1.2.826.0.1.3680043.2.1125.7.1"
+
+
+@pytest.fixture
+def volume() -> np.ndarray:
+    return mr_with_negative_tail(shape=(20, 16, 5))
+
+
+def test_series_is_read_in_position_order_with_its_geometry(tmp_path, volume):
+    geometry = SeriesGeometry()
+    files = write_dicom_series(
+        tmp_path / "s", volume, geometry=geometry, file_order=[3, 0, 4, 1, 2]
+    )
+    assert sorted(p.name for p in files) != [p.name for p in files]  # names do not sort slices
+    image, nifti, description = read_series(tmp_path / "s", UID)
+    assert image.dtype == np.float32 and image.shape == volume.shape
+    np.testing.assert_array_equal(image, volume)
+    np.testing.assert_allclose(nifti.affine, geometry.nifti_affine(), atol=1e-4)
+    np.testing.assert_allclose(nifti.header.get_zooms(), geometry.spacing, rtol=1e-5)
+    assert description == "t2_tse tra/4mm"
+    assert nifti.header["descrip"].item().decode() == description
+
+
+def test_the_nifti_affine_places_voxels_where_simpleitk_does(tmp_path, volume):
+    write_dicom_series(tmp_path / "s", volume)
+    _, nifti, _ = read_series(tmp_path / "s", UID)
+    path = tmp_path / "as.nii.gz"
+    nib.save(nifti, path)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(tmp_path / "s")))
+    series, written = reader.Execute(), sitk.ReadImage(str(path))
+    for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
+        np.testing.assert_allclose(getattr(written, getter)(), getattr(series, getter)(), atol=1e-4)
+
+
+def test_missing_or_repeated_slices_are_refused(tmp_path, volume):
+    files = write_dicom_series(tmp_path / "gap", volume)
+    files[2].unlink()
+    with pytest.raises(DatasetError, match=r"gap: expected evenly spaced slices.*3\.5, 7, 3\.5"):
+        read_series(tmp_path / "gap", UID)
+    files = write_dicom_series(tmp_path / "twice", volume)
+    shutil.copy(files[1], tmp_path / "twice" / "copy")
+    with pytest.raises(DatasetError, match="repeated"):
+        read_series(tmp_path / "twice", UID)
+
+
+def test_multi_frame_file_is_refused_with_the_fix(tmp_path, volume):
+    write_multiframe_dicom(tmp_path / "mf" / "enhanced.dcm", np.maximum(volume, 0))
+    (uid,) = series_uids(tmp_path / "mf")
+    with pytest.raises(DatasetError, match=r"enhanced\.dcm is a multi-frame DICOM file.*dcm2niix"):
+        read_series(tmp_path / "mf", uid)
+
+
+def test_a_folder_lists_nifti_files_then_one_input_per_series_folder(tmp_path, volume):
+    write_nifti(tmp_path / "in" / "b.nii.gz", volume)
+    write_nifti(tmp_path / "in" / "a.nii", volume)
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    write_dicom_series(tmp_path / "in" / "p1" / "t2", volume, uid="1.2.3.1")
+    write_dicom_series(tmp_path / "in" / "p2" / "t2", volume, uid="1.2.3.2", description="t2")
+    write_dicom_series(tmp_path / "in" / "p3", volume, uid="1.2.3.3")
+    write_dicom_series(tmp_path / "in", volume[:, :, :2], uid="1.2.3.4")  # beside the NIfTIs
+    inputs = find_inputs(tmp_path / "in")
+    names = [(item.source.name, item.series_uid) for item in inputs]
+    assert names == [
+        ("a.nii", None),
+        ("b.nii.gz", None),
+        ("in", "1.2.3.4"),
+        ("t2", "1.2.3.1"),
+        ("t2", "1.2.3.2"),
+        ("p3", "1.2.3.3"),
+    ]
+    outputs = [path.name for _, path in plan_outputs(tmp_path / "in", tmp_path / "out")]
+    assert outputs[:4] == ["a.nii", "b.nii.gz", "1.2.3.4.nii.gz", "1.2.3.1.nii.gz"]
+
+
+def test_a_folder_of_several_series_is_one_input_with_a_clear_problem(tmp_path, volume):
+    write_dicom_series(tmp_path / "mixed", volume, uid="1.2.3.1", description="t2 ax")
+    write_dicom_series(tmp_path / "mixed", volume, uid="1.2.3.2", file_order=range(10, 15))
+    (item,) = find_inputs(tmp_path / "mixed")
+    assert "expected one DICOM series per folder, found 2" in item.problem
+    assert "1.2.3.1 (5 files, 't2 ax')" in item.problem and "own folder" in item.problem
+
+
+def test_two_copies_of_a_series_do_not_overwrite_each_other(tmp_path, volume):
+    write_dicom_series(tmp_path / "in" / "a", volume)
+    write_dicom_series(tmp_path / "in" / "b", volume)
+    (first, _), (second, _) = plan_outputs(tmp_path / "in", tmp_path / "out")
+    assert first.problem is None
+    assert "is also the output of" in second.problem and "the same series twice" in second.problem
+
+
+def test_one_label_file_name_needs_one_volume(tmp_path, volume):
+    write_dicom_series(tmp_path / "s", volume)
+    ((item, target),) = plan_outputs(tmp_path / "s", tmp_path / "seg.nii.gz")
+    assert item.series_uid == UID and target == tmp_path / "seg.nii.gz"
+    write_nifti(tmp_path / "s" / "x.nii.gz", volume)
+    with pytest.raises(DatasetError, match="holds 2 volumes; pass a folder as -o"):
+        plan_outputs(tmp_path / "s", tmp_path / "seg.nii.gz")
+
+
+def test_a_single_dicom_file_names_its_folder(tmp_path, volume):
+    files = write_dicom_series(tmp_path / "s", volume)
+    with pytest.raises(DatasetError, match=r"a single DICOM file.*pass the folder"):
+        find_inputs(files[0])
+
+
+def test_safe_file_name():
+    assert safe_file_name("1.2.840.10008.5") == "1.2.840.10008.5"
+    assert safe_file_name("t2 tse/tra (ax) ") == "t2_tse_tra_ax"
+    assert safe_file_name("../..") == "series"
