@@ -256,6 +256,41 @@ class AugmentConfig:
 
 
 @dataclass
+class HeavyConfig:
+    """nnU-Net-style heavy random augmentation of the ``heavy`` method (docs/methods.md).
+
+    Each transform applies to a slice with its own probability ``p_*``; the defaults are
+    nnU-Net v2's for 2D data. Ranges are ``[min, max]``. Only the final segmenter stage
+    reads them. Attributes are the arguments of :class:`tfaug.ops.heavy.HeavyAugmentation`,
+    except ``elastic_sigma_mm`` (converted to pixels with ``preprocess.spacing_mm``).
+    """
+
+    p_rotation: float = setting(0.2, read_by=READ_BY_FINAL)
+    rotation_degrees: float = setting(180.0, read_by=READ_BY_FINAL)
+    p_scaling: float = setting(0.2, read_by=READ_BY_FINAL)
+    scaling_range: list[float] = setting(factory=lambda: [0.7, 1.4], read_by=READ_BY_FINAL)
+    p_elastic: float = setting(0.0, read_by=READ_BY_FINAL)
+    elastic_sigma_mm: float = setting(13.67, read_by=READ_BY_FINAL)
+    elastic_grid_size: int = setting(3, read_by=READ_BY_FINAL)
+    p_mirror: float = setting(0.5, read_by=READ_BY_FINAL)
+    p_noise: float = setting(0.1, read_by=READ_BY_FINAL)
+    noise_std_range: list[float] = setting(factory=lambda: [0.0, 0.1], read_by=READ_BY_FINAL)
+    p_blur: float = setting(0.2, read_by=READ_BY_FINAL)
+    blur_sigma_range: list[float] = setting(factory=lambda: [0.5, 1.0], read_by=READ_BY_FINAL)
+    p_brightness: float = setting(0.15, read_by=READ_BY_FINAL)
+    brightness_range: list[float] = setting(factory=lambda: [0.75, 1.25], read_by=READ_BY_FINAL)
+    p_contrast: float = setting(0.15, read_by=READ_BY_FINAL)
+    contrast_range: list[float] = setting(factory=lambda: [0.75, 1.25], read_by=READ_BY_FINAL)
+    p_low_resolution: float = setting(0.25, read_by=READ_BY_FINAL)
+    low_resolution_range: list[float] = setting(factory=lambda: [0.5, 1.0], read_by=READ_BY_FINAL)
+    p_inverted_gamma: float = setting(0.1, read_by=READ_BY_FINAL)
+    p_gamma: float = setting(0.3, read_by=READ_BY_FINAL)
+    gamma_range: list[float] = setting(factory=lambda: [0.7, 1.5], read_by=READ_BY_FINAL)
+    gamma_retain_stats: bool = setting(True, read_by=READ_BY_FINAL)
+    mask_interpolation: str = setting("linear", read_by=READ_BY_FINAL)
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and schedule (docs/method.md §2, §4).
 
@@ -350,6 +385,7 @@ class Config:
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    heavy: HeavyConfig = field(default_factory=HeavyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: str = DEFAULT_METHOD
     runs_dir: str = "runs"
@@ -479,6 +515,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.model_selection": ("best", "last"),
     "augment.generated_composition": GENERATED_COMPOSITIONS,
     "preprocess.n4_negatives": ("clip", "refuse"),
+    "heavy.mask_interpolation": ("linear", "nearest"),
 }
 
 

@@ -14,7 +14,8 @@ GENERATOR_MODES = ("joint", "independent")  # does L_S reach the generators (Tab
 GENERATED_COMPOSITIONS = ("choice", "chain")  # how the final stage combines GV and GI
 
 # -- methods ------------------------------------------------------------------------------
-RANDOM_METHODS = ("none", "aff", "rd", "ri", "rdri", "mixup")
+RANDOM_METHODS = ("none", "aff", "rd", "ri", "rdri", "mixup", "heavy")
+
 # Which generators each method needs; the other methods need none.
 GENERATOR_METHODS: dict[str, tuple[str, ...]] = {
     "gd": ("deformation",),

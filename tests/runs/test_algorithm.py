@@ -191,3 +191,12 @@ def test_aff_run_has_only_the_segmenter_stage_and_force_moves_it_aside(command):
     assert len(aside) == 1
     assert (aside[0] / "results.json").read_text() == first_results
     assert (run / "results.json").is_file()
+
+
+def test_heavy_run_trains_the_segmenter_with_heavy_augmentation(command):
+    heavy = [*command, "--method", "heavy", "--set", "heavy.p_rotation=1.0"]
+    _run(heavy)
+    run = _runs_dir(command) / "phantom-nl1-heavy-split0-seed0"
+    results = json.loads((run / "results.json").read_text())
+    assert results["stages"].keys() == {"segmenter"}
+    assert yaml.safe_load((run / "config.yaml").read_text())["heavy"]["p_rotation"] == 1.0

@@ -11,10 +11,13 @@ from tiny import SIDE, tiny_config
 
 from tfaug.methods import COMPARISON_METHODS, GENERATOR_METHODS, METHODS
 from tfaug.models.generator import Generator
+from tfaug.ops.augment import RandomAffine
 from tfaug.ops.generated import ChainAugmentation, GeneratedAugmentation
+from tfaug.ops.heavy import HeavyAugmentation
 from tfaug.training.builders import (
     build_generator,
     build_generator_input_augmentation,
+    build_labeled_augmentation,
     build_method_augmentation,
 )
 
@@ -54,7 +57,7 @@ def test_every_method_builds_and_keeps_masks_normalised(method, generators, tmp_
 
     layer = build_method_augmentation(method, cfg, needed, seed=5)
 
-    if method in ("none", "aff", *COMPARISON_METHODS):
+    if method in ("none", "aff", "heavy", *COMPARISON_METHODS):
         assert layer is None
         return
     inputs = _pairs(8)
@@ -193,4 +196,28 @@ def test_generator_input_augmentation_is_affine_unless_random_before_generators(
     # RD moves the labels and RI changes the intensities, and the labels stay a partition.
     assert not np.allclose(out["segmentation_masks"], inputs["segmentation_masks"])
     assert not np.allclose(out["images"], inputs["images"])
+    np.testing.assert_allclose(tf.reduce_sum(out["segmentation_masks"], -1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [
+        ("none", type(None)),
+        ("aff", RandomAffine),
+        ("rdri", RandomAffine),
+        ("heavy", HeavyAugmentation),
+    ],
+)
+def test_labeled_augmentation_is_affine_but_heavy_for_heavy(method, expected, tmp_path):
+    cfg = tiny_config(tmp_path / "cache", tmp_path / "runs", method=method)
+    assert isinstance(build_labeled_augmentation(cfg, seed=1), expected)
+
+
+def test_heavy_takes_the_config_in_physical_units(tmp_path):
+    cfg = tiny_config(tmp_path / "cache", tmp_path / "runs", method="heavy")
+    cfg.heavy.p_rotation, cfg.heavy.elastic_sigma_mm = 0.7, 10.0
+    heavy = build_labeled_augmentation(cfg, seed=1)
+    assert heavy.p_rotation == 0.7
+    assert heavy.elastic_sigma_px == pytest.approx(10.0 / cfg.preprocess.spacing_mm)
+    out = heavy(_pairs(8), training=True)
     np.testing.assert_allclose(tf.reduce_sum(out["segmentation_masks"], -1), 1.0, atol=1e-5)

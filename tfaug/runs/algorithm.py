@@ -46,10 +46,10 @@ from tfaug.runs.rundir import RunDirectory
 from tfaug.runs.shared import exclusive_lock, open_generator_directory
 from tfaug.training.builders import (
     build_adam,
-    build_affine,
     build_discriminator,
     build_generator,
     build_joint_model,
+    build_labeled_augmentation,
     build_method_augmentation,
     build_segmenter,
 )
@@ -216,7 +216,7 @@ class Algorithm:
             segmenter,
             n_classes=cfg.data.n_classes,
             class_weights=cfg.train.class_weights,
-            affine=None if cfg.method == "none" else build_affine(cfg, seed),
+            affine=build_labeled_augmentation(cfg, seed),
             augmentation=augmentation,
         )
         model.compile(optimizer=build_adam(cfg))

@@ -8,6 +8,7 @@ Networks are returned built for ``preprocess.crop_size`` square slices.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import keras
@@ -21,6 +22,7 @@ from tfaug.models.pixel_discriminator import PixelDiscriminator
 from tfaug.models.unet import UNet
 from tfaug.ops.augment import Mixup, RandomAffine, RandomElastic, RandomIntensity, sigma_px_from_mm
 from tfaug.ops.generated import ChainAugmentation, GeneratedAugmentation
+from tfaug.ops.heavy import HeavyAugmentation
 from tfaug.training.joint import JointAugmentationModel
 
 # -- networks -----------------------------------------------------------------------------
@@ -141,6 +143,24 @@ def build_affine(cfg: Config, seed: int) -> RandomAffine:
     )
 
 
+def build_heavy(cfg: Config, seed: int) -> HeavyAugmentation:
+    """nnU-Net-style heavy augmentation from ``cfg.heavy`` (elastic σ converted from mm)."""
+    options = dataclasses.asdict(cfg.heavy)
+    sigma_mm = options.pop("elastic_sigma_mm")
+    sigma_px = sigma_px_from_mm(sigma_mm, cfg.preprocess.spacing_mm)
+    return HeavyAugmentation(**options, elastic_sigma_px=sigma_px, seed=seed)
+
+
+def build_labeled_augmentation(cfg: Config, seed: int) -> keras.layers.Layer | None:
+    """What every labeled slice of the segmenter stages gets first: the random affine
+    augmentation, nothing for ``none``, nnU-Net's heavy augmentation for ``heavy``."""
+    if cfg.method == "none":
+        return None
+    if cfg.method == "heavy":
+        return build_heavy(cfg, seed)
+    return build_affine(cfg, seed)
+
+
 def build_random(cfg: Config, seed: int) -> tuple[RandomElastic, RandomIntensity]:
     """RD and RI from ``cfg.augment`` (σ converted from mm with ``cfg.preprocess.spacing_mm``);
     RI draws with its own substream of ``seed``."""
@@ -171,8 +191,9 @@ def build_generator_input_augmentation(cfg: Config, seed: int) -> keras.layers.L
 def build_method_augmentation(
     method: str, cfg: Config, generators: dict[str, keras.Model], seed: int
 ) -> keras.layers.Layer | None:
-    """The layer applied to the method half of each batch (``None`` for none, aff and the
-    comparison methods, which use unlabeled slices instead).
+    """The layer applied to the method half of each batch (``None`` for none, aff, heavy,
+    whose whole batch gets one augmentation, and the comparison methods, which use
+    unlabeled slices instead).
 
     Args:
         method: one of :data:`tfaug.methods.METHODS`.
@@ -183,7 +204,7 @@ def build_method_augmentation(
     """
     aug = cfg.augment
     elastic, intensity = build_random(cfg, seed)
-    if method in ("none", "aff", *COMPARISON_METHODS):
+    if method in ("none", "aff", "heavy", *COMPARISON_METHODS):
         return None
     if method == "rd":
         return elastic
