@@ -16,7 +16,8 @@ from scipy import stats
 from tfaug.cli import main
 from tfaug.experiments import plots
 from tfaug.experiments.grid import GridSpec, execute_grid, plan_grid
-from tfaug.experiments.report import (
+from tfaug.experiments.report import write_report
+from tfaug.experiments.results import (
     ReportError,
     best_other_method,
     load_runs,
@@ -24,7 +25,6 @@ from tfaug.experiments.report import (
     ordered_methods,
     paired_values,
     wilcoxon_test,
-    write_report,
 )
 
 STRUCTURES = ("RV", "Myo", "LV")

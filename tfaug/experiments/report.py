@@ -24,249 +24,40 @@ here; Dice values are taken from the results files as they are.
 
 from __future__ import annotations
 
-import itertools
-import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import yaml
-from scipy import stats
 
 from tfaug.analysis.diagnostics import DiagnosticsError
 from tfaug.experiments import plots
 from tfaug.experiments.diagnostics_report import diagnostics_section
-from tfaug.methods import GENERATOR_METHODS, METHODS
+from tfaug.experiments.results import (
+    MEAN,
+    ReportError,
+    RunResult,
+    WilcoxonResult,
+    best_other_method,
+    dice_values,
+    keyed_values,
+    load_runs,
+    missing_runs,
+    ordered_methods,
+    paired_arrays,
+    run_means,
+    signed_rank,
+    structures_of,
+    subject_means,
+    unfinished_runs,
+    wilcoxon_test,
+)
 
-MEAN = "mean"  # the column of the per-volume mean foreground Dice
 # The paper's comparisons (Fig. 2): (proposed, baseline); None = the best related method,
 # i.e. the best method that does not use the learned generators.
 COMPARISONS: tuple[tuple[str, str | None], ...] = (("gd", "rd"), ("gi", "ri"), ("gdgi", None))
 SIGNIFICANCE = 0.05  # the paper's threshold
 PER_RUN_HEADER = ("| comparison | runs | ahead | Δ | p |", "|---|---|---|---|---|")
-METHOD_ORDER = METHODS  # the order of a table's rows; unknown methods follow by name
-
-
-class ReportError(ValueError):
-    """The runs directory holds no usable results, or a results file is malformed."""
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """The test Dice of one finished run.
-
-    Attributes:
-        name: the run directory name.
-        dataset, n_labeled, generator_mode, method, draw, seed: the run's coordinates.
-        dice: test case id → structure → 3D Dice in [0, 1]; structure :data:`MEAN` is the
-            volume's mean foreground Dice.
-        tag: the ``tag`` of the run's config.yaml ("" when untagged or without the file).
-        training_s: wall-clock seconds of every training stage the run used (shared
-            generator stages included, summed over resumed sessions); ``None`` when
-            results.json does not record them.
-    """
-
-    name: str
-    dataset: str
-    n_labeled: int
-    generator_mode: str
-    method: str
-    draw: int
-    seed: int
-    dice: dict[str, dict[str, float]]
-    tag: str = ""
-    training_s: float | None = None
-
-    @property
-    def setting(self) -> tuple[str, int, str]:
-        return (self.dataset, self.n_labeled, self.generator_mode)
-
-    @property
-    def label(self) -> str:
-        """The method as the report names it: ``gdgi``, or ``gdgi [b]`` for a run tagged b."""
-        return f"{self.method} [{self.tag}]" if self.tag else self.method
-
-
-@dataclass(frozen=True)
-class WilcoxonResult:
-    """One two-sided signed-rank test of method ``a`` against ``b`` on one structure.
-
-    ``n`` is the number of (volume, draw, seed) pairs; ``difference`` the mean of a − b;
-    ``p`` is ``None`` (with ``note``) when the test cannot be run.
-    """
-
-    a: str
-    b: str
-    structure: str
-    n: int
-    statistic: float | None
-    p: float | None
-    difference: float | None
-    note: str = ""
-
-
-def load_runs(runs_dir: Path) -> list[RunResult]:
-    """Read ``<runs_dir>/*/results.json``; moved-aside ``*.replaced-*`` runs are ignored.
-
-    Raises:
-        ReportError: ``runs_dir`` is not a folder, or results files are malformed (every
-            bad file is named in one message).
-    """
-    runs_dir = Path(runs_dir)
-    if not runs_dir.is_dir():
-        raise ReportError(f"{runs_dir}: runs directory not found; pass the folder of run dirs")
-    runs, problems = [], []
-    for path in sorted(runs_dir.glob("*/results.json")):
-        if ".replaced-" in path.parent.name:
-            continue
-        try:
-            runs.append(_parse_results(path))
-        except KeyError as error:
-            problems.append(f"{path}: missing key {error}")
-        except (OSError, ValueError, TypeError) as error:
-            problems.append(f"{path}: {error}")
-    if problems:
-        raise ReportError(
-            "malformed results.json (expected the file a finished `tfaug train` writes): "
-            + "; ".join(problems)
-            + ". Delete these run directories and run them again."
-        )
-    return runs
-
-
-def _parse_results(path: Path) -> RunResult:
-    content = json.loads(path.read_text(encoding="utf-8"))
-    dice = {}
-    for volume in content["test"]:
-        scores = {name: float(value) for name, value in volume["dice"].items()}
-        scores[MEAN] = float(volume["mean_dice"])
-        dice[str(volume["case_id"])] = scores
-    if not dice:
-        raise ValueError("no test volumes")
-    return RunResult(
-        name=path.parent.name,
-        dataset=str(content["dataset"]),
-        n_labeled=int(content["n_labeled"]),
-        generator_mode=str(content.get("generator_mode", "joint")),
-        method=str(content["method"]),
-        draw=int(content["draw"]),
-        seed=int(content["seed"]),
-        dice=dice,
-        tag=_run_tag(path.parent / "config.yaml"),
-        training_s=_training_seconds(content),
-    )
-
-
-def _training_seconds(content: dict) -> float | None:
-    """The sum of a results.json's per-stage ``wall_time_s`` (its ``this_session_total``,
-    the time of the last session alone, left out); ``None`` without the record."""
-    stages = {k: v for k, v in content.get("wall_time_s", {}).items() if k != "this_session_total"}
-    return float(sum(stages.values())) if stages else None
-
-
-def _run_tag(config_path: Path) -> str:
-    """The ``tag`` recorded in a run's config.yaml; "" without the file or the key."""
-    if not config_path.is_file():
-        return ""
-    return str((yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("tag") or "")
-
-
-def unfinished_runs(runs_dir: Path) -> list[str]:
-    """Names of run directories with a ``config.yaml`` but no ``results.json``.
-
-    Shared generator directories (``method: generators``, :mod:`tfaug.runs.shared`)
-    never have results and are not runs; directories moved aside by ``--force`` are skipped.
-    """
-    return sorted(
-        p.parent.name
-        for p in Path(runs_dir).glob("*/config.yaml")
-        if not (p.parent / "results.json").is_file()
-        and ".replaced-" not in p.parent.name
-        and (yaml.safe_load(p.read_text(encoding="utf-8")) or {}).get("method") != "generators"
-    )
-
-
-def ordered_methods(methods: Iterable[str]) -> list[str]:
-    """Method labels in the paper's order (none, aff, …, gdgi_mixup), each method's tagged
-    labels (``gdgi [b]``) right after it, unknown methods last, alphabetically."""
-
-    def key(label: str) -> tuple[bool, int, str, str]:
-        method, _, tag = label.partition(" [")
-        known = method in METHOD_ORDER
-        return (not known, METHOD_ORDER.index(method) if known else 0, method, tag)
-
-    return sorted(set(methods), key=key)
-
-
-def structures_of(runs: Sequence[RunResult]) -> list[str]:
-    """The structures of the first run's first volume, :data:`MEAN` last."""
-    first = next(iter(runs[0].dice.values()))
-    return [name for name in first if name != MEAN] + [MEAN]
-
-
-def dice_values(runs: Sequence[RunResult], method: str, structure: str) -> np.ndarray:
-    """(runs × volumes,) float64 Dice of the method label on ``structure`` (every run, volume)."""
-    return np.array(
-        [d[structure] for r in runs if r.label == method for d in r.dice.values()], np.float64
-    )
-
-
-def keyed_values(
-    runs: Sequence[RunResult], method: str, structure: str
-) -> dict[tuple[str, int, int], float]:
-    """(test volume, draw, seed) → Dice of the method label on ``structure``."""
-    return {
-        (case, r.draw, r.seed): d[structure]
-        for r in runs
-        if r.label == method
-        for case, d in r.dice.items()
-    }
-
-
-def paired_values(
-    runs: Sequence[RunResult], a: str, b: str, structure: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Dice of ``a`` and ``b`` on the (test volume, draw, seed) keys both have, sorted by key."""
-    return _paired(keyed_values(runs, a, structure), keyed_values(runs, b, structure))
-
-
-def _paired(
-    left: dict[tuple[str, int, int], float], right: dict[tuple[str, int, int], float]
-) -> tuple[np.ndarray, np.ndarray]:
-    keys = sorted(set(left) & set(right))
-    return np.array([left[k] for k in keys]), np.array([right[k] for k in keys])
-
-
-def wilcoxon_test(runs: Sequence[RunResult], a: str, b: str, structure: str) -> WilcoxonResult:
-    """Two-sided Wilcoxon signed-rank test of ``a`` vs ``b`` (``scipy.stats.wilcoxon``)."""
-    return signed_rank(*paired_values(runs, a, b, structure), a, b, structure)
-
-
-def signed_rank(x: np.ndarray, y: np.ndarray, a: str, b: str, structure: str) -> WilcoxonResult:
-    """The two-sided Wilcoxon signed-rank test of paired Dice ``x`` (of ``a``) and ``y``
-    (of ``b``), both (n,); a result with ``p=None`` and a note when it cannot run."""
-    if len(x) == 0:
-        return WilcoxonResult(a, b, structure, 0, None, None, None, "no paired volumes")
-    difference = float(np.mean(x - y))
-    if np.all(x == y):
-        note = "all paired differences are zero"
-        return WilcoxonResult(a, b, structure, len(x), None, None, difference, note)
-    test = stats.wilcoxon(x, y)
-    return WilcoxonResult(
-        a, b, structure, len(x), float(test.statistic), float(test.pvalue), difference
-    )
-
-
-def run_means(runs: Sequence[RunResult], method: str) -> dict[tuple[str, int, int], float]:
-    """("", draw, seed) → the run's mean over test volumes of the mean foreground Dice, for
-    the runs of the method label (keys shaped like :func:`keyed_values`' for pairing)."""
-    return {
-        ("", r.draw, r.seed): float(np.mean([d[MEAN] for d in r.dice.values()]))
-        for r in runs
-        if r.label == method
-    }
 
 
 def per_run_row(
@@ -278,39 +69,10 @@ def per_run_row(
     """A markdown row: the :func:`run_means` ``left`` (of ``a``) vs ``right`` (of ``b``)
     paired per run, with the runs ``a`` is ahead in and the two-sided Wilcoxon test of the
     run means (exact for small n)."""
-    x, y = _paired(left, right)
+    x, y = paired_arrays(left, right)
     test = signed_rank(x, y, a, b, MEAN)
     delta, p = _difference_and_p(test)
     return f"| {a} vs {b} | {test.n} | {int(np.sum(x > y))} | {delta} | {p} |"
-
-
-def subject_means(runs: Sequence[RunResult], method: str) -> dict[str, float]:
-    """Test case id → mean foreground Dice of ``method`` over its runs (paper Fig. 9)."""
-    scores: dict[str, list[float]] = defaultdict(list)
-    for run in runs:
-        if run.label == method:
-            for case, dice in run.dice.items():
-                scores[case].append(dice[MEAN])
-    return {case: float(np.mean(values)) for case, values in scores.items()}
-
-
-def best_other_method(runs: Sequence[RunResult]) -> str | None:
-    """The related method label (no :data:`GENERATOR_METHODS`) with the best mean fg Dice."""
-    others = ordered_methods({r.label for r in runs if r.method not in GENERATOR_METHODS})
-    if not others:
-        return None
-    return max(others, key=lambda m: float(dice_values(runs, m, MEAN).mean()))
-
-
-def missing_runs(runs: Sequence[RunResult]) -> list[tuple[str, int, int]]:
-    """(method label, draw, seed) absent from the grid labels × draws × seeds in ``runs``."""
-    present = {(r.label, r.draw, r.seed) for r in runs}
-    grid = itertools.product(
-        ordered_methods({r.label for r in runs}),
-        sorted({r.draw for r in runs}),
-        sorted({r.seed for r in runs}),
-    )
-    return [key for key in grid if key not in present]
 
 
 def _cell(values: np.ndarray) -> str:
@@ -585,7 +347,7 @@ def joint_vs_independent_section(runs: Sequence[RunResult]) -> list[str]:
         name = f"{method} ({dataset}, N_L = {n_labeled}) joint"
         for s in structures:
             joint, independent = (keyed_values(own, method, s) for own in by_mode.values())
-            tests.append(signed_rank(*_paired(joint, independent), name, "independent", s))
+            tests.append(signed_rank(*paired_arrays(joint, independent), name, "independent", s))
         joint, independent = (run_means(own, method) for own in by_mode.values())
         run_rows.append(per_run_row(joint, independent, name, "independent"))
     return [
