@@ -80,6 +80,10 @@ class DataConfig:
         modality: the MSD modality to read from 4D images (e.g. ``"T2"``); ``None`` for 3D.
         merge_labels: label remapping applied on load, ``{source: target}``
             (pancreas: ``{2: 1}`` merges cancer into pancreas).
+        frames: ACDC layout only: ``es`` reads each patient's end-systole frame (one case
+            per patient, the paper); ``both`` reads its end-diastole and end-systole frames
+            as two cases ``patientXXX_ED`` and ``patientXXX_ES`` (the semi-supervised
+            literature's protocol), which every split keeps in one set.
     """
 
     dataset: str = "phantom"
@@ -88,6 +92,7 @@ class DataConfig:
     class_names: list[str] = field(default_factory=lambda: ["background", "RV", "Myo", "LV"])
     modality: str | None = None
     merge_labels: dict[int, int] = field(default_factory=dict)
+    frames: str = "es"
 
     @property
     def n_classes(self) -> int:
@@ -474,6 +479,7 @@ def parse_override(text: str) -> dict[str, Any]:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": DATASETS,
+    "data.frames": ("es", "both"),
     "split.scheme": ("random", "paper"),
     "train.generator_mode": GENERATOR_MODES,
     "train.model_selection": ("best", "last"),

@@ -158,6 +158,30 @@ def test_hash_changes_with_what_changes_the_records(tmp_path):
     assert base.name.startswith("phantom-")
 
 
+# The cache folders of the shipped configs, as computed before data.frames and the
+# preprocessing switches (normalisation, resize, interpolation) existed: keys added later are
+# left out of the hash at their defaults, so existing caches stay valid.
+SHIPPED_CACHE_FOLDERS = {
+    "phantom": "phantom-285d80ce6b203cd3",
+    "acdc": "acdc-b16a5a79be03c2da",
+    "prostate": "prostate-869c3e15f5e94c5f",
+    "pancreas": "pancreas-2207c8ff1ffe7b50",
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(SHIPPED_CACHE_FOLDERS))
+def test_shipped_configs_keep_their_cache_folder(dataset):
+    cfg = load_config(dataset)
+    cfg.data.cache_dir = "/cache"
+    assert cache_path(cfg, Path("/data/x")).name == SHIPPED_CACHE_FOLDERS[dataset]
+
+
+def test_both_frames_are_another_cache(tmp_path):
+    root = tmp_path / "data"
+    base = cache_path(tiny_config(tmp_path), root)
+    assert cache_path(tiny_config(tmp_path, "data.frames=both"), root) != base
+
+
 def test_unknown_case_id_names_the_cache(cache):
     with pytest.raises(DatasetError, match="'patient999' is not in this cache") as error:
         cache.record_file("patient999")

@@ -53,6 +53,12 @@ def _check_known(data: DataConfig) -> None:
             f"data.dataset {data.dataset!r}: no reader for it; expected one of "
             f"{', '.join(_ACDC_READER + _MSD_READER)}."
         )
+    if data.frames != "es" and data.dataset not in _ACDC_READER:
+        raise DatasetError(
+            f"data.frames={data.frames!r}: frames exist only in the ACDC layout "
+            f"({', '.join(_ACDC_READER)}), found data.dataset {data.dataset!r}; set "
+            "data.frames=es."
+        )
 
 
 def _scan(data: DataConfig, root: Path) -> tuple[list[CaseRef], list[str]]:
@@ -63,7 +69,7 @@ def _scan(data: DataConfig, root: Path) -> tuple[list[CaseRef], list[str]]:
         raise DatasetError(
             f"{root}: {data.dataset} dataset folder not found. {DOWNLOAD_HINTS[data.dataset]}."
         )
-    return scan_acdc(root) if data.dataset in _ACDC_READER else scan_msd(root)
+    return scan_acdc(root, data.frames) if data.dataset in _ACDC_READER else scan_msd(root)
 
 
 def list_cases(data: DataConfig, root: Path) -> list[CaseRef]:
@@ -89,9 +95,9 @@ def list_cases(data: DataConfig, root: Path) -> list[CaseRef]:
 def load_case(data: DataConfig, ref: CaseRef) -> Volume:
     """Load one case: ``image`` float32 (X, Y, Z), ``label`` uint8 (X, Y, Z), spacing in mm.
 
-    ACDC/phantom read the ES frame; MSD reads channel ``data.modality`` of 4D images and
-    applies ``data.merge_labels``. No preprocessing (bias correction, normalisation,
-    resampling) is done here.
+    ACDC/phantom read the frame the CaseRef names (``data.frames``); MSD reads channel
+    ``data.modality`` of 4D images and applies ``data.merge_labels``. No preprocessing (bias
+    correction, normalisation, resampling) is done here.
 
     Raises:
         DatasetError: an unknown dataset or any problem with the case's files.

@@ -92,10 +92,12 @@ def cache_key_inputs(cfg: Config, root: Path) -> dict[str, Any]:
 
     Returns:
         A JSON-serialisable dict: format version, dataset name, root path, the
-        PreprocessConfig, modality, label merging, class count and (phantom only) the
-        phantom parameters. Split, model and training settings are not part of it.
+        PreprocessConfig, modality, label merging, class count, (phantom only) the
+        phantom parameters and, when not ``es``, ``data.frames``. Split, model and training
+        settings are not part of it. Keys added after caches existed are left out at their
+        default, so the caches of configs that do not set them keep their folder.
     """
-    return {
+    inputs = {
         "format": RECORDS_FORMAT,
         "dataset": cfg.data.dataset,
         "root": str(root),
@@ -105,6 +107,9 @@ def cache_key_inputs(cfg: Config, root: Path) -> dict[str, Any]:
         "n_classes": cfg.data.n_classes,
         "phantom": dataclasses.asdict(cfg.phantom) if cfg.data.dataset == "phantom" else None,
     }
+    if cfg.data.frames != "es":
+        inputs["frames"] = cfg.data.frames
+    return inputs
 
 
 def _preprocess_key(preprocess: PreprocessConfig) -> dict[str, Any]:
