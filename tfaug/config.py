@@ -140,10 +140,16 @@ class PreprocessConfig:
 class SplitConfig:
     """How volumes are divided (docs/method.md §7).
 
+    With several cases per patient (ACDC, ``data.frames: both``) the sizes count patients
+    and every set holds all the frames of its patients.
+
     Attributes:
-        scheme: ``random`` (seeded draws) or ``paper`` (the original ACDC ids).
+        scheme: ``random`` (seeded draws), ``paper`` (the original ACDC ids) or ``ssl4mis``
+            (the ACDC lists of SSL4MIS, BCP and UniMatch: 70 training, 10 validation, 20
+            test patients; the first N_L training patients labeled; docs/datasets.md).
         n_labeled: N_L, labeled volumes per draw.
-        n_unlabeled: N_UL.
+        n_unlabeled: N_UL (``ssl4mis``: at most this many of the 70 − N_L training patients
+            after the labeled ones, in list order; the papers use all of them).
         n_test: N_ts.
         n_validation: N_vl.
         draws: number of labeled draws from the pool.
@@ -480,7 +486,7 @@ def parse_override(text: str) -> dict[str, Any]:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": DATASETS,
     "data.frames": ("es", "both"),
-    "split.scheme": ("random", "paper"),
+    "split.scheme": ("random", "paper", "ssl4mis"),
     "train.generator_mode": GENERATOR_MODES,
     "train.model_selection": ("best", "last"),
     "augment.generated_composition": GENERATED_COMPOSITIONS,
