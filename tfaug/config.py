@@ -113,8 +113,11 @@ class PreprocessConfig:
     """Preprocessing applied to every volume before slicing (docs/method.md §7).
 
     Attributes:
-        spacing_mm: target in-plane spacing in mm (slices are resampled to it).
-        crop_size: side of the square centre crop/pad, in pixels after resampling.
+        spacing_mm: target in-plane spacing in mm (slices are resampled to it). With
+            ``resize: fixed`` only the nominal pixel size that converts mm-valued settings
+            (elastic σ, deformation bound) to pixels.
+        crop_size: side of the square centre crop/pad, in pixels after resampling
+            (``resize: fixed``: the side every slice is resized to).
         n4: apply SimpleITK N4 bias-field correction (MR only).
         n4_shrink: per-axis shrink factors (x, y, z) for N4.
         n4_iterations: N4 fitting iterations per level.
@@ -125,6 +128,18 @@ class PreprocessConfig:
             Volumes that cannot be MR magnitude images (mostly negative, or a large part far
             below zero as in CT) are refused either way.
         percentiles: (low, high) percentiles for ``(x - p_low) / (p_high - p_low)``.
+        normalisation: ``percentile`` (the paper: ``(x - p_low) / (p_high - p_low)``) or
+            ``minmax`` (``(x - min) / (max - min)`` per volume, as SSL4MIS, BCP and UniMatch).
+        resize: ``spacing`` (the paper: resample slices to ``spacing_mm``, then centre
+            crop/pad to ``crop_size``) or ``fixed`` (resize every slice to ``crop_size`` x
+            ``crop_size`` whatever its size, as those codes; the aspect ratio is not kept).
+        image_interpolation: ``linear`` (the paper) or ``nearest`` (those codes'
+            ``scipy.ndimage.zoom(order=0)``): how images are resampled or resized; labels are
+            always nearest neighbour.
+        restore_interpolation: how a test prediction is mapped back to the native grid:
+            ``linear`` (the probabilities, then argmax; tfaug's default) or ``nearest`` (argmax
+            on the network's grid, then the labels, as SSL4MIS's and BCP's test code). Read
+            by the test evaluation only; not part of the records.
     """
 
     spacing_mm: float = 1.367
@@ -134,6 +149,10 @@ class PreprocessConfig:
     n4_iterations: list[int] = field(default_factory=lambda: [50, 50, 30, 20])
     n4_negatives: str = "clip"
     percentiles: list[float] = field(default_factory=lambda: [2.0, 98.0])
+    normalisation: str = "percentile"
+    resize: str = "spacing"
+    image_interpolation: str = "linear"
+    restore_interpolation: str = setting("linear", read_by=READ_BY_FINAL)
 
 
 @dataclass
@@ -491,6 +510,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.model_selection": ("best", "last"),
     "augment.generated_composition": GENERATED_COMPOSITIONS,
     "preprocess.n4_negatives": ("clip", "refuse"),
+    "preprocess.normalisation": ("percentile", "minmax"),
+    "preprocess.resize": ("spacing", "fixed"),
+    "preprocess.image_interpolation": ("linear", "nearest"),
+    "preprocess.restore_interpolation": ("linear", "nearest"),
 }
 
 

@@ -176,10 +176,26 @@ def test_shipped_configs_keep_their_cache_folder(dataset):
     assert cache_path(cfg, Path("/data/x")).name == SHIPPED_CACHE_FOLDERS[dataset]
 
 
-def test_both_frames_are_another_cache(tmp_path):
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.frames=both",
+        "preprocess.normalisation=minmax",
+        "preprocess.resize=fixed",
+        "preprocess.image_interpolation=nearest",
+    ],
+)
+def test_the_added_keys_change_the_cache_away_from_their_defaults(tmp_path, override):
     root = tmp_path / "data"
     base = cache_path(tiny_config(tmp_path), root)
-    assert cache_path(tiny_config(tmp_path, "data.frames=both"), root) != base
+    assert cache_path(tiny_config(tmp_path, override), root) != base
+
+
+def test_how_predictions_are_mapped_back_is_not_in_the_records(tmp_path):
+    root = tmp_path / "data"
+    base = cache_path(tiny_config(tmp_path), root)
+    nearest = tiny_config(tmp_path, "preprocess.restore_interpolation=nearest")
+    assert cache_path(nearest, root) == base
 
 
 def test_unknown_case_id_names_the_cache(cache):

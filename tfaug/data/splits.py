@@ -264,9 +264,7 @@ def _random_split(
     )
 
 
-def _group_map(
-    case_ids: list[str], groups: Mapping[str, str | None] | None
-) -> dict[str, str]:
+def _group_map(case_ids: list[str], groups: Mapping[str, str | None] | None) -> dict[str, str]:
     """Case id → group; a single group when ``groups`` is None."""
     if groups is None:
         return dict.fromkeys(case_ids, "")

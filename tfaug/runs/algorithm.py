@@ -250,7 +250,14 @@ class Algorithm:
         if not is_chief(self.strategy):
             return {}  # the chief evaluates and writes the results
 
-        test = evaluate_test(segmenter, self.cache, self.split.test, self.cfg.data, self.root)
+        test = evaluate_test(
+            segmenter,
+            self.cache,
+            self.split.test,
+            self.cfg.data,
+            self.root,
+            restore=self.cfg.preprocess.restore_interpolation,
+        )
         self.run.figures.mkdir(parents=True, exist_ok=True)
         samples = self._sample_batch()
         for kind, generator in generators.items():
