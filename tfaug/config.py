@@ -27,7 +27,7 @@ import yaml
 from tfaug.methods import DEFAULT_METHOD, GENERATED_COMPOSITIONS, GENERATOR_MODES
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DATASETS = ("phantom", "acdc", "prostate", "pancreas")
+DATASETS = ("phantom", "acdc", "acdc_ssl", "prostate", "pancreas")
 STRATEGIES = ("default", "mirrored", "multiworker")
 
 
@@ -72,7 +72,8 @@ class DataConfig:
     """Where the data is and what its labels mean.
 
     Attributes:
-        dataset: ``phantom``, ``acdc``, ``prostate`` or ``pancreas``.
+        dataset: ``phantom``, ``acdc``, ``acdc_ssl`` (ACDC under the semi-supervised
+            literature's protocol, read by the ACDC reader), ``prostate`` or ``pancreas``.
         root: the dataset folder (ACDC: the folder holding ``training/``; MSD: the
             ``TaskXX_*`` folder). ``None`` for the phantom means "generate it into the cache".
         cache_dir: folder for generated phantoms and preprocessed TFRecords.

@@ -164,6 +164,29 @@ def write_acdc_case(root: Path, case_id: str, group: str, es: int, *args, **kwar
     return write_acdc_patient(root, case_id, group, es, *args, **kwargs)["ES"]
 
 
+ACDC_GROUP_BLOCKS = ("DCM", "HCM", "MINF", "NOR", "RV")
+"""ACDC's training set holds its five groups in blocks of 20 patients, in this order."""
+
+
+def write_acdc_training_set(
+    root: Path, numbers: Sequence[int] = range(1, 101), shape: Sequence[int] = (2, 2, 1)
+) -> Path:
+    """Write ``root/training/patientXXX/`` for ``numbers`` (ACDC's 100 by default), both
+    frames of each (ED frame 1, ES frame 5; groups as ACDC's blocks of 20), no ``_4d`` decoy.
+
+    The volumes are tiny (``shape`` voxels): enough for listing, splitting and inspecting.
+
+    Returns:
+        ``root``, the folder to pass as ``--data-root``.
+    """
+    for number in numbers:
+        group = ACDC_GROUP_BLOCKS[((number - 1) // 20) % 5]
+        write_acdc_patient(
+            root / "training", f"patient{number:03d}", group, 5, shape, write_4d=False, seed=number
+        )
+    return root
+
+
 def write_msd_dataset(
     root: Path,
     task: str,

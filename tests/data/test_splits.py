@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from data.fixtures import write_acdc_patient
+from data.fixtures import write_acdc_training_set
 from tfaug.config import DataConfig, SplitConfig
 from tfaug.data.datasets import list_cases
 from tfaug.data.splits import PAPER_ACDC_SPLIT, make_split, split_cases
@@ -227,17 +227,8 @@ SSL4MIS_SIZES = {"n_test": 20, "n_validation": 10, "n_unlabeled": 70}
 
 @pytest.fixture(scope="module")
 def acdc_100(tmp_path_factory):
-    """ACDC's 100 training patients in the real layout, 2x2x1 voxels per frame (listing only).
-
-    Groups follow a pattern unrelated to the ids' blocks; ED is frame 1, ES frame 5.
-    """
-    root = tmp_path_factory.mktemp("acdc100")
-    for number in range(1, 101):
-        group = ("NOR", "MINF", "DCM", "HCM", "RV")[number % 5]
-        write_acdc_patient(
-            root / "training", f"patient{number:03d}", group, 5, (2, 2, 1), write_4d=False
-        )
-    return root
+    """ACDC's 100 training patients in the real layout, 2x2x1 voxels per frame (listing only)."""
+    return write_acdc_training_set(tmp_path_factory.mktemp("acdc100"))
 
 
 def _patients_of(cases):

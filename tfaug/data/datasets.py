@@ -1,8 +1,9 @@
 """The one entry point to the dataset readers: list, load and verify by ``data.dataset``.
 
-``acdc`` and ``phantom`` are read by :mod:`tfaug.data.acdc` (the phantom is written in the
-ACDC layout); ``prostate`` and ``pancreas`` by :mod:`tfaug.data.msd`. The label set of a
-dataset is ``range(len(data.class_names))`` after ``data.merge_labels`` is applied.
+``acdc``, ``acdc_ssl`` (the same data under the semi-supervised literature's protocol:
+``configs/acdc_ssl.yaml``) and ``phantom`` are read by :mod:`tfaug.data.acdc` (the phantom is
+written in the ACDC layout); ``prostate`` and ``pancreas`` by :mod:`tfaug.data.msd`. The label
+set of a dataset is ``range(len(data.class_names))`` after ``data.merge_labels`` is applied.
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ from tfaug.data.msd import load_msd, scan_msd
 from tfaug.data.nifti import problems_message
 from tfaug.data.volume import CaseRef, DatasetError, Volume
 
-_ACDC_READER = ("acdc", "phantom")
+_ACDC_READER = ("acdc", "acdc_ssl", "phantom")
 _MSD_READER = ("prostate", "pancreas")
 
+_ACDC_HINT = (
+    "Download ACDC from https://www.creatis.insa-lyon.fr/Challenge/acdc/databases.html "
+    "(the 2023 release is on https://humanheart-project.creatis.insa-lyon.fr/database/) "
+    "and pass its folder with --data-root"
+)
+
 DOWNLOAD_HINTS: dict[str, str] = {
-    "acdc": (
-        "Download ACDC from https://www.creatis.insa-lyon.fr/Challenge/acdc/databases.html "
-        "(the 2023 release is on https://humanheart-project.creatis.insa-lyon.fr/database/) "
-        "and pass its folder with --data-root"
-    ),
+    "acdc": _ACDC_HINT,
+    "acdc_ssl": _ACDC_HINT,
     "prostate": (
         "Download Task05_Prostate from the Medical Segmentation Decathlon "
         "(http://medicaldecathlon.com/), extract it, and pass the Task05_Prostate folder "
