@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data.fixtures import write_msd_dataset
+from data.fixtures import write_acdc_patient, write_msd_dataset
 from tfaug.config import Config, load_config
 from tfaug.data.datasets import list_cases, load_case
-from tfaug.data.preprocess import preprocess_volume
+from tfaug.data.pipeline import volume_dataset
+from tfaug.data.preprocess import preprocess_volume, restore_labels
 from tfaug.data.records import cache_path, open_cache, prepare_cache, resolve_data_root
 from tfaug.data.volume import DatasetError
 
@@ -196,6 +197,30 @@ def test_how_predictions_are_mapped_back_is_not_in_the_records(tmp_path):
     base = cache_path(tiny_config(tmp_path), root)
     nearest = tiny_config(tmp_path, "preprocess.restore_interpolation=nearest")
     assert cache_path(nearest, root) == base
+
+
+def test_acdc_ssl_cache_holds_both_frames_resized_and_restorable(tmp_path):
+    """The acdc_ssl preprocessing through the cache: ED and ES cases, min-max slices resized
+    to the fixed size, and records whose labels map back exactly onto the label files."""
+    written = {
+        patient: write_acdc_patient(tmp_path / "ACDC" / "training", patient, "NOR", 4, seed=i)
+        for i, patient in enumerate(("patient001", "patient002"))
+    }
+    cfg = load_config("acdc_ssl", overrides=["preprocess.crop_size=32"])
+    cfg.data.root, cfg.data.cache_dir = str(tmp_path / "ACDC"), str(tmp_path / "cache")
+    cache = prepare_cache(cfg, progress=False)
+    ids = ["patient001_ED", "patient001_ES", "patient002_ED", "patient002_ES"]
+    assert cache.case_ids == ids and cache.crop_size == 32
+    assert cache.path.name.startswith("acdc_ssl-")
+    for element in volume_dataset(cache, ids):
+        case_id = element["case_id"].numpy().decode()
+        patient, phase = case_id.split("_")
+        geometry = cache.geometry(case_id)
+        assert (geometry.resize, geometry.native_shape) == ("fixed", (12, 10, 3))
+        images = element["images"].numpy()
+        assert images.shape == (3, 32, 32, 1) and (images.min(), images.max()) == (0.0, 1.0)
+        native = restore_labels(element["labels"].numpy(), geometry)
+        np.testing.assert_array_equal(native, written[patient][phase].label)
 
 
 def test_unknown_case_id_names_the_cache(cache):
