@@ -22,7 +22,34 @@ def test_paper_values_in_acdc_config():
     assert (cfg.split.n_unlabeled, cfg.split.n_test, cfg.split.n_validation) == (25, 20, 2)
 
 
-@pytest.mark.parametrize("dataset", ["acdc", "prostate", "pancreas"])
+def test_acdc_ssl_config_is_the_semi_supervised_protocol():
+    cfg = load_config("acdc_ssl")
+    assert (cfg.data.dataset, cfg.data.frames) == ("acdc_ssl", "both")
+    preprocess = cfg.preprocess
+    assert (preprocess.normalisation, preprocess.resize, preprocess.crop_size) == (
+        "minmax",
+        "fixed",
+        256,
+    )
+    assert (preprocess.image_interpolation, preprocess.restore_interpolation) == (
+        "nearest",
+        "nearest",
+    )
+    assert preprocess.n4 is False
+    split = cfg.split
+    assert (split.scheme, split.n_test, split.n_validation, split.draws) == ("ssl4mis", 20, 10, 1)
+    assert split.n_unlabeled >= 69  # every unlabeled training patient, whatever --nl
+    assert (cfg.train.model_selection, cfg.train.segmenter_iterations) == ("best", 30000)
+    # The shipped ACDC config keeps the paper's protocol.
+    acdc = load_config("acdc")
+    assert (acdc.data.frames, acdc.preprocess.normalisation, acdc.preprocess.resize) == (
+        "es",
+        "percentile",
+        "spacing",
+    )
+
+
+@pytest.mark.parametrize("dataset", ["acdc", "acdc_ssl", "prostate", "pancreas"])
 def test_real_dataset_configs_keep_the_papers_generator_settings(dataset):
     cfg = load_config(dataset)
     assert (cfg.model.deformation_max_mm, cfg.model.deformation_grid) == (None, 1)
@@ -101,6 +128,12 @@ def test_unknown_dataset():
         ("model.deformation_grid=7", "model.deformation_grid"),
         ("model.discriminator_patch_levels=6", "model.discriminator_patch_levels"),
         ("augment.generated_strength=[0.5,0.1]", "augment.generated_strength"),
+        ("data.frames=all", "data.frames"),
+        ("split.scheme=ssl4miss", "split.scheme"),
+        ("preprocess.normalisation=zscore", "preprocess.normalisation"),
+        ("preprocess.resize=stretch", "preprocess.resize"),
+        ("preprocess.image_interpolation=cubic", "preprocess.image_interpolation"),
+        ("preprocess.restore_interpolation=cubic", "preprocess.restore_interpolation"),
     ],
 )
 def test_values_outside_their_choices_are_rejected(override, message):

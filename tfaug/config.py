@@ -27,7 +27,7 @@ import yaml
 from tfaug.methods import DEFAULT_METHOD, GENERATED_COMPOSITIONS, GENERATOR_MODES
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DATASETS = ("phantom", "acdc", "prostate", "pancreas")
+DATASETS = ("phantom", "acdc", "acdc_ssl", "prostate", "pancreas")
 STRATEGIES = ("default", "mirrored", "multiworker")
 
 
@@ -72,7 +72,8 @@ class DataConfig:
     """Where the data is and what its labels mean.
 
     Attributes:
-        dataset: ``phantom``, ``acdc``, ``prostate`` or ``pancreas``.
+        dataset: ``phantom``, ``acdc``, ``acdc_ssl`` (ACDC under the semi-supervised
+            literature's protocol, read by the ACDC reader), ``prostate`` or ``pancreas``.
         root: the dataset folder (ACDC: the folder holding ``training/``; MSD: the
             ``TaskXX_*`` folder). ``None`` for the phantom means "generate it into the cache".
         cache_dir: folder for generated phantoms and preprocessed TFRecords.
@@ -80,6 +81,10 @@ class DataConfig:
         modality: the MSD modality to read from 4D images (e.g. ``"T2"``); ``None`` for 3D.
         merge_labels: label remapping applied on load, ``{source: target}``
             (pancreas: ``{2: 1}`` merges cancer into pancreas).
+        frames: ACDC layout only: ``es`` reads each patient's end-systole frame (one case
+            per patient, the paper); ``both`` reads its end-diastole and end-systole frames
+            as two cases ``patientXXX_ED`` and ``patientXXX_ES`` (the semi-supervised
+            literature's protocol), which every split keeps in one set.
     """
 
     dataset: str = "phantom"
@@ -88,6 +93,7 @@ class DataConfig:
     class_names: list[str] = field(default_factory=lambda: ["background", "RV", "Myo", "LV"])
     modality: str | None = None
     merge_labels: dict[int, int] = field(default_factory=dict)
+    frames: str = "es"
 
     @property
     def n_classes(self) -> int:
@@ -108,8 +114,11 @@ class PreprocessConfig:
     """Preprocessing applied to every volume before slicing (docs/method.md §7).
 
     Attributes:
-        spacing_mm: target in-plane spacing in mm (slices are resampled to it).
-        crop_size: side of the square centre crop/pad, in pixels after resampling.
+        spacing_mm: target in-plane spacing in mm (slices are resampled to it). With
+            ``resize: fixed`` only the nominal pixel size that converts mm-valued settings
+            (elastic σ, deformation bound) to pixels.
+        crop_size: side of the square centre crop/pad, in pixels after resampling
+            (``resize: fixed``: the side every slice is resized to).
         n4: apply SimpleITK N4 bias-field correction (MR only).
         n4_shrink: per-axis shrink factors (x, y, z) for N4.
         n4_iterations: N4 fitting iterations per level.
@@ -120,6 +129,18 @@ class PreprocessConfig:
             Volumes that cannot be MR magnitude images (mostly negative, or a large part far
             below zero as in CT) are refused either way.
         percentiles: (low, high) percentiles for ``(x - p_low) / (p_high - p_low)``.
+        normalisation: ``percentile`` (the paper: ``(x - p_low) / (p_high - p_low)``) or
+            ``minmax`` (``(x - min) / (max - min)`` per volume, as SSL4MIS, BCP and UniMatch).
+        resize: ``spacing`` (the paper: resample slices to ``spacing_mm``, then centre
+            crop/pad to ``crop_size``) or ``fixed`` (resize every slice to ``crop_size`` x
+            ``crop_size`` whatever its size, as those codes; the aspect ratio is not kept).
+        image_interpolation: ``linear`` (the paper) or ``nearest`` (those codes'
+            ``scipy.ndimage.zoom(order=0)``): how images are resampled or resized; labels are
+            always nearest neighbour.
+        restore_interpolation: how a test prediction is mapped back to the native grid:
+            ``linear`` (the probabilities, then argmax; tfaug's default) or ``nearest`` (argmax
+            on the network's grid, then the labels, as SSL4MIS's and BCP's test code). Read
+            by the test evaluation only; not part of the records.
     """
 
     spacing_mm: float = 1.367
@@ -129,16 +150,26 @@ class PreprocessConfig:
     n4_iterations: list[int] = field(default_factory=lambda: [50, 50, 30, 20])
     n4_negatives: str = "clip"
     percentiles: list[float] = field(default_factory=lambda: [2.0, 98.0])
+    normalisation: str = "percentile"
+    resize: str = "spacing"
+    image_interpolation: str = "linear"
+    restore_interpolation: str = setting("linear", read_by=READ_BY_FINAL)
 
 
 @dataclass
 class SplitConfig:
     """How volumes are divided (docs/method.md §7).
 
+    With several cases per patient (ACDC, ``data.frames: both``) the sizes count patients
+    and every set holds all the frames of its patients.
+
     Attributes:
-        scheme: ``random`` (seeded draws) or ``paper`` (the original ACDC ids).
+        scheme: ``random`` (seeded draws), ``paper`` (the original ACDC ids) or ``ssl4mis``
+            (the ACDC lists of SSL4MIS, BCP and UniMatch: 70 training, 10 validation, 20
+            test patients; the first N_L training patients labeled; docs/datasets.md).
         n_labeled: N_L, labeled volumes per draw.
-        n_unlabeled: N_UL.
+        n_unlabeled: N_UL (``ssl4mis``: at most this many of the 70 − N_L training patients
+            after the labeled ones, in list order; the papers use all of them).
         n_test: N_ts.
         n_validation: N_vl.
         draws: number of labeled draws from the pool.
@@ -510,12 +541,17 @@ def parse_override(text: str) -> dict[str, Any]:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": DATASETS,
-    "split.scheme": ("random", "paper"),
+    "data.frames": ("es", "both"),
+    "split.scheme": ("random", "paper", "ssl4mis"),
     "train.generator_mode": GENERATOR_MODES,
     "train.model_selection": ("best", "last"),
     "augment.generated_composition": GENERATED_COMPOSITIONS,
     "preprocess.n4_negatives": ("clip", "refuse"),
     "heavy.mask_interpolation": ("linear", "nearest"),
+    "preprocess.normalisation": ("percentile", "minmax"),
+    "preprocess.resize": ("spacing", "fixed"),
+    "preprocess.image_interpolation": ("linear", "nearest"),
+    "preprocess.restore_interpolation": ("linear", "nearest"),
 }
 
 

@@ -16,8 +16,11 @@ from tfaug.analysis.evaluation import (
     summarise,
     validation_dice,
 )
+from tfaug.data.datasets import list_cases, load_case
+from tfaug.data.preprocess import restore_labels
 from tfaug.data.records import resolve_data_root
 from tfaug.data.splits import make_split
+from tfaug.metrics import dice_per_class
 
 
 class LookupSegmenter(keras.Model):
@@ -107,6 +110,21 @@ def test_evaluate_test_scores_every_volume_at_native_resolution(tiny):
         # Perfect on the 5 mm grid; resampling back to the native grid loses only edges.
         assert np.all((dice > 0.6) & (dice <= 1.0))
         assert result["mean_dice"] == pytest.approx(dice.mean())
+
+
+def test_evaluate_test_with_nearest_restores_the_argmax(tiny):
+    """``restore="nearest"``: the argmax on the network's grid, mapped back with nearest
+    neighbour, against the label file (SSL4MIS's and BCP's test code), by hand."""
+    cfg, cache, split, test_volumes, _ = tiny
+    root = resolve_data_root(cfg)
+    segmenter = _perfect(test_volumes, cfg.data.n_classes)
+    results = evaluate_test(segmenter, cache, split.test, cfg.data, root, restore="nearest")
+    refs = {ref.case_id: ref for ref in list_cases(cfg.data, root)}
+    for result, volume in zip(results, test_volumes, strict=True):
+        native = restore_labels(volume.labels, cache.geometry(volume.case_id))
+        reference = load_case(cfg.data, refs[volume.case_id]).label
+        expected = dice_per_class(native, reference, cfg.data.n_classes)
+        assert list(result["dice"].values()) == pytest.approx(list(expected), abs=1e-12)
 
 
 def test_summarise_means_and_stds():

@@ -100,7 +100,7 @@ def make_image(label: np.ndarray, rng: np.random.Generator, offset: float = 0.0)
     return (label.astype(np.float32) * 100.0 + noise + offset).astype(np.float32)
 
 
-def write_acdc_case(
+def write_acdc_patient(
     root: Path,
     case_id: str,
     group: str,
@@ -113,7 +113,7 @@ def write_acdc_case(
     suffix: str = ".nii.gz",
     write_4d: bool = True,
     seed: int = 0,
-) -> WrittenCase:
+) -> dict[str, WrittenCase]:
     """Write one ACDC patient folder ``root/case_id/`` in the real layout.
 
     Writes ``Info.cfg`` (ED, ES, Group, Height, NbFrame, Weight), the ED and ES frames with
@@ -125,16 +125,18 @@ def write_acdc_case(
         case_id: e.g. ``"patient007"``.
         group: written to Info.cfg (NOR, MINF, DCM, HCM, RV, or anything for tests).
         es: end-systole frame, 1-based; ``ed`` likewise (must differ from ``es``).
-        shape: (X, Y, Z) of a frame.
+        shape: (X, Y, Z) of a frame; a few voxels are enough for tests that only list.
         n_frames: NbFrame; default ``max(ed, es) + 2``.
         spacing: voxel size in mm.
         suffix: ``.nii.gz`` or ``.nii``.
+        write_4d: also write the ``_4d`` decoy.
 
     Returns:
-        The ES case as written (image float32 (X, Y, Z), label uint8 with values 0..3).
+        ``{"ED": case, "ES": case}`` as written (images float32 (X, Y, Z), labels uint8 with
+        values 0..3; the case ids are the folder name).
     """
     if ed == es:
-        raise ValueError(f"write_acdc_case: ed and es must differ, both are {es}")
+        raise ValueError(f"write_acdc_patient: ed and es must differ, both are {es}")
     folder = root / case_id
     folder.mkdir(parents=True, exist_ok=True)
     frames = n_frames if n_frames is not None else max(ed, es) + 2
@@ -144,17 +146,45 @@ def write_acdc_case(
     )
     rng = np.random.default_rng(seed)
     written = {}
-    for frame, shift in ((ed, 1), (es, 0)):
+    for phase, frame, shift in (("ED", ed, 1), ("ES", es, 0)):
         label = make_label(shape, shift=shift)
         image = make_image(label, rng, offset=10.0 * frame)
         stem = folder / f"{case_id}_frame{frame:02d}"
         image_path = write_nifti(Path(f"{stem}{suffix}"), image, spacing=spacing)
         label_path = write_nifti(Path(f"{stem}_gt{suffix}"), label, spacing=spacing)
-        written[frame] = WrittenCase(case_id, image_path, label_path, image, label)
+        written[phase] = WrittenCase(case_id, image_path, label_path, image, label)
     if write_4d:
         cine = np.full((*shape, frames), -1.0, dtype=np.float32)
         write_nifti(folder / f"{case_id}_4d{suffix}", cine, spacing=spacing)
-    return written[es]
+    return written
+
+
+def write_acdc_case(root: Path, case_id: str, group: str, es: int, *args, **kwargs) -> WrittenCase:
+    """:func:`write_acdc_patient` (same arguments), returning the ES case only."""
+    return write_acdc_patient(root, case_id, group, es, *args, **kwargs)["ES"]
+
+
+ACDC_GROUP_BLOCKS = ("DCM", "HCM", "MINF", "NOR", "RV")
+"""ACDC's training set holds its five groups in blocks of 20 patients, in this order."""
+
+
+def write_acdc_training_set(
+    root: Path, numbers: Sequence[int] = range(1, 101), shape: Sequence[int] = (2, 2, 1)
+) -> Path:
+    """Write ``root/training/patientXXX/`` for ``numbers`` (ACDC's 100 by default), both
+    frames of each (ED frame 1, ES frame 5; groups as ACDC's blocks of 20), no ``_4d`` decoy.
+
+    The volumes are tiny (``shape`` voxels): enough for listing, splitting and inspecting.
+
+    Returns:
+        ``root``, the folder to pass as ``--data-root``.
+    """
+    for number in numbers:
+        group = ACDC_GROUP_BLOCKS[((number - 1) // 20) % 5]
+        write_acdc_patient(
+            root / "training", f"patient{number:03d}", group, 5, shape, write_4d=False, seed=number
+        )
+    return root
 
 
 def write_msd_dataset(

@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 
-from data.fixtures import make_label, write_acdc_case, write_nifti
+from data.fixtures import make_label, write_acdc_case, write_acdc_patient, write_nifti
 from tfaug.config import DataConfig
 from tfaug.data.acdc import load_acdc, read_info_cfg
 from tfaug.data.datasets import check_dataset, list_cases, load_case, verify_dataset
 from tfaug.data.volume import DatasetError
 
 ACDC = DataConfig(dataset="acdc")
+BOTH = DataConfig(dataset="acdc", frames="both")
 
 # In the real ACDC, patients 001-020 are DCM, 021-040 HCM, ...: these groups disagree with
 # any guess from the id, so a reader that infers the group fails.
@@ -201,3 +202,63 @@ def test_listing_reads_no_voxel_data(classic):
     assert case.image_path == path
     with pytest.raises(DatasetError, match="truncated or damaged"):
         load_acdc(case)
+
+
+# --- data.frames: both -------------------------------------------------------------------
+
+
+def test_both_frames_give_an_ed_and_an_es_case_per_patient(tmp_path):
+    written = {
+        "patient001": write_acdc_patient(tmp_path / "training", "patient001", "RV", 9, ed=2),
+        "patient021": write_acdc_patient(tmp_path / "training", "patient021", "MINF", 12),
+    }
+    cases = list_cases(BOTH, tmp_path)
+    assert [c.case_id for c in cases] == [
+        "patient001_ED", "patient001_ES", "patient021_ED", "patient021_ES",
+    ]  # fmt: skip
+    assert [(c.meta["phase"], c.meta["frame"]) for c in cases] == [
+        ("ED", 2), ("ES", 9), ("ED", 1), ("ES", 12),
+    ]  # fmt: skip
+    assert [c.meta["patient"] for c in cases] == ["patient001"] * 2 + ["patient021"] * 2
+    assert cases[0].image_path.name == "patient001_frame02.nii.gz"
+    assert cases[1].label_path.name == "patient001_frame09_gt.nii.gz"
+    for case in cases:
+        truth = written[case.meta["patient"]][case.meta["phase"]]
+        volume = load_case(BOTH, case)
+        np.testing.assert_array_equal(volume.image, truth.image)
+        np.testing.assert_array_equal(volume.label, truth.label)
+        assert volume.meta["group"] == case.meta["group"]
+
+
+def test_es_only_listing_is_unchanged_by_the_switch(classic):
+    root, _ = classic
+    cases = list_cases(ACDC, root)
+    assert [c.case_id for c in cases] == ["patient001", "patient002", "patient021"]
+    assert all("patient" not in c.meta and "phase" not in c.meta for c in cases)
+
+
+def test_both_frames_need_the_ed_key_and_file(classic):
+    root, _ = classic
+    config = root / "training" / "patient001" / "Info.cfg"
+    config.write_text("ES: 9\nGroup: RV\nNbFrame: 11\n", encoding="utf-8")
+    (root / "training" / "patient021" / "patient021_frame01_gt.nii.gz").unlink()
+    assert [c.case_id for c in list_cases(ACDC, root)] == [c[0] for c in CASES]  # ES only: fine
+    problems = verify_dataset(BOTH, root)
+    assert len(problems) == 2
+    assert "patient001/Info.cfg: no 'ED' key" in problems[0]
+    assert "patient021_frame01_gt.nii.gz: end-diastole label (_gt) not found" in problems[1]
+    assert "Info.cfg gives ED = 1" in problems[1]
+
+
+def test_both_frames_refuse_ed_equal_to_es(tmp_path):
+    write_acdc_case(tmp_path, "patient003", "NOR", 4)
+    (tmp_path / "patient003" / "Info.cfg").write_text(
+        "ED: 4\nES: 4\nGroup: NOR\nNbFrame: 6\n", encoding="utf-8"
+    )
+    with pytest.raises(DatasetError, match="ED and ES are both frame 4.*data.frames=es"):
+        list_cases(BOTH, tmp_path)
+
+
+def test_frames_other_than_es_need_the_acdc_layout(tmp_path):
+    with pytest.raises(DatasetError, match="frames exist only in the ACDC layout"):
+        list_cases(DataConfig(dataset="prostate", frames="both"), tmp_path)

@@ -12,9 +12,12 @@ from tfaug.data.preprocess import (
     crop_or_pad,
     n4_correct,
     normalise,
+    normalise_minmax,
     preprocess_volume,
     resample_slices,
+    resize_slices,
     restore_labels,
+    restore_prediction,
     restore_probabilities,
 )
 from tfaug.data.volume import DatasetError, Volume
@@ -329,3 +332,123 @@ def test_preprocess_with_n4_is_finite_and_normalised():
     assert result.image.shape == (3, 32, 32)
     assert np.all(np.isfinite(result.image))
     assert result.image.min() > -0.5 and result.image.max() < 1.5
+
+
+# --- the semi-supervised literature's preprocessing: min-max, fixed size -----------------------
+
+
+def _fixed(size, image_interpolation="nearest", normalisation="minmax"):
+    return PreprocessConfig(
+        crop_size=size,
+        n4=False,
+        normalisation=normalisation,
+        resize="fixed",
+        image_interpolation=image_interpolation,
+    )
+
+
+def test_minmax_normalisation_by_hand():
+    image = np.array([[[-10.0], [0.0]], [[30.0], [90.0]]])
+    expected = np.array([[[0.0], [0.1]], [[0.4], [1.0]]], dtype=np.float32)
+    np.testing.assert_allclose(normalise_minmax(image), expected, atol=1e-7)
+    assert normalise_minmax(image).dtype == np.float32
+    with pytest.raises(DatasetError, match="patient009: image is constant"):
+        normalise_minmax(np.full((3, 3, 2), 7.0), name="patient009")
+
+
+def test_fixed_resize_by_hand():
+    """4 x 3 → 8 x 8, nearest, corner-aligned: input row round(i * 3 / 7), column
+    round(j * 2 / 7) (halves up), the mapping of scipy.ndimage.zoom(order=0)."""
+    plane = np.arange(12, dtype=np.float32).reshape(4, 3)
+    rows = [0, 0, 1, 1, 2, 2, 3, 3]
+    columns = [0, 0, 1, 1, 1, 1, 2, 2]
+    (resized,) = resize_slices(plane[..., None], 8, "nearest")
+    np.testing.assert_array_equal(resized, plane[np.ix_(rows, columns)])
+
+
+def test_fixed_preprocessing_is_their_per_slice_zoom():
+    """Each output slice is ``zoom(minmax(volume)[:, :, k], (S / x, S / y), order)``: SSL4MIS's,
+    BCP's and UniMatch's preprocessing of an ACDC slice (order 0), or bilinear (order 1)."""
+    rng = np.random.default_rng(3)
+    image = rng.normal(100.0, 30.0, (21, 17, 3))
+    label = _random_labels((21, 17, 3))
+    for interpolation, order in (("nearest", 0), ("linear", 1)):
+        result = preprocess_volume(_volume(image, label), _fixed(32, interpolation))
+        normalised = (image - image.min()) / (image.max() - image.min())
+        for k in range(3):
+            expected = ndimage.zoom(normalised[:, :, k], (32 / 21, 32 / 17), order=order)
+            np.testing.assert_allclose(result.image[k], expected, atol=1e-5)
+            expected_label = ndimage.zoom(label[:, :, k], (32 / 21, 32 / 17), order=0)
+            np.testing.assert_array_equal(result.label[k], expected_label)
+    assert result.geometry == SliceGeometry(
+        (21, 17, 3), (1.5, 1.5, 8.0), 1.367, (32, 32), 32, "fixed"
+    )
+    assert result.image.min() >= 0.0 and result.image.max() <= 1.0
+
+
+@pytest.mark.parametrize("shape", [(21, 17, 3), (32, 32, 2), (5, 31, 1)])
+def test_fixed_label_round_trip_is_exact_up_to_the_size(shape):
+    label = _random_labels(shape, seed=4)
+    result = preprocess_volume(_volume(np.random.default_rng(0).random(shape), label), _fixed(32))
+    np.testing.assert_array_equal(restore_labels(result.label, result.geometry), label)
+
+
+def test_fixed_label_round_trip_above_the_size_is_their_inverse():
+    """Above S the round trip loses rows, as ``zoom(pred, (x / S, y / S), order=0)`` does."""
+    shape = (45, 38, 2)
+    label = _random_labels(shape, seed=5)
+    result = preprocess_volume(_volume(np.random.default_rng(0).random(shape), label), _fixed(32))
+    restored = restore_labels(result.label, result.geometry)
+    assert restored.shape == shape and not np.array_equal(restored, label)
+    for k in range(2):
+        theirs = ndimage.zoom(result.label[k], (45 / 32, 38 / 32), order=0)
+        np.testing.assert_array_equal(restored[:, :, k], theirs)
+
+
+def test_fixed_probability_round_trip_and_restore_prediction():
+    shape = (21, 17, 2)
+    label = _random_labels(shape, seed=6)
+    result = preprocess_volume(_volume(np.random.default_rng(0).random(shape), label), _fixed(32))
+    probabilities = np.eye(4, dtype=np.float32)[result.label] * 0.7 + 0.075
+    native = restore_probabilities(probabilities, result.geometry)
+    assert native.shape == (*shape, 4)
+    np.testing.assert_allclose(native.sum(-1), 1.0, atol=1e-5)
+    nearest = restore_prediction(probabilities, result.geometry, "nearest")
+    np.testing.assert_array_equal(nearest, label)  # argmax, then nearest back: exact
+    linear = restore_prediction(probabilities, result.geometry, "linear")
+    np.testing.assert_array_equal(linear, native.argmax(-1))
+    with pytest.raises(ValueError, match="'cubic'"):
+        restore_prediction(probabilities, result.geometry, "cubic")
+
+
+def test_restore_prediction_nearest_in_spacing_mode_is_argmax_then_labels():
+    shape = (30, 26, 2)
+    label = _random_labels(shape, seed=7)
+    result = preprocess_volume(
+        _volume(np.random.default_rng(0).random(shape), label), _config(2.0, 32)
+    )
+    probabilities = np.eye(4, dtype=np.float32)[result.label]
+    expected = restore_labels(result.label, result.geometry)
+    np.testing.assert_array_equal(
+        restore_prediction(probabilities, result.geometry, "nearest"), expected
+    )
+
+
+def test_fixed_geometry_json_round_trip_and_old_dicts():
+    fixed = SliceGeometry((216, 256, 10), (1.5625, 1.5625, 10.0), 1.367, (256, 256), 256, "fixed")
+    assert SliceGeometry.from_dict(json.loads(json.dumps(fixed.to_dict()))) == fixed
+    old = {k: v for k, v in fixed.to_dict().items() if k != "resize"}  # written before the key
+    assert SliceGeometry.from_dict(old).resize == "spacing"
+    with pytest.raises(ValueError, match="resize 'stretch' is not one of spacing, fixed"):
+        SliceGeometry.from_dict({**fixed.to_dict(), "resize": "stretch"})
+
+
+def test_default_preprocessing_is_unchanged_by_the_new_keys():
+    """percentile / spacing / linear: exactly the result the preprocessing gave before."""
+    rng = np.random.default_rng(8)
+    image, label = rng.random((30, 26, 2)) * 50, _random_labels((30, 26, 2), seed=8)
+    result = preprocess_volume(_volume(image, label), _config(2.0, 32))
+    normalised = normalise(image.astype(np.float32))
+    expected = crop_or_pad(resample_slices(normalised, (1.5, 1.5, 8.0), 2.0, "linear"), 32)
+    np.testing.assert_array_equal(result.image, expected)
+    assert result.geometry.resize == "spacing" and "resize" in result.geometry.to_dict()

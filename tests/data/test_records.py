@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data.fixtures import write_msd_dataset
+from data.fixtures import write_acdc_patient, write_msd_dataset
 from tfaug.config import Config, load_config
 from tfaug.data.datasets import list_cases, load_case
-from tfaug.data.preprocess import preprocess_volume
+from tfaug.data.pipeline import volume_dataset
+from tfaug.data.preprocess import preprocess_volume, restore_labels
 from tfaug.data.records import cache_path, open_cache, prepare_cache, resolve_data_root
 from tfaug.data.volume import DatasetError
 
@@ -156,6 +157,70 @@ def test_hash_changes_with_what_changes_the_records(tmp_path):
     assert cache_path(tiny_config(tmp_path, "split.n_test=3", "train.batch_size=2"), root) == base
     assert base.parent == tmp_path.resolve() / "records"
     assert base.name.startswith("phantom-")
+
+
+# The cache folders of the shipped configs, as computed before data.frames and the
+# preprocessing switches (normalisation, resize, interpolation) existed: keys added later are
+# left out of the hash at their defaults, so existing caches stay valid.
+SHIPPED_CACHE_FOLDERS = {
+    "phantom": "phantom-285d80ce6b203cd3",
+    "acdc": "acdc-b16a5a79be03c2da",
+    "prostate": "prostate-869c3e15f5e94c5f",
+    "pancreas": "pancreas-2207c8ff1ffe7b50",
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(SHIPPED_CACHE_FOLDERS))
+def test_shipped_configs_keep_their_cache_folder(dataset):
+    cfg = load_config(dataset)
+    cfg.data.cache_dir = "/cache"
+    assert cache_path(cfg, Path("/data/x")).name == SHIPPED_CACHE_FOLDERS[dataset]
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "data.frames=both",
+        "preprocess.normalisation=minmax",
+        "preprocess.resize=fixed",
+        "preprocess.image_interpolation=nearest",
+    ],
+)
+def test_the_added_keys_change_the_cache_away_from_their_defaults(tmp_path, override):
+    root = tmp_path / "data"
+    base = cache_path(tiny_config(tmp_path), root)
+    assert cache_path(tiny_config(tmp_path, override), root) != base
+
+
+def test_how_predictions_are_mapped_back_is_not_in_the_records(tmp_path):
+    root = tmp_path / "data"
+    base = cache_path(tiny_config(tmp_path), root)
+    nearest = tiny_config(tmp_path, "preprocess.restore_interpolation=nearest")
+    assert cache_path(nearest, root) == base
+
+
+def test_acdc_ssl_cache_holds_both_frames_resized_and_restorable(tmp_path):
+    """The acdc_ssl preprocessing through the cache: ED and ES cases, min-max slices resized
+    to the fixed size, and records whose labels map back exactly onto the label files."""
+    written = {
+        patient: write_acdc_patient(tmp_path / "ACDC" / "training", patient, "NOR", 4, seed=i)
+        for i, patient in enumerate(("patient001", "patient002"))
+    }
+    cfg = load_config("acdc_ssl", overrides=["preprocess.crop_size=32"])
+    cfg.data.root, cfg.data.cache_dir = str(tmp_path / "ACDC"), str(tmp_path / "cache")
+    cache = prepare_cache(cfg, progress=False)
+    ids = ["patient001_ED", "patient001_ES", "patient002_ED", "patient002_ES"]
+    assert cache.case_ids == ids and cache.crop_size == 32
+    assert cache.path.name.startswith("acdc_ssl-")
+    for element in volume_dataset(cache, ids):
+        case_id = element["case_id"].numpy().decode()
+        patient, phase = case_id.split("_")
+        geometry = cache.geometry(case_id)
+        assert (geometry.resize, geometry.native_shape) == ("fixed", (12, 10, 3))
+        images = element["images"].numpy()
+        assert images.shape == (3, 32, 32, 1) and (images.min(), images.max()) == (0.0, 1.0)
+        native = restore_labels(element["labels"].numpy(), geometry)
+        np.testing.assert_array_equal(native, written[patient][phase].label)
 
 
 def test_unknown_case_id_names_the_cache(cache):

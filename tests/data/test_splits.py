@@ -1,12 +1,15 @@
-"""Tests of tfaug/data/splits.py: seeded partitions, group balance, the paper's ACDC ids."""
+"""Tests of tfaug/data/splits.py: seeded partitions, group balance, the paper's ACDC ids, the
+ssl4mis lists on the real ACDC layout, and patients with two frames."""
 
 import json
 from collections import Counter
 
 import pytest
 
-from tfaug.config import SplitConfig
-from tfaug.data.splits import PAPER_ACDC_SPLIT, make_split
+from data.fixtures import write_acdc_training_set
+from tfaug.config import DataConfig, SplitConfig
+from tfaug.data.datasets import list_cases
+from tfaug.data.splits import PAPER_ACDC_SPLIT, make_split, split_cases
 from tfaug.data.volume import DatasetError
 
 ACDC_IDS = [f"patient{i:03d}" for i in range(1, 101)]
@@ -209,3 +212,109 @@ def test_missing_groups_and_duplicate_ids_raise():
         make_split(ACDC_IDS, _config(), groups)
     with pytest.raises(DatasetError, match="patient001"):
         make_split(ACDC_IDS + ["patient001"], _config(), ACDC_GROUPS)
+
+
+# --- scheme ssl4mis on the real ACDC layout ------------------------------------------------
+
+# The published lists, written out here independently of tfaug/data/ssl4mis.py (sorted; the
+# labeled patients are the first 1 / 3 / 7 of SSL4MIS's train_slices.list, which UniMatch's
+# splits/acdc/{1,3,7}/labeled.txt hold).
+SSL4MIS_VALIDATION = _ids(2, 19, 28, 30, 39, 45, 78, 82, 85, 87)
+SSL4MIS_TEST = _ids(1, 7, 8, 11, 13, 22, 24, 33, 52, 59, 64, 65, 66, 68, 75, 80, 81, 83, 84, 93)
+SSL4MIS_LABELED = {1: _ids(99), 3: _ids(38, 50, 99), 7: _ids(21, 38, 49, 50, 58, 99, 100)}
+SSL4MIS_SIZES = {"n_test": 20, "n_validation": 10, "n_unlabeled": 70}
+
+
+@pytest.fixture(scope="module")
+def acdc_100(tmp_path_factory):
+    """ACDC's 100 training patients in the real layout, 2x2x1 voxels per frame (listing only)."""
+    return write_acdc_training_set(tmp_path_factory.mktemp("acdc100"))
+
+
+def _patients_of(cases):
+    return sorted({case.split("_")[0] for case in cases})
+
+
+@pytest.mark.parametrize("n_labeled", [1, 3, 7])
+def test_ssl4mis_split_of_both_frames_on_the_acdc_layout(acdc_100, n_labeled):
+    refs = list_cases(DataConfig(dataset="acdc", frames="both"), acdc_100)
+    assert len(refs) == 200
+    split = split_cases(refs, _config(scheme="ssl4mis", n_labeled=n_labeled, **SSL4MIS_SIZES))
+    sets = [split.labeled, split.unlabeled, split.validation, split.test]
+    assert [len(_patients_of(s)) for s in sets] == [n_labeled, 70 - n_labeled, 10, 20]
+    assert _patients_of(split.labeled) == SSL4MIS_LABELED[n_labeled]
+    assert _patients_of(split.validation) == SSL4MIS_VALIDATION
+    assert _patients_of(split.test) == SSL4MIS_TEST
+    for cases in sets:  # both frames of every patient, in this set only
+        assert cases == sorted(
+            f"{p}_{phase}" for p in _patients_of(cases) for phase in ("ED", "ES")
+        )
+    everything = [case for cases in sets for case in cases]
+    assert sorted(everything) == sorted(ref.case_id for ref in refs)  # disjoint, complete
+    assert split.pool == split.labeled
+
+
+def test_ssl4mis_split_of_es_frames_names_the_same_patients(acdc_100):
+    refs = list_cases(DataConfig(dataset="acdc"), acdc_100)
+    split = split_cases(refs, _config(scheme="ssl4mis", n_labeled=3, **SSL4MIS_SIZES))
+    assert split.labeled == SSL4MIS_LABELED[3]
+    assert (split.validation, split.test) == (SSL4MIS_VALIDATION, SSL4MIS_TEST)
+    assert len(split.unlabeled) == 67
+
+
+def test_ssl4mis_split_names_a_missing_patient_and_the_fix(acdc_100):
+    refs = list_cases(DataConfig(dataset="acdc", frames="both"), acdc_100)
+    refs = [ref for ref in refs if ref.meta["patient"] != "patient052"]
+    with pytest.raises(
+        DatasetError, match=r"1 are missing from the dataset: patient052; point"
+    ) as error:
+        split_cases(refs, _config(scheme="ssl4mis", **SSL4MIS_SIZES))
+    assert "--data-root" in str(error.value) and "patient001..patient100" in str(error.value)
+
+
+def test_ssl4mis_split_leaves_unlisted_patients_out_and_caps_the_unlabeled():
+    ids = ACDC_IDS + _ids(101, 150)  # e.g. the 2023 release's testing patients
+    split = make_split(ids, _config(scheme="ssl4mis", n_labeled=3, **SSL4MIS_SIZES))
+    assert not {"patient101", "patient150"} & {c for s in _sets(split) + [split.labeled] for c in s}
+    small = make_split(
+        ids, _config(scheme="ssl4mis", n_labeled=3, **{**SSL4MIS_SIZES, "n_unlabeled": 2})
+    )
+    assert small.unlabeled == _ids(58, 100)  # the next two of the published order
+    assert small.pool == sorted(
+        set(ACDC_IDS) - set(SSL4MIS_VALIDATION + SSL4MIS_TEST + small.unlabeled)
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"n_labeled": 71}, "--nl 71; the papers report --nl 1, 3, 7"),
+        ({"n_validation": 2}, "scheme 'ssl4mis' fixes .*'n_validation': 10"),
+        ({"draw": 1}, "draw index 1 .*one fixed labeled set"),
+    ],
+)
+def test_ssl4mis_bad_configurations_raise(values, message):
+    with pytest.raises(DatasetError, match=message):
+        make_split(ACDC_IDS, _config(scheme="ssl4mis", **{**SSL4MIS_SIZES, **values}))
+
+
+def test_random_split_keeps_the_frames_of_a_patient_together():
+    cases = [f"{p}_{phase}" for p in ACDC_IDS for phase in ("ED", "ES")]
+    patients = {case: case.split("_")[0] for case in cases}
+    groups = {case: ACDC_GROUPS[patients[case]] for case in cases}
+    split = make_split(cases, _config(n_labeled=3, draw=1), groups, patients)
+    by_patient = make_split(ACDC_IDS, _config(n_labeled=3, draw=1), ACDC_GROUPS)
+    for frames, ids in zip(
+        _sets(split) + [split.labeled], _sets(by_patient) + [by_patient.labeled], strict=True
+    ):
+        assert frames == sorted(f"{p}_{phase}" for p in ids for phase in ("ED", "ES"))
+
+
+def test_frames_of_one_patient_in_two_groups_raise():
+    cases = ["patient001_ED", "patient001_ES"] + ACDC_IDS[1:]
+    patients = {"patient001_ED": "patient001", "patient001_ES": "patient001"}
+    groups = {**ACDC_GROUPS, "patient001_ED": "DCM", "patient001_ES": "NOR"}
+    with pytest.raises(
+        DatasetError, match="patient patient001 has cases in groups 'DCM' and 'NOR'"
+    ):
+        make_split(cases, _config(), groups, patients)

@@ -3,7 +3,9 @@
 Validation (every k iterations) scores the preprocessed grid: mean foreground 3D Dice of
 the volume's slices, averaged over volumes. Test evaluation is at native resolution: the
 softmax probabilities are mapped back to each volume's original slice grid (un-crop,
-linear resampling) before the argmax, and compared with the label file as read from disk.
+linear resampling) before the argmax (or, with ``preprocess.restore_interpolation:
+nearest``, the argmax is mapped back with nearest neighbour), and compared with the label
+file as read from disk.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tensorflow as tf
 from tfaug.config import DataConfig
 from tfaug.data.datasets import list_cases, load_case
 from tfaug.data.pipeline import volume_dataset
-from tfaug.data.preprocess import restore_probabilities
+from tfaug.data.preprocess import Interpolation, restore_prediction
 from tfaug.data.records import Cache
 from tfaug.metrics import dice_per_class, mean_foreground_dice
 
@@ -92,6 +94,7 @@ def evaluate_test(
     case_ids: Sequence[str],
     data: DataConfig,
     root: Path,
+    restore: Interpolation = "linear",
 ) -> list[dict]:
     """3D Dice per structure per test volume, at native resolution.
 
@@ -101,6 +104,8 @@ def evaluate_test(
         case_ids: the test volumes.
         data: the dataset config (class names, label merging for reading ground truth).
         root: the dataset folder, where the native label files are read.
+        restore: ``preprocess.restore_interpolation``, how predictions reach the native grid
+            (:func:`tfaug.data.preprocess.restore_prediction`).
 
     Returns:
         One dict per volume: ``case_id``, ``group`` (or ``None``), ``dice``
@@ -110,8 +115,7 @@ def evaluate_test(
     results = []
     for volume in load_volumes(cache, case_ids):
         probabilities = predict_probabilities(segmenter, volume.images)
-        native = restore_probabilities(probabilities, cache.geometry(volume.case_id))
-        prediction = native.argmax(axis=-1)
+        prediction = restore_prediction(probabilities, cache.geometry(volume.case_id), restore)
         reference = load_case(data, refs[volume.case_id]).label
         dice = dice_per_class(prediction, reference, data.n_classes)
         results.append(

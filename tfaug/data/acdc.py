@@ -1,4 +1,4 @@
-"""The ACDC reader (MICCAI 2017 cardiac cine MRI): end-systole frames and their labels.
+"""The ACDC reader (MICCAI 2017 cardiac cine MRI): end-systole (and end-diastole) frames.
 
 Layout, per patient folder ``patientXXX/``::
 
@@ -13,6 +13,12 @@ patient folders (e.g. ``training/`` itself), or the 2023 re-release root holding
 holds ground truth (``*_gt`` files, as in the re-release); the 2017 challenge's testing set
 has none and is skipped. ``.nii`` is accepted as well as ``.nii.gz``. The synthetic phantom
 (``tfaug/data/phantom.py``) is written in this layout and read by this module.
+
+Frames (``data.frames``): ``es`` (the default, the paper's protocol) gives one case per
+patient, its end-systole frame, with the patient folder's name as case id. ``both`` (the
+semi-supervised literature's protocol) gives two cases per patient, ``patientXXX_ED`` and
+``patientXXX_ES``; their ``meta["patient"]`` names the patient so that a split keeps both
+frames of a patient in one set.
 """
 
 from __future__ import annotations
@@ -28,8 +34,12 @@ from tfaug.data.volume import CaseRef, DatasetError, Volume
 ACDC_LABELS: frozenset[int] = frozenset({0, 1, 2, 3})
 """Label values of ACDC: 0 background, 1 RV, 2 Myo, 3 LV."""
 
+FRAMES: tuple[str, ...] = ("es", "both")
+"""Values of ``data.frames``: the ES frame only, or the ED and the ES frame of every patient."""
+
 _PATIENT = re.compile(r"patient\d+")
 _SUFFIXES = (".nii.gz", ".nii")
+_PHASES = {"ED": "end-diastole", "ES": "end-systole"}
 
 
 def _number(text: str) -> int | float | str:
@@ -73,34 +83,64 @@ def read_info_cfg(path: Path) -> dict[str, Any]:
     return info
 
 
-def _es_frame(info: dict[str, Any], path: Path) -> int:
-    """The 1-based end-systole frame number from a parsed Info.cfg."""
-    es = info.get("ES")
-    if es is None:
+def _phase_frame(info: dict[str, Any], phase: str, path: Path) -> int:
+    """The 1-based frame number of ``phase`` (``"ED"`` or ``"ES"``) from a parsed Info.cfg."""
+    frame = info.get(phase)
+    if frame is None:
         raise DatasetError(
-            f"{path}: no 'ES' key, expected a line 'ES: <frame number>' (found keys "
+            f"{path}: no '{phase}' key, expected a line '{phase}: <frame number>' (found keys "
             f"{sorted(info)}). Restore Info.cfg from the ACDC download."
         )
-    if isinstance(es, float) and es.is_integer():
-        es = int(es)
+    if isinstance(frame, float) and frame.is_integer():
+        frame = int(frame)
     frames = info.get("NbFrame")
-    if not isinstance(es, int) or es < 1 or (isinstance(frames, int) and es > frames):
+    if not isinstance(frame, int) or frame < 1 or (isinstance(frames, int) and frame > frames):
         raise DatasetError(
-            f"{path}: ES = {es!r}, expected a frame number between 1 and NbFrame "
+            f"{path}: {phase} = {frame!r}, expected a frame number between 1 and NbFrame "
             f"({frames}). Correct Info.cfg."
         )
-    return es
+    return frame
 
 
-def _find_nifti(folder: Path, stem: str, what: str, es: int) -> Path:
+def _find_nifti(folder: Path, stem: str, what: str, phase: str, frame: int) -> Path:
     """``folder/stem.nii.gz`` or ``folder/stem.nii``, whichever exists."""
     for suffix in _SUFFIXES:
         path = folder / f"{stem}{suffix}"
         if path.is_file():
             return path
     raise DatasetError(
-        f"{folder / stem}.nii.gz: {what} not found (nor .nii); Info.cfg gives ES = {es}. "
-        "Restore the file from the ACDC download, or correct ES in Info.cfg."
+        f"{folder / stem}.nii.gz: {what} not found (nor .nii); Info.cfg gives {phase} = {frame}. "
+        f"Restore the file from the ACDC download, or correct {phase} in Info.cfg."
+    )
+
+
+def _group(info: dict[str, Any], config: Path) -> str:
+    group = info.get("Group")
+    if not isinstance(group, str) or not group:
+        raise DatasetError(
+            f"{config}: no 'Group' key, expected e.g. 'Group: DCM' (NOR, MINF, DCM, HCM, RV). "
+            "Restore Info.cfg from the ACDC download."
+        )
+    return group
+
+
+def _frame_case(folder: Path, info: dict[str, Any], phase: str, case_id: str) -> CaseRef:
+    """The CaseRef of one frame (``phase`` ``"ED"`` or ``"ES"``) of a patient folder."""
+    config = folder / "Info.cfg"
+    frame = _phase_frame(info, phase, config)
+    group = _group(info, config)
+    stem = f"{folder.name}_frame{frame:02d}"
+    name = _PHASES[phase]
+    return CaseRef(
+        case_id=case_id,
+        image_path=_find_nifti(folder, stem, f"{name} frame", phase, frame),
+        label_path=_find_nifti(folder, f"{stem}_gt", f"{name} label (_gt)", phase, frame),
+        meta={
+            "group": group,
+            "frame": frame,
+            "subset": folder.parent.name,
+            "info": info,
+        },
     )
 
 
@@ -116,22 +156,43 @@ def acdc_case(folder: Path) -> CaseRef:
     Raises:
         DatasetError: missing Info.cfg, ES or Group; missing frame or ``_gt`` file.
     """
+    return _frame_case(folder, read_info_cfg(folder / "Info.cfg"), "ES", folder.name)
+
+
+def acdc_cases(folder: Path, frames: str = "es") -> list[CaseRef]:
+    """Describe the cases of one patient folder for ``data.frames`` without reading voxels.
+
+    Args:
+        folder: a ``patientXXX`` folder.
+        frames: ``"es"``: the ES frame (:func:`acdc_case`); ``"both"``: the ED and the ES
+            frame, as cases ``<folder>_ED`` and ``<folder>_ES`` whose ``meta`` also holds
+            ``phase`` (``"ED"`` / ``"ES"``) and ``patient`` (the folder name).
+
+    Returns:
+        One CaseRef (``es``) or two, ED first (``both``).
+
+    Raises:
+        DatasetError: as :func:`acdc_case`, for ED too with ``both``; ED equal to ES; an
+            unknown ``frames``.
+    """
+    if frames not in FRAMES:
+        raise DatasetError(
+            f"data.frames: {frames!r} is not one of {', '.join(FRAMES)}; use 'es' (one case "
+            "per patient) or 'both' (its ED and ES frames)"
+        )
+    if frames == "es":
+        return [acdc_case(folder)]
     config = folder / "Info.cfg"
     info = read_info_cfg(config)
-    es = _es_frame(info, config)
-    group = info.get("Group")
-    if not isinstance(group, str) or not group:
+    cases = [_frame_case(folder, info, p, f"{folder.name}_{p}") for p in ("ED", "ES")]
+    if cases[0].meta["frame"] == cases[1].meta["frame"]:
         raise DatasetError(
-            f"{config}: no 'Group' key, expected e.g. 'Group: DCM' (NOR, MINF, DCM, HCM, RV). "
-            "Restore Info.cfg from the ACDC download."
+            f"{config}: ED and ES are both frame {cases[0].meta['frame']}, expected two "
+            "different frames. Correct Info.cfg, or set data.frames=es."
         )
-    stem = f"{folder.name}_frame{es:02d}"
-    return CaseRef(
-        case_id=folder.name,
-        image_path=_find_nifti(folder, stem, "end-systole frame", es),
-        label_path=_find_nifti(folder, f"{stem}_gt", "end-systole label (_gt)", es),
-        meta={"group": group, "frame": es, "subset": folder.parent.name, "info": info},
-    )
+    for case, phase in zip(cases, ("ED", "ES"), strict=True):
+        case.meta.update(phase=phase, patient=folder.name)
+    return cases
 
 
 def _has_ground_truth(folder: Path) -> bool:
@@ -162,13 +223,17 @@ def _patient_folders(root: Path) -> list[Path]:
     return folders
 
 
-def scan_acdc(root: Path) -> tuple[list[CaseRef], list[str]]:
+def scan_acdc(root: Path, frames: str = "es") -> tuple[list[CaseRef], list[str]]:
     """List an ACDC dataset, collecting per-case problems instead of raising.
+
+    Args:
+        root: one of the accepted roots (see the module docstring).
+        frames: ``data.frames``, ``"es"`` or ``"both"`` (see :func:`acdc_cases`).
 
     Returns:
         ``(cases, problems)``: the readable cases sorted by id, and one message per
-        patient folder that could not be described (see :func:`acdc_case`), plus one per
-        duplicated patient id. No voxel data is read.
+        patient folder that could not be described (see :func:`acdc_cases`), plus one per
+        duplicated case id. No voxel data is read.
 
     Raises:
         DatasetError: ``root`` is not a folder or holds no patient folders.
@@ -180,22 +245,23 @@ def scan_acdc(root: Path) -> tuple[list[CaseRef], list[str]]:
     problems: list[str] = []
     for folder in _patient_folders(root):
         try:
-            case = acdc_case(folder)
+            found = acdc_cases(folder, frames)
         except DatasetError as error:
             problems.append(str(error))
             continue
-        if case.case_id in cases:
-            problems.append(
-                f"{folder}: patient id {case.case_id} also found at "
-                f"{cases[case.case_id].image_path.parent}. Keep one copy."
-            )
-            continue
-        cases[case.case_id] = case
+        for case in found:
+            if case.case_id in cases:
+                problems.append(
+                    f"{folder}: case id {case.case_id} also found at "
+                    f"{cases[case.case_id].image_path.parent}. Keep one copy."
+                )
+                continue
+            cases[case.case_id] = case
     return [cases[key] for key in sorted(cases)], problems
 
 
 def load_acdc(ref: CaseRef, *, label_set: abc.Set[int] = ACDC_LABELS) -> Volume:
-    """Load one ACDC case (its ES frame) as a :class:`Volume`.
+    """Load one ACDC case (the frame its CaseRef names) as a :class:`Volume`.
 
     Returns:
         ``image`` float32 (X, Y, Z) in scanner units (not normalised), ``label`` uint8

@@ -1,8 +1,9 @@
 """The one entry point to the dataset readers: list, load and verify by ``data.dataset``.
 
-``acdc`` and ``phantom`` are read by :mod:`tfaug.data.acdc` (the phantom is written in the
-ACDC layout); ``prostate`` and ``pancreas`` by :mod:`tfaug.data.msd`. The label set of a
-dataset is ``range(len(data.class_names))`` after ``data.merge_labels`` is applied.
+``acdc``, ``acdc_ssl`` (the same data under the semi-supervised literature's protocol:
+``configs/acdc_ssl.yaml``) and ``phantom`` are read by :mod:`tfaug.data.acdc` (the phantom is
+written in the ACDC layout); ``prostate`` and ``pancreas`` by :mod:`tfaug.data.msd`. The label
+set of a dataset is ``range(len(data.class_names))`` after ``data.merge_labels`` is applied.
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ from tfaug.data.msd import load_msd, scan_msd
 from tfaug.data.nifti import problems_message
 from tfaug.data.volume import CaseRef, DatasetError, Volume
 
-_ACDC_READER = ("acdc", "phantom")
+_ACDC_READER = ("acdc", "acdc_ssl", "phantom")
 _MSD_READER = ("prostate", "pancreas")
 
+_ACDC_HINT = (
+    "Download ACDC from https://www.creatis.insa-lyon.fr/Challenge/acdc/databases.html "
+    "(the 2023 release is on https://humanheart-project.creatis.insa-lyon.fr/database/) "
+    "and pass its folder with --data-root"
+)
+
 DOWNLOAD_HINTS: dict[str, str] = {
-    "acdc": (
-        "Download ACDC from https://www.creatis.insa-lyon.fr/Challenge/acdc/databases.html "
-        "(the 2023 release is on https://humanheart-project.creatis.insa-lyon.fr/database/) "
-        "and pass its folder with --data-root"
-    ),
+    "acdc": _ACDC_HINT,
+    "acdc_ssl": _ACDC_HINT,
     "prostate": (
         "Download Task05_Prostate from the Medical Segmentation Decathlon "
         "(http://medicaldecathlon.com/), extract it, and pass the Task05_Prostate folder "
@@ -53,6 +57,12 @@ def _check_known(data: DataConfig) -> None:
             f"data.dataset {data.dataset!r}: no reader for it; expected one of "
             f"{', '.join(_ACDC_READER + _MSD_READER)}."
         )
+    if data.frames != "es" and data.dataset not in _ACDC_READER:
+        raise DatasetError(
+            f"data.frames={data.frames!r}: frames exist only in the ACDC layout "
+            f"({', '.join(_ACDC_READER)}), found data.dataset {data.dataset!r}; set "
+            "data.frames=es."
+        )
 
 
 def _scan(data: DataConfig, root: Path) -> tuple[list[CaseRef], list[str]]:
@@ -63,7 +73,7 @@ def _scan(data: DataConfig, root: Path) -> tuple[list[CaseRef], list[str]]:
         raise DatasetError(
             f"{root}: {data.dataset} dataset folder not found. {DOWNLOAD_HINTS[data.dataset]}."
         )
-    return scan_acdc(root) if data.dataset in _ACDC_READER else scan_msd(root)
+    return scan_acdc(root, data.frames) if data.dataset in _ACDC_READER else scan_msd(root)
 
 
 def list_cases(data: DataConfig, root: Path) -> list[CaseRef]:
@@ -89,9 +99,9 @@ def list_cases(data: DataConfig, root: Path) -> list[CaseRef]:
 def load_case(data: DataConfig, ref: CaseRef) -> Volume:
     """Load one case: ``image`` float32 (X, Y, Z), ``label`` uint8 (X, Y, Z), spacing in mm.
 
-    ACDC/phantom read the ES frame; MSD reads channel ``data.modality`` of 4D images and
-    applies ``data.merge_labels``. No preprocessing (bias correction, normalisation,
-    resampling) is done here.
+    ACDC/phantom read the frame the CaseRef names (``data.frames``); MSD reads channel
+    ``data.modality`` of 4D images and applies ``data.merge_labels``. No preprocessing (bias
+    correction, normalisation, resampling) is done here.
 
     Raises:
         DatasetError: an unknown dataset or any problem with the case's files.

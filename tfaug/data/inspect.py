@@ -10,7 +10,7 @@ import numpy as np
 from tfaug.config import Config
 from tfaug.data.datasets import list_cases, load_case, verify_dataset
 from tfaug.data.records import resolve_data_root
-from tfaug.data.splits import make_split
+from tfaug.data.splits import split_cases
 from tfaug.data.volume import DatasetError
 
 
@@ -52,12 +52,9 @@ def inspection_report(cfg: Config) -> dict[str, Any]:
                 "labels": [int(v) for v in np.unique(volume.label)],
             }
         )
-    groups = {ref.case_id: ref.meta.get("group") for ref in refs}
     split = None
     try:
-        split_cfg = dataclasses.replace(cfg.split, draw=0)
-        use_groups = groups if all(g is not None for g in groups.values()) else None
-        split = make_split([ref.case_id for ref in refs], split_cfg, use_groups).to_dict()
+        split = split_cases(refs, dataclasses.replace(cfg.split, draw=0)).to_dict()
     except DatasetError as error:
         problems.append(str(error))
     return {

@@ -4,10 +4,15 @@ Forward, per volume, in this order:
 
 1. N4 bias-field correction (optional, MR only; SimpleITK) on the 3D volume, after the
    small negative tail of MR reconstructions is clipped to 0 (:func:`positive_for_n4`).
-2. Intensity normalisation ``(x - p2) / (p98 - p2)`` over the whole volume.
-3. Slice-wise in-plane resampling to a fixed spacing (linear for images, nearest for
-   labels). Slices are never resampled along z.
-4. Centre crop/pad of every slice to ``S x S``.
+2. Intensity normalisation over the whole volume: ``(x - p2) / (p98 - p2)`` (the paper,
+   ``preprocess.normalisation: percentile``) or ``(x - min) / (max - min)`` (``minmax``, as
+   SSL4MIS, BCP and UniMatch preprocess ACDC).
+3. ``preprocess.resize: spacing`` (the paper): slice-wise in-plane resampling to a fixed
+   spacing, then a centre crop/pad of every slice to ``S x S``. ``fixed``: every slice is
+   resized to ``S x S`` whatever its size and spacing (``scipy.ndimage.zoom`` with factors
+   ``S / X`` and ``S / Y``, as those three codes do; the aspect ratio is not kept). Images are
+   interpolated as ``preprocess.image_interpolation`` says (linear by default; those codes use
+   nearest), labels always with nearest neighbour. Slices are never resampled along z.
 
 Axis convention: a :class:`~tfaug.data.volume.Volume` is (X, Y, Z); the output is (Z, S, S)
 with slice ``k`` = ``volume.image[:, :, k]`` resampled, output axis 1 ↔ X, axis 2 ↔ Y
@@ -24,8 +29,15 @@ Padding value: 0 for labels (background) and 0 for normalised images, i.e. the p
 which is the background level of MR and CT; unlike the image minimum it does not depend on
 outliers.
 
-Inverse (:func:`restore_labels`, :func:`restore_probabilities`): undo the crop/pad (pad back
-with background, or crop back) then resample to the exact native in-plane shape.
+The ``fixed`` resize uses scipy's corner-aligned zoom (``grid_mode=False``): output pixel
+``i`` of ``S`` samples input position ``i (n - 1) / (S - 1)``; nearest neighbour rounds
+halves up. A label resized to ``S`` and back is therefore exact when ``n <= S`` and loses
+rows and columns when ``n > S`` (as in those codes).
+
+Inverse (:func:`restore_labels`, :func:`restore_probabilities`): ``spacing``: undo the
+crop/pad (pad back with background, or crop back) then resample to the exact native in-plane
+shape; ``fixed``: resize back to the native in-plane shape. :func:`restore_prediction` maps a
+prediction to native labels as ``preprocess.restore_interpolation`` says.
 """
 
 from __future__ import annotations
@@ -44,6 +56,8 @@ from tfaug.data.volume import DatasetError, DatasetWarning, Volume
 
 Interpolation = Literal["linear", "nearest"]
 _ORDERS = {"linear": 1, "nearest": 0}
+RESIZE_MODES = ("spacing", "fixed")
+NORMALISATIONS = ("percentile", "minmax")
 
 MOSTLY_NEGATIVE = 0.5
 """More than this fraction of negative voxels: signed data (phase, a difference), not MR."""
@@ -64,9 +78,14 @@ class SliceGeometry:
     Attributes:
         native_shape: (X, Y, Z) of the original volume, in voxels.
         native_spacing: (sx, sy, sz) of the original volume, in mm.
-        target_spacing: in-plane spacing after resampling, in mm.
-        resampled_shape: in-plane (H, W) after resampling, before crop/pad, in pixels.
-        crop_size: S, the side of the square crop/pad, in pixels.
+        target_spacing: in-plane spacing after resampling, in mm (``fixed``: the nominal
+            ``preprocess.spacing_mm``, unused by the inverse).
+        resampled_shape: in-plane (H, W) after resampling, before crop/pad, in pixels
+            (``fixed``: (S, S)).
+        crop_size: S, the side of the square crop/pad (``fixed``: of the resized slice), in
+            pixels.
+        resize: ``spacing`` or ``fixed`` (``preprocess.resize``); dicts written before the
+            key existed are ``spacing``.
     """
 
     native_shape: tuple[int, int, int]
@@ -74,6 +93,7 @@ class SliceGeometry:
     target_spacing: float
     resampled_shape: tuple[int, int]
     crop_size: int
+    resize: str = "spacing"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of lists, ints and floats (JSON-serialisable)."""
@@ -88,14 +108,20 @@ class SliceGeometry:
         """Inverse of :meth:`to_dict`.
 
         Raises:
-            ValueError: a key is missing or unknown.
+            ValueError: a key is missing or unknown, or an unknown ``resize``.
         """
         expected = {"native_shape", "native_spacing", "target_spacing", "resampled_shape"}
         expected |= {"crop_size"}
-        if set(values) != expected:
+        if set(values) - {"resize"} != expected:
             raise ValueError(
-                f"SliceGeometry.from_dict: expected keys {sorted(expected)}, found "
-                f"{sorted(values)}; pass the dict written by SliceGeometry.to_dict"
+                f"SliceGeometry.from_dict: expected keys {sorted(expected)} (and 'resize'), "
+                f"found {sorted(values)}; pass the dict written by SliceGeometry.to_dict"
+            )
+        resize = str(values.get("resize", "spacing"))
+        if resize not in RESIZE_MODES:
+            raise ValueError(
+                f"SliceGeometry.from_dict: resize {resize!r} is not one of "
+                f"{', '.join(RESIZE_MODES)}; pass the dict written by SliceGeometry.to_dict"
             )
         return cls(
             native_shape=tuple(int(v) for v in values["native_shape"]),
@@ -103,6 +129,7 @@ class SliceGeometry:
             target_spacing=float(values["target_spacing"]),
             resampled_shape=tuple(int(v) for v in values["resampled_shape"]),
             crop_size=int(values["crop_size"]),
+            resize=resize,
         )
 
 
@@ -112,7 +139,8 @@ class PreprocessedVolume:
 
     Attributes:
         case_id: as in the source :class:`~tfaug.data.volume.Volume`.
-        image: float32 (Z, S, S), normalised (p2 → 0, p98 → 1; not clipped).
+        image: float32 (Z, S, S), normalised (p2 → 0, p98 → 1, not clipped; or min → 0,
+            max → 1).
         label: uint8 (Z, S, S) with the source label values, or ``None``.
         geometry: how to map predictions back (:func:`restore_labels`).
     """
@@ -124,11 +152,12 @@ class PreprocessedVolume:
 
 
 def preprocess_volume(volume: Volume, cfg: PreprocessConfig) -> PreprocessedVolume:
-    """N4 (if ``cfg.n4``), normalise, resample slices, centre crop/pad.
+    """N4 (if ``cfg.n4``), normalise, then resample and crop/pad or resize the slices.
 
     Args:
         volume: image float (X, Y, Z), label uint8 (X, Y, Z) or ``None``, spacing in mm.
-        cfg: target spacing (mm), crop size (px), N4 settings and percentiles.
+        cfg: normalisation, resize mode, target spacing (mm), crop size (px), interpolation,
+            N4 settings and percentiles.
 
     Returns:
         A :class:`PreprocessedVolume` with image float32 (Z, S, S) and label uint8 (Z, S, S).
@@ -160,23 +189,56 @@ def preprocess_volume(volume: Volume, cfg: PreprocessConfig) -> PreprocessedVolu
         image = n4_correct(
             image, spacing, cfg.n4_shrink, cfg.n4_iterations, name=where, negatives=cfg.n4_negatives
         )
-    image = normalise(image, tuple(cfg.percentiles), name=where)
-    image = crop_or_pad(resample_slices(image, spacing, cfg.spacing_mm, "linear"), cfg.crop_size)
+    image = normalise_volume(image, cfg, name=where)
+    geometry = slice_geometry(tuple(int(n) for n in volume.image.shape), spacing, cfg)
+    image = to_network_grid(image, geometry, cfg.image_interpolation)
     label = None
     if volume.label is not None:
-        label_slices = resample_slices(
-            np.asarray(volume.label, dtype=np.uint8), spacing, cfg.spacing_mm, "nearest"
+        label = to_network_grid(np.asarray(volume.label, dtype=np.uint8), geometry, "nearest")
+    return PreprocessedVolume(volume.case_id, image, label, geometry)
+
+
+def slice_geometry(
+    native_shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    cfg: PreprocessConfig,
+) -> SliceGeometry:
+    """The :class:`SliceGeometry` ``cfg`` gives a volume of ``native_shape`` voxels and
+    ``spacing`` mm.
+
+    Raises:
+        ValueError: ``cfg.resize`` is not one of :data:`RESIZE_MODES`.
+    """
+    if cfg.resize not in RESIZE_MODES:
+        raise ValueError(
+            f"preprocess.resize: {cfg.resize!r} is not one of {', '.join(RESIZE_MODES)}"
         )
-        label = crop_or_pad(label_slices, cfg.crop_size)
-    native_shape = tuple(int(n) for n in volume.image.shape)
-    geometry = SliceGeometry(
+    size = int(cfg.crop_size)
+    fixed = cfg.resize == "fixed"
+    return SliceGeometry(
         native_shape=native_shape,
         native_spacing=spacing,
         target_spacing=float(cfg.spacing_mm),
-        resampled_shape=resampled_shape(native_shape, spacing, cfg.spacing_mm),
-        crop_size=int(cfg.crop_size),
+        resampled_shape=(size, size)
+        if fixed
+        else resampled_shape(native_shape, spacing, cfg.spacing_mm),
+        crop_size=size,
+        resize=cfg.resize,
     )
-    return PreprocessedVolume(volume.case_id, image, label, geometry)
+
+
+def to_network_grid(
+    volume_xyz: np.ndarray, geometry: SliceGeometry, order: Interpolation
+) -> np.ndarray:
+    """(X, Y, Z) on the native grid → (Z, S, S) slices, as ``geometry`` says.
+
+    ``spacing``: resample to ``geometry.target_spacing``, then centre crop/pad (padding 0);
+    ``fixed``: resize each slice to S x S (:func:`resize_slices`). Same dtype as the input.
+    """
+    if geometry.resize == "fixed":
+        return resize_slices(volume_xyz, geometry.crop_size, order)
+    spacing, target = geometry.native_spacing, geometry.target_spacing
+    return crop_or_pad(resample_slices(volume_xyz, spacing, target, order), geometry.crop_size)
 
 
 def n4_correct(
@@ -347,6 +409,67 @@ def normalise(
     return ((array - p_low) / (p_high - p_low)).astype(np.float32)
 
 
+def normalise_minmax(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Per-volume ``(x - min) / (max - min)`` over all voxels (SSL4MIS, BCP and UniMatch).
+
+    Args:
+        image: float array of any shape (one volume).
+        name: what to call the image in error messages (the case).
+
+    Returns:
+        float32, same shape, in [0, 1]: the minimum → 0, the maximum → 1.
+
+    Raises:
+        DatasetError: non-finite voxels, or a constant image.
+    """
+    array = np.asarray(image, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise DatasetError(f"{name}: cannot normalise an image with non-finite voxels")
+    low, high = float(array.min()), float(array.max())
+    if not high > low:
+        raise DatasetError(
+            f"{name}: image is constant ({low:.6g}), so it cannot be normalised to [0, 1]; "
+            "remove the case or check the reader"
+        )
+    return ((array - low) / (high - low)).astype(np.float32)
+
+
+def normalise_volume(image: np.ndarray, cfg: PreprocessConfig, name: str = "image") -> np.ndarray:
+    """The intensity normalisation ``cfg.normalisation`` names: :func:`normalise`
+    (``percentile``, with ``cfg.percentiles``) or :func:`normalise_minmax` (``minmax``).
+
+    Raises:
+        DatasetError: as the chosen function; an unknown ``cfg.normalisation``.
+    """
+    if cfg.normalisation == "percentile":
+        return normalise(image, tuple(cfg.percentiles), name=name)
+    if cfg.normalisation == "minmax":
+        return normalise_minmax(image, name=name)
+    raise DatasetError(
+        f"{name}: preprocess.normalisation {cfg.normalisation!r} is not one of "
+        f"{', '.join(NORMALISATIONS)}"
+    )
+
+
+def resize_slices(
+    volume_xyz: np.ndarray, size: int | Sequence[int], order: Interpolation
+) -> np.ndarray:
+    """Resize every slice ``volume_xyz[:, :, k]`` to ``size`` pixels, whatever its spacing.
+
+    Args:
+        volume_xyz: (X, Y, Z) array (float image or integer labels).
+        size: S (square) or (H, W), in pixels.
+        order: ``"linear"`` or ``"nearest"``.
+
+    Returns:
+        (Z, H, W), same dtype; axis 1 ↔ X, axis 2 ↔ Y. Corner-aligned as
+        ``scipy.ndimage.zoom`` (see the module docstring).
+    """
+    out_hw = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
+    resized = _zoom_plane(np.asarray(volume_xyz), out_hw, order)
+    return np.ascontiguousarray(resized.transpose(2, 0, 1))
+
+
 def resampled_shape(
     shape_xy: Sequence[int], spacing: Sequence[float], target_spacing: float
 ) -> tuple[int, int]:
@@ -414,8 +537,9 @@ def crop_or_pad(
 def restore_labels(labels: np.ndarray, geometry: SliceGeometry) -> np.ndarray:
     """Map a (Z, S, S) label prediction back onto the native (X, Y, Z) grid.
 
-    Undoes the crop/pad (regions outside the crop become background 0) then resamples each
-    slice to the native in-plane shape with nearest neighbour.
+    ``spacing``: undoes the crop/pad (regions outside the crop become background 0) then
+    resamples each slice to the native in-plane shape with nearest neighbour. ``fixed``:
+    resizes each slice back to the native in-plane shape with nearest neighbour.
 
     Args:
         labels: integer (Z, S, S) class indices in [0, 255] (argmax of the network output).
@@ -436,6 +560,8 @@ def restore_labels(labels: np.ndarray, geometry: SliceGeometry) -> np.ndarray:
             f"restore_labels: class indices must lie in [0, 255], found "
             f"[{array.min()}, {array.max()}]"
         )
+    if geometry.resize == "fixed":
+        return _from_fixed(array.astype(np.uint8), geometry, "nearest")
     uncropped = crop_or_pad(array.astype(np.uint8), geometry.resampled_shape, 0)
     return _to_native(uncropped, geometry, "nearest")
 
@@ -443,9 +569,10 @@ def restore_labels(labels: np.ndarray, geometry: SliceGeometry) -> np.ndarray:
 def restore_probabilities(probabilities: np.ndarray, geometry: SliceGeometry) -> np.ndarray:
     """Map (Z, S, S, C) class probabilities back onto the native (X, Y, Z, C) grid.
 
-    Undoes the crop/pad (regions outside the crop become background: channel 0 = 1) then
-    resamples each slice and channel linearly to the native in-plane shape. No softmax is
-    applied: the input must already sum to one over C.
+    ``spacing``: undoes the crop/pad (regions outside the crop become background: channel
+    0 = 1) then resamples each slice and channel linearly to the native in-plane shape.
+    ``fixed``: resizes each slice and channel linearly back to the native in-plane shape. No
+    softmax is applied: the input must already sum to one over C.
 
     Args:
         probabilities: float (Z, S, S, C), non-negative, summing to 1 over C (tolerance 1e-3);
@@ -464,12 +591,42 @@ def restore_probabilities(probabilities: np.ndarray, geometry: SliceGeometry) ->
             f"over the last axis, found sums in [{sums.min():.4g}, {sums.max():.4g}] and minimum "
             f"{array.min():.4g}; apply a softmax to the logits first"
         )
-    channels = [
-        crop_or_pad(array[..., c], geometry.resampled_shape, 1.0 if c == 0 else 0.0)
-        for c in range(array.shape[-1])
-    ]
-    native = _to_native(np.stack(channels, axis=-1), geometry, "linear")
+    if geometry.resize == "fixed":
+        native = _from_fixed(array, geometry, "linear")
+    else:
+        channels = [
+            crop_or_pad(array[..., c], geometry.resampled_shape, 1.0 if c == 0 else 0.0)
+            for c in range(array.shape[-1])
+        ]
+        native = _to_native(np.stack(channels, axis=-1), geometry, "linear")
     return (native / native.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def restore_prediction(
+    probabilities: np.ndarray, geometry: SliceGeometry, interpolation: Interpolation = "linear"
+) -> np.ndarray:
+    """Class labels on the native (X, Y, Z) grid from (Z, S, S, C) probabilities.
+
+    Args:
+        probabilities: float (Z, S, S, C), summing to 1 over C.
+        geometry: the :class:`SliceGeometry` of the volume.
+        interpolation: ``preprocess.restore_interpolation``: ``"linear"`` maps the
+            probabilities back (:func:`restore_probabilities`) and takes the argmax there
+            (tfaug's default); ``"nearest"`` takes the argmax on the network's grid and maps
+            the labels back (:func:`restore_labels`), as SSL4MIS's and BCP's
+            ``test_single_volume`` do.
+
+    Returns:
+        uint8 (X, Y, Z) class indices.
+    """
+    if interpolation == "linear":
+        return restore_probabilities(probabilities, geometry).argmax(axis=-1).astype(np.uint8)
+    if interpolation == "nearest":
+        return restore_labels(np.asarray(probabilities).argmax(axis=-1), geometry)
+    raise ValueError(
+        f"restore_prediction: interpolation must be 'linear' or 'nearest', found "
+        f"{interpolation!r} (preprocess.restore_interpolation)"
+    )
 
 
 def _to_native(slices: np.ndarray, geometry: SliceGeometry, order: Interpolation) -> np.ndarray:
@@ -478,6 +635,28 @@ def _to_native(slices: np.ndarray, geometry: SliceGeometry, order: Interpolation
     plane_first = np.moveaxis(slices, 0, 2)
     native = _resample_plane(plane_first, geometry.native_shape[:2], step, order)
     return np.ascontiguousarray(native)
+
+
+def _from_fixed(slices: np.ndarray, geometry: SliceGeometry, order: Interpolation) -> np.ndarray:
+    """(Z, S, S, ...) resized slices → (X, Y, Z, ...) on the native grid."""
+    plane_first = np.moveaxis(slices, 0, 2)
+    return np.ascontiguousarray(_zoom_plane(plane_first, geometry.native_shape[:2], order))
+
+
+def _zoom_plane(array: np.ndarray, out_hw: Sequence[int], order: Interpolation) -> np.ndarray:
+    """Resize axes 0, 1 of (A, B, ...) to (H, W) as ``scipy.ndimage.zoom`` does (corner-aligned:
+    output ``i`` samples input ``i (n - 1) / (H - 1)``); trailing axes map onto themselves."""
+    if order not in _ORDERS:
+        raise ValueError(f"resizing order must be 'linear' or 'nearest', found {order!r}")
+    if min(out_hw[:2]) < 1:
+        raise ValueError(f"resize: expected a size >= 1, found {tuple(out_hw)}")
+    factors = [out / n for out, n in zip(out_hw[:2], array.shape[:2], strict=True)]
+    factors += [1.0] * (array.ndim - 2)
+    zoomed = ndimage.zoom(array, factors, order=_ORDERS[order], mode="nearest", grid_mode=False)
+    expected = tuple(int(n) for n in out_hw[:2]) + array.shape[2:]
+    if zoomed.shape != expected:  # scipy rounds n * factor; never seen to differ
+        raise ValueError(f"resize: scipy gave shape {zoomed.shape}, expected {expected}")
+    return zoomed
 
 
 def _resample_plane(

@@ -92,10 +92,12 @@ def cache_key_inputs(cfg: Config, root: Path) -> dict[str, Any]:
 
     Returns:
         A JSON-serialisable dict: format version, dataset name, root path, the
-        PreprocessConfig, modality, label merging, class count and (phantom only) the
-        phantom parameters. Split, model and training settings are not part of it.
+        PreprocessConfig, modality, label merging, class count, (phantom only) the
+        phantom parameters and, when not ``es``, ``data.frames``. Split, model and training
+        settings are not part of it. Keys added after caches existed are left out at their
+        default, so the caches of configs that do not set them keep their folder.
     """
-    return {
+    inputs = {
         "format": RECORDS_FORMAT,
         "dataset": cfg.data.dataset,
         "root": str(root),
@@ -105,17 +107,34 @@ def cache_key_inputs(cfg: Config, root: Path) -> dict[str, Any]:
         "n_classes": cfg.data.n_classes,
         "phantom": dataclasses.asdict(cfg.phantom) if cfg.data.dataset == "phantom" else None,
     }
+    if cfg.data.frames != "es":
+        inputs["frames"] = cfg.data.frames
+    return inputs
+
+
+ADDED_PREPROCESS_KEYS: dict[str, Any] = {
+    "n4_negatives": "clip",
+    "normalisation": "percentile",
+    "resize": "spacing",
+    "image_interpolation": "linear",
+}
+"""PreprocessConfig keys added after caches existed, and the value that reproduces what those
+caches hold. At that value a key is left out of the hash, so those caches keep their folder
+(``clip`` changes nothing on the non-negative volumes they could hold: N4 refused any other)."""
+
+NOT_IN_RECORDS = ("restore_interpolation",)
+"""PreprocessConfig keys that do not change the records (how predictions are mapped back)."""
 
 
 def _preprocess_key(preprocess: PreprocessConfig) -> dict[str, Any]:
-    """The PreprocessConfig as hashed: ``n4_negatives`` at its default ``clip`` is left out.
-
-    Clipping changes nothing on the non-negative volumes that caches made before the key
-    existed could hold (N4 refused any other), so those caches keep their folder and are reused.
-    """
+    """The PreprocessConfig as hashed: :data:`ADDED_PREPROCESS_KEYS` at their old value and
+    :data:`NOT_IN_RECORDS` are left out."""
     values = dataclasses.asdict(preprocess)
-    if values.get("n4_negatives") == "clip":
-        del values["n4_negatives"]
+    for key, old_value in ADDED_PREPROCESS_KEYS.items():
+        if values.get(key) == old_value:
+            del values[key]
+    for key in NOT_IN_RECORDS:
+        values.pop(key, None)
     return values
 
 

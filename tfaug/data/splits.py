@@ -15,6 +15,17 @@ Two schemes (``SplitConfig.scheme``):
   with its five fixed draws (``draws`` is ignored). A smaller ``n_unlabeled`` takes the first
   ids of the paper's unlabeled list (the N_UL ablation); the pool is every other case outside
   the paper's test, validation and full unlabeled lists, so it does not change with N_UL.
+* ``ssl4mis``: the ACDC patient lists shared by SSL4MIS, BCP and UniMatch
+  (:mod:`tfaug.data.ssl4mis`): 20 test and 10 validation patients, the first N_L of the 70
+  training patients labeled (one fixed draw: ``draw`` must be 0), the training patients after
+  them unlabeled (at most ``n_unlabeled``, in list order); the pool is the training patients
+  that are not unlabeled. Patients of the dataset outside the lists are in no set.
+
+Patients: a case may be one frame of a patient (ACDC with ``data.frames: both``, cases
+``patientXXX_ED`` and ``patientXXX_ES``). Every scheme then divides *patients* (the sizes and
+``--nl`` count patients) and each set holds all the cases of its patients, so no patient has
+a frame in two sets. With one case per patient (``patients`` not given) patients are cases
+and the sets are exactly as before.
 """
 
 from __future__ import annotations
@@ -26,7 +37,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from tfaug.config import SplitConfig
-from tfaug.data.volume import DatasetError
+from tfaug.data import ssl4mis
+from tfaug.data.volume import CaseRef, DatasetError
 
 
 @dataclass
@@ -91,7 +103,10 @@ PAPER_ACDC_SPLIT = PaperSplit(
 
 
 def make_split(
-    case_ids: list[str], cfg: SplitConfig, groups: dict[str, str] | None = None
+    case_ids: list[str],
+    cfg: SplitConfig,
+    groups: Mapping[str, str | None] | None = None,
+    patients: Mapping[str, str] | None = None,
 ) -> Split:
     """Divide ``case_ids`` into the sets of one run.
 
@@ -100,26 +115,94 @@ def make_split(
         cfg: scheme, set sizes, number of draws, draw index and seed.
         groups: case id → group name (ACDC pathology); used by ``scheme: random`` when
             ``cfg.balance_groups`` is true, ignored otherwise.
+        patients: case id → patient id, for datasets with several cases per patient (ACDC's
+            ED and ES frames); ``None`` or a missing id: the case is its own patient.
 
     Returns:
-        The :class:`Split` of draw ``cfg.draw``. Nothing is read from disk.
+        The :class:`Split` of draw ``cfg.draw``, each set holding every case of its
+        patients. Nothing is read from disk.
 
     Raises:
-        DatasetError: duplicate ids, unknown scheme, bad sizes or draw index, too few cases
-            for the requested sizes, a pool smaller than ``n_labeled``, ids missing from
-            ``groups``, or (``paper``) paper ids missing from the dataset.
+        DatasetError: duplicate ids, unknown scheme, bad sizes or draw index, too few
+            patients for the requested sizes, a pool smaller than ``n_labeled``, ids missing
+            from ``groups``, two groups for one patient, or (``paper``, ``ssl4mis``) listed
+            patients missing from the dataset.
     """
     duplicates = sorted(c for c, n in Counter(case_ids).items() if n > 1)
     if duplicates:
         raise DatasetError(f"split: case ids must be unique, found duplicates {duplicates}")
     _check_sizes(cfg)
+    patient_of = {case: (patients or {}).get(case, case) for case in case_ids}
+    units = sorted(set(patient_of.values()))
+    return _expand(_split_patients(units, cfg, _patient_groups(patient_of, groups)), patient_of)
+
+
+def split_cases(refs: list[CaseRef], cfg: SplitConfig) -> Split:
+    """:func:`make_split` of a dataset listing: groups and patients from each ``ref.meta``.
+
+    ``meta["group"]`` (ACDC's Info.cfg Group; ``None`` elsewhere) gives the groups and
+    ``meta["patient"]`` (ACDC with ``data.frames: both``) the patient of a case.
+    """
+    return make_split(
+        [ref.case_id for ref in refs],
+        cfg,
+        groups={ref.case_id: ref.meta.get("group") for ref in refs},
+        patients={ref.case_id: ref.meta.get("patient", ref.case_id) for ref in refs},
+    )
+
+
+def _split_patients(
+    units: list[str], cfg: SplitConfig, groups: dict[str, str | None] | None
+) -> Split:
+    """The split of the patient ids ``units`` by ``cfg.scheme``."""
     if cfg.scheme == "paper":
-        return _paper_split(case_ids, cfg)
+        return _paper_split(units, cfg)
+    if cfg.scheme == "ssl4mis":
+        return _ssl4mis_split(units, cfg)
     if cfg.scheme == "random":
         use_groups = groups if cfg.balance_groups else None
-        return _random_split(case_ids, cfg, use_groups)
+        return _random_split(units, cfg, use_groups)
     raise DatasetError(
-        f"split: unknown split.scheme {cfg.scheme!r}; use 'random' or 'paper' (ACDC ids)"
+        f"split: unknown split.scheme {cfg.scheme!r}; use 'random', 'paper' (the paper's ACDC "
+        "ids) or 'ssl4mis' (the semi-supervised literature's ACDC lists)"
+    )
+
+
+def _patient_groups(
+    patient_of: dict[str, str], groups: Mapping[str, str | None] | None
+) -> dict[str, str | None] | None:
+    """Patient → group from case → group; the cases of one patient must agree."""
+    if groups is None:
+        return None
+    found: dict[str, str | None] = {}
+    for case, patient in sorted(patient_of.items()):
+        if case not in groups:
+            continue
+        if patient in found and found[patient] != groups[case]:
+            raise DatasetError(
+                f"split: patient {patient} has cases in groups {found[patient]!r} and "
+                f"{groups[case]!r} (case {case}); its frames must share one Info.cfg Group"
+            )
+        found[patient] = groups[case]
+    return found
+
+
+def _expand(split: Split, patient_of: dict[str, str]) -> Split:
+    """The patient split ``split`` with every patient replaced by its cases (sorted)."""
+    cases: dict[str, list[str]] = {}
+    for case, patient in patient_of.items():
+        cases.setdefault(patient, []).append(case)
+
+    def expand(units: list[str]) -> list[str]:
+        return sorted(case for unit in units for case in cases[unit])
+
+    return Split(
+        labeled=expand(split.labeled),
+        unlabeled=expand(split.unlabeled),
+        validation=expand(split.validation),
+        test=expand(split.test),
+        pool=expand(split.pool),
+        draw=split.draw,
     )
 
 
@@ -146,7 +229,9 @@ def _check_draw(draw: int, n_draws: int, what: str) -> None:
         )
 
 
-def _random_split(case_ids: list[str], cfg: SplitConfig, groups: dict[str, str] | None) -> Split:
+def _random_split(
+    case_ids: list[str], cfg: SplitConfig, groups: Mapping[str, str | None] | None
+) -> Split:
     _check_draw(cfg.draw, cfg.draws, "scheme 'random'")
     held_out = cfg.n_test + cfg.n_validation + cfg.n_unlabeled
     if held_out >= len(case_ids):
@@ -179,7 +264,7 @@ def _random_split(case_ids: list[str], cfg: SplitConfig, groups: dict[str, str] 
     )
 
 
-def _group_map(case_ids: list[str], groups: dict[str, str] | None) -> dict[str, str]:
+def _group_map(case_ids: list[str], groups: Mapping[str, str | None] | None) -> dict[str, str]:
     """Case id → group; a single group when ``groups`` is None."""
     if groups is None:
         return dict.fromkeys(case_ids, "")
@@ -253,6 +338,17 @@ def _labeled_draws(
     return draws
 
 
+def _check_fixed_sizes(scheme: str, n_test: int, n_validation: int, cfg: SplitConfig) -> None:
+    """Raise unless ``cfg`` asks for the test and validation sizes a fixed scheme has."""
+    fixed = {"n_test": n_test, "n_validation": n_validation}
+    asked = {"n_test": cfg.n_test, "n_validation": cfg.n_validation}
+    if asked != fixed:
+        raise DatasetError(
+            f"split: scheme '{scheme}' fixes {fixed}, found {asked}; set these values or use "
+            "split.scheme=random"
+        )
+
+
 def _paper_split(case_ids: list[str], cfg: SplitConfig) -> Split:
     paper = PAPER_ACDC_SPLIT
     if cfg.n_labeled not in paper.draws:
@@ -260,13 +356,7 @@ def _paper_split(case_ids: list[str], cfg: SplitConfig) -> Split:
             f"split: scheme 'paper' has labeled draws for --nl {sorted(paper.draws)} only, "
             f"found --nl {cfg.n_labeled}; use split.scheme=random for other N_L"
         )
-    fixed = {"n_test": len(paper.test), "n_validation": len(paper.validation)}
-    asked = {"n_test": cfg.n_test, "n_validation": cfg.n_validation}
-    if asked != fixed:
-        raise DatasetError(
-            f"split: scheme 'paper' fixes {fixed}, found {asked}; set these values or use "
-            "split.scheme=random"
-        )
+    _check_fixed_sizes("paper", len(paper.test), len(paper.validation), cfg)
     if cfg.n_unlabeled > len(paper.unlabeled):
         raise DatasetError(
             f"split: scheme 'paper' has {len(paper.unlabeled)} unlabeled volumes, found "
@@ -288,5 +378,39 @@ def _paper_split(case_ids: list[str], cfg: SplitConfig) -> Split:
         validation=sorted(paper.validation),
         test=sorted(paper.test),
         pool=sorted(set(case_ids) - held_out),
+        draw=cfg.draw,
+    )
+
+
+def _ssl4mis_split(case_ids: list[str], cfg: SplitConfig) -> Split:
+    """The lists of :mod:`tfaug.data.ssl4mis` (``case_ids`` are patient ids)."""
+    training = ssl4mis.TRAINING
+    if not 1 <= cfg.n_labeled <= len(training):
+        raise DatasetError(
+            f"split: scheme 'ssl4mis' labels the first N_L of its {len(training)} training "
+            f"patients, found --nl {cfg.n_labeled}; the papers report --nl "
+            f"{', '.join(map(str, ssl4mis.PUBLISHED_N_LABELED))}"
+        )
+    _check_fixed_sizes("ssl4mis", len(ssl4mis.TEST), len(ssl4mis.VALIDATION), cfg)
+    _check_draw(cfg.draw, 1, "scheme 'ssl4mis' (one fixed labeled set per --nl)")
+    listed = training + ssl4mis.VALIDATION + ssl4mis.TEST
+    missing = sorted(set(listed) - set(case_ids))
+    if missing:
+        raise DatasetError(
+            f"split: scheme 'ssl4mis' needs the 100 ACDC training patients of its lists, but "
+            f"{len(missing)} are missing from the dataset: {', '.join(missing[:10])}"
+            f"{' ...' if len(missing) > 10 else ''}; point data.root (--data-root) at the "
+            "ACDC folder holding training/ with patient001..patient100 (every one with its "
+            "Info.cfg, frames and _gt files; 'tfaug data inspect' lists what is wrong), or "
+            "use split.scheme=random"
+        )
+    labeled = list(training[: cfg.n_labeled])
+    unlabeled = list(training[cfg.n_labeled :][: cfg.n_unlabeled])
+    return Split(
+        labeled=sorted(labeled),
+        unlabeled=sorted(unlabeled),
+        validation=sorted(ssl4mis.VALIDATION),
+        test=sorted(ssl4mis.TEST),
+        pool=sorted(set(training) - set(unlabeled)),
         draw=cfg.draw,
     )

@@ -30,7 +30,7 @@ from tfaug.config import Config
 from tfaug.data.datasets import list_cases
 from tfaug.data.pipeline import labeled_dataset
 from tfaug.data.records import prepare_cache, resolve_data_root
-from tfaug.data.splits import Split, make_split
+from tfaug.data.splits import Split, split_cases
 from tfaug.io import write_json_atomic
 from tfaug.methods import (
     COMPARISON_METHODS,
@@ -76,9 +76,7 @@ def plan_split(cfg: Config) -> tuple[Path, Split]:
             impossible for its cases.
     """
     root = resolve_data_root(cfg)
-    refs = list_cases(cfg.data, root)
-    groups = {ref.case_id: ref.meta.get("group") for ref in refs}
-    return root, make_split([ref.case_id for ref in refs], cfg.split, groups)
+    return root, split_cases(list_cases(cfg.data, root), cfg.split)
 
 
 class Algorithm:
@@ -252,7 +250,14 @@ class Algorithm:
         if not is_chief(self.strategy):
             return {}  # the chief evaluates and writes the results
 
-        test = evaluate_test(segmenter, self.cache, self.split.test, self.cfg.data, self.root)
+        test = evaluate_test(
+            segmenter,
+            self.cache,
+            self.split.test,
+            self.cfg.data,
+            self.root,
+            restore=self.cfg.preprocess.restore_interpolation,
+        )
         self.run.figures.mkdir(parents=True, exist_ok=True)
         samples = self._sample_batch()
         for kind, generator in generators.items():
