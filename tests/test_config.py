@@ -1,6 +1,7 @@
 import pytest
 
 from tfaug.config import DATASETS, ConfigError, config_from_dict, load_config, parse_override
+from tfaug.methods import PHANTOM_VARIANT_NAMES
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -73,6 +74,14 @@ def test_bad_overrides_are_rejected_with_a_clear_message(override, message):
         load_config("phantom", overrides=[override])
 
 
+@pytest.mark.parametrize("variant", PHANTOM_VARIANT_NAMES)
+def test_every_phantom_variant_is_a_choice(variant):
+    cfg = load_config("phantom", overrides=[f"phantom.variant={variant}"])
+    assert cfg.phantom.variant == variant
+    # the phantom's part of the TFRecords cache key keeps its keys for every variant
+    assert cfg.to_dict()["phantom"] == {"subjects": 100, "seed": 0, "variant": variant}
+
+
 def test_round_trip_through_dict():
     cfg = load_config("prostate")
     assert config_from_dict(cfg.to_dict()) == cfg
@@ -101,6 +110,7 @@ def test_unknown_dataset():
         ("model.deformation_grid=7", "model.deformation_grid"),
         ("model.discriminator_patch_levels=6", "model.discriminator_patch_levels"),
         ("augment.generated_strength=[0.5,0.1]", "augment.generated_strength"),
+        ("phantom.variant=wider", "phantom.variant"),
     ],
 )
 def test_values_outside_their_choices_are_rejected(override, message):

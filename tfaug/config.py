@@ -24,7 +24,12 @@ from typing import Any
 
 import yaml
 
-from tfaug.methods import DEFAULT_METHOD, GENERATED_COMPOSITIONS, GENERATOR_MODES
+from tfaug.methods import (
+    DEFAULT_METHOD,
+    GENERATED_COMPOSITIONS,
+    GENERATOR_MODES,
+    PHANTOM_VARIANT_NAMES,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DATASETS = ("phantom", "acdc", "prostate", "pancreas")
@@ -96,7 +101,14 @@ class DataConfig:
 
 @dataclass
 class PhantomConfig:
-    """Parameters of the synthetic cardiac dataset (see docs/phantom.md)."""
+    """Parameters of the synthetic cardiac dataset (see docs/phantom.md).
+
+    Attributes:
+        subjects: number of subjects generated.
+        seed: the generator's seed.
+        variant: one of :data:`~tfaug.methods.PHANTOM_VARIANT_NAMES` (``default``, ``hard``,
+            ``wide``).
+    """
 
     subjects: int = 100
     seed: int = 0
@@ -479,6 +491,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.model_selection": ("best", "last"),
     "augment.generated_composition": GENERATED_COMPOSITIONS,
     "preprocess.n4_negatives": ("clip", "refuse"),
+    "phantom.variant": PHANTOM_VARIANT_NAMES,
 }
 
 
