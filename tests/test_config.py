@@ -1,6 +1,7 @@
 import pytest
 
 from tfaug.config import DATASETS, ConfigError, config_from_dict, load_config, parse_override
+from tfaug.methods import PHANTOM_VARIANT_NAMES
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -100,6 +101,14 @@ def test_bad_overrides_are_rejected_with_a_clear_message(override, message):
         load_config("phantom", overrides=[override])
 
 
+@pytest.mark.parametrize("variant", PHANTOM_VARIANT_NAMES)
+def test_every_phantom_variant_is_a_choice(variant):
+    cfg = load_config("phantom", overrides=[f"phantom.variant={variant}"])
+    assert cfg.phantom.variant == variant
+    # the phantom's part of the TFRecords cache key keeps its keys for every variant
+    assert cfg.to_dict()["phantom"] == {"subjects": 100, "seed": 0, "variant": variant}
+
+
 def test_round_trip_through_dict():
     cfg = load_config("prostate")
     assert config_from_dict(cfg.to_dict()) == cfg
@@ -134,6 +143,7 @@ def test_unknown_dataset():
         ("preprocess.resize=stretch", "preprocess.resize"),
         ("preprocess.image_interpolation=cubic", "preprocess.image_interpolation"),
         ("preprocess.restore_interpolation=cubic", "preprocess.restore_interpolation"),
+        ("phantom.variant=wider", "phantom.variant"),
     ],
 )
 def test_values_outside_their_choices_are_rejected(override, message):

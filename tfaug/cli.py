@@ -20,7 +20,14 @@ from typing import Any
 from tfaug.config import DATASETS, STRATEGIES, Config, ConfigError, config_from_dict, load_config
 from tfaug.console import setup_console
 from tfaug.data.volume import DatasetError
-from tfaug.methods import DEFAULT_METHOD, GENERATOR_MODES, METHODS, TUNED_METHODS, TUNERS
+from tfaug.methods import (
+    DEFAULT_METHOD,
+    GENERATOR_MODES,
+    METHODS,
+    PHANTOM_VARIANT_NAMES,
+    TUNED_METHODS,
+    TUNERS,
+)
 
 
 def config_options() -> argparse.ArgumentParser:
@@ -84,7 +91,8 @@ def add_phantom_command(subparsers: Any) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (ACDC layout)")
     parser.add_argument("--subjects", type=int, default=100, help="number of subjects")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    parser.add_argument("--variant", default="default", help="phantom variant")
+    variants = ", ".join(PHANTOM_VARIANT_NAMES)
+    parser.add_argument("--variant", default="default", help=f"phantom variant: {variants}")
     parser.set_defaults(func=run_phantom)
 
 

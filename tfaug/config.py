@@ -24,7 +24,12 @@ from typing import Any
 
 import yaml
 
-from tfaug.methods import DEFAULT_METHOD, GENERATED_COMPOSITIONS, GENERATOR_MODES
+from tfaug.methods import (
+    DEFAULT_METHOD,
+    GENERATED_COMPOSITIONS,
+    GENERATOR_MODES,
+    PHANTOM_VARIANT_NAMES,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DATASETS = ("phantom", "acdc", "acdc_ssl", "prostate", "pancreas")
@@ -102,7 +107,14 @@ class DataConfig:
 
 @dataclass
 class PhantomConfig:
-    """Parameters of the synthetic cardiac dataset (see docs/phantom.md)."""
+    """Parameters of the synthetic cardiac dataset (see docs/phantom.md).
+
+    Attributes:
+        subjects: number of subjects generated.
+        seed: the generator's seed.
+        variant: one of :data:`~tfaug.methods.PHANTOM_VARIANT_NAMES` (``default``, ``hard``,
+            ``wide``).
+    """
 
     subjects: int = 100
     seed: int = 0
@@ -552,6 +564,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "preprocess.resize": ("spacing", "fixed"),
     "preprocess.image_interpolation": ("linear", "nearest"),
     "preprocess.restore_interpolation": ("linear", "nearest"),
+    "phantom.variant": PHANTOM_VARIANT_NAMES,
 }
 
 

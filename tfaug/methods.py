@@ -1,4 +1,5 @@
-"""The names tfaug's methods, generator kinds and modes, stages and seeds are known by.
+"""The names tfaug's methods, generator kinds and modes, stages, seeds and phantom variants
+are known by.
 
 One place for every name that a config, a run directory, the command line, the grid, the
 report and the export spell out. This module imports nothing (no TensorFlow), so
@@ -32,6 +33,10 @@ DEFAULT_METHOD = "gdgi"
 # The method each generator kind is tuned with (`tfaug tune --generator`).
 TUNED_METHODS = {"deformation": "gd", "intensity": "gi"}
 TUNERS = ("random", "bayesian", "grid")
+
+# -- data ---------------------------------------------------------------------------------
+# The synthetic phantom's variants (``phantom.variant``; parameters in tfaug.data.phantom).
+PHANTOM_VARIANT_NAMES = ("default", "hard", "wide")
 
 # -- stages -------------------------------------------------------------------------------
 PRETRAIN_STAGE = "pretrain"

@@ -1,18 +1,22 @@
 """The synthetic cardiac phantom: ACDC layout, contents, determinism, atomicity, variation."""
 
+import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from tfaug.config import DataConfig
 from tfaug.data import phantom
 from tfaug.data.acdc import load_acdc
 from tfaug.data.datasets import list_cases
-from tfaug.data.phantom import GROUPS, PHANTOM_VARIANTS, generate_phantom
+from tfaug.data.phantom import GROUPS, PHANTOM_VARIANTS, draw_subject, generate_phantom
 from tfaug.data.volume import DatasetError
+from tfaug.methods import PHANTOM_VARIANT_NAMES
 
 SUBJECTS = 10
 INFO_KEYS = {"ED", "ES", "Group", "Height", "NbFrame", "Weight"}
@@ -42,13 +46,31 @@ def load(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_phantom(tmp_path_factory.mktemp("phantom") / "acdc", subjects=SUBJECTS)
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The SUBJECTS-subject phantom (seed 0) of a variant, generated once per module."""
+    made: dict[str, Path] = {}
+
+    def get(variant: str) -> Path:
+        if variant not in made:
+            out_dir = tmp_path_factory.mktemp(f"phantom-{variant}") / "acdc"
+            made[variant] = generate_phantom(out_dir, subjects=SUBJECTS, variant=variant)
+        return made[variant]
+
+    return get
+
+
+def cases_of(root: Path) -> list[Path]:
+    return sorted((root / "training").iterdir())
+
+
+@pytest.fixture(scope="module")
+def dataset(generated: Callable[[str], Path]) -> Path:
+    return generated("default")
 
 
 @pytest.fixture(scope="module")
 def cases(dataset: Path) -> list[Path]:
-    return sorted((dataset / "training").iterdir())
+    return cases_of(dataset)
 
 
 def test_layout_matches_acdc(dataset: Path, cases: list[Path]) -> None:
@@ -69,8 +91,9 @@ def test_layout_matches_acdc(dataset: Path, cases: list[Path]) -> None:
     assert groups == [group for group in GROUPS for _ in range(SUBJECTS // len(GROUPS))]
 
 
-def test_images_and_labels_agree(cases: list[Path]) -> None:
-    for case in cases:
+@pytest.mark.parametrize("variant", ["default", "wide"])
+def test_images_and_labels_agree(generated: Callable[[str], Path], variant: str) -> None:
+    for case in cases_of(generated(variant)):
         for image_path, label_path in frames(case).values():
             image, image_nifti = load(image_path)
             label, label_nifti = load(label_path)
@@ -88,8 +111,9 @@ def test_images_and_labels_agree(cases: list[Path]) -> None:
             assert image.min() >= 0 and image.std() > 0
 
 
-def test_anatomy_base_to_apex_and_systole(cases: list[Path]) -> None:
-    for case in cases:
+@pytest.mark.parametrize("variant", ["default", "wide"])
+def test_anatomy_base_to_apex_and_systole(generated: Callable[[str], Path], variant: str) -> None:
+    for case in cases_of(generated(variant)):
         (ed_path, ed_label_path), (_, es_label_path) = frames(case).values()
         ed, _ = load(ed_label_path)
         es, _ = load(es_label_path)
@@ -99,14 +123,15 @@ def test_anatomy_base_to_apex_and_systole(cases: list[Path]) -> None:
         assert (es == 3).sum() < 0.9 * (ed == 3).sum()  # systole: a smaller cavity
 
 
-def test_same_seed_gives_identical_files(tmp_path: Path) -> None:
-    first = generate_phantom(tmp_path / "a", subjects=2, seed=3)
-    second = generate_phantom(tmp_path / "b", subjects=2, seed=3)
+@pytest.mark.parametrize("variant", ["default", "wide"])
+def test_same_seed_gives_identical_files(tmp_path: Path, variant: str) -> None:
+    first = generate_phantom(tmp_path / "a", subjects=2, seed=3, variant=variant)
+    second = generate_phantom(tmp_path / "b", subjects=2, seed=3, variant=variant)
     names = sorted(p.relative_to(first) for p in first.rglob("*.nii.gz"))
     assert names == sorted(p.relative_to(second) for p in second.rglob("*.nii.gz"))
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes()
-    other = generate_phantom(tmp_path / "c", subjects=2, seed=4)
+    other = generate_phantom(tmp_path / "c", subjects=2, seed=4, variant=variant)
     ours, _ = load(first / "training/patient001/patient001_frame01.nii.gz")
     theirs, _ = load(other / "training/patient001/patient001_frame01.nii.gz")
     assert ours.shape != theirs.shape or not np.array_equal(ours, theirs)
@@ -206,14 +231,21 @@ def central_slice_measures(case: Path) -> np.ndarray:
     return np.array(rows)
 
 
-def test_between_subject_variation_exceeds_within_subject(cases: list[Path]) -> None:
+@pytest.mark.parametrize("variant", ["default", "wide"])
+def test_between_subject_variation_exceeds_within_subject(
+    generated: Callable[[str], Path], variant: str
+) -> None:
+    cases = cases_of(generated(variant))
     measures = np.stack([central_slice_measures(case) for case in cases])  # (S, 3, 3)
     between = measures[:, 1, :].std(axis=0)  # the same (central) slice across subjects
     within = measures.std(axis=1).mean(axis=0)  # neighbouring slices of one subject
     assert np.all(between > within), (between, within)
 
 
-def test_reads_back_through_the_acdc_reader(dataset: Path, cases: list[Path]) -> None:
+@pytest.mark.parametrize("variant", ["default", "wide"])
+def test_reads_back_through_the_acdc_reader(generated: Callable[[str], Path], variant: str) -> None:
+    dataset = generated(variant)
+    cases = cases_of(dataset)
     refs = list_cases(DataConfig(dataset="phantom"), dataset)
     assert [ref.case_id for ref in refs] == [case.name for case in cases]
     for ref, case in zip(refs, cases, strict=True):
@@ -224,3 +256,87 @@ def test_reads_back_through_the_acdc_reader(dataset: Path, cases: list[Path]) ->
         assert volume.image.dtype == np.float32 and volume.image.shape == label.shape
         np.testing.assert_array_equal(volume.label, label)
         np.testing.assert_allclose(volume.spacing, nifti.header.get_zooms(), rtol=1e-6)
+
+
+# -- the wide variant ---------------------------------------------------------------------
+
+WIDE_FIELDS = {"heart_tilt_deg", "gamma", "vessels", "coils", "coil_gain"}
+
+
+def drawn(variant: str) -> list[phantom.Subject]:
+    """What the generator drew for the SUBJECTS subjects (seed 0) of ``variant``."""
+    return [draw_subject(index, SUBJECTS, variant=variant) for index in range(SUBJECTS)]
+
+
+def test_variants_are_the_configs_choices() -> None:
+    assert tuple(PHANTOM_VARIANTS) == PHANTOM_VARIANT_NAMES
+
+
+def test_wide_fields_leave_the_other_variants_alone(generated: Callable[[str], Path]) -> None:
+    """default and hard draw neutral values and keep the phantom.json they had before the
+    wide fields existed, so their generated folders and TFRecords caches stay valid."""
+    marker = json.loads((generated("default") / phantom.MARKER).read_text(encoding="utf-8"))
+    assert not WIDE_FIELDS & set(marker["params"])
+    assert not WIDE_FIELDS & set(phantom._marker_params(PHANTOM_VARIANTS["hard"]))
+    assert set(phantom._marker_params(PHANTOM_VARIANTS["wide"])) >= WIDE_FIELDS
+    for subject in drawn("default") + drawn("hard"):
+        assert subject.heart.tilt == 0.0 and subject.look.gamma == 1.0
+        assert subject.around.vessels.shape == (0, 5) and subject.look.coils.shape == (0, 4)
+
+
+def rv_direction(case: Path) -> float:
+    """Angle (rad) of the RV centroid seen from the LV centroid, central ED slice, in mm."""
+    label, nifti = load(frames(case)["ED"][1])
+    middle = label[:, :, label.shape[2] // 2]
+    sx, sy, _ = nifti.header.get_zooms()
+    (rv_x, rv_y), (lv_x, lv_y) = (np.argwhere(middle == k).mean(axis=0) for k in (1, 3))
+    return float(np.arctan2((rv_y - lv_y) * sy, (rv_x - lv_x) * sx))
+
+
+def circular_sd(angles: list[float]) -> float:
+    """sqrt(−2 ln R), R the mean resultant length of ``angles`` (rad)."""
+    return float(np.sqrt(-2.0 * np.log(np.abs(np.exp(1j * np.asarray(angles)).mean()))))
+
+
+def test_wide_turns_the_heart_more_than_hard(generated: Callable[[str], Path]) -> None:
+    spread = {}
+    for variant in ("hard", "wide"):
+        measured = [rv_direction(case) for case in cases_of(generated(variant))]
+        recorded = [subject.heart.rv_angle for subject in drawn(variant)]
+        assert np.abs(phantom._angle_diff(measured, recorded)).max() < 0.3  # draws = volumes
+        spread[variant] = circular_sd(measured)
+    assert spread["wide"] > 1.5 * spread["hard"], spread
+    tilts = np.rad2deg([subject.heart.tilt for subject in drawn("wide")])
+    assert tilts.min() >= -50.0 and tilts.max() <= 50.0 and np.ptp(tilts) > 40.0
+
+
+def test_wide_varies_the_contrast_more_than_hard(generated: Callable[[str], Path]) -> None:
+    spread = {}
+    for variant in ("hard", "wide"):
+        ratios = [blood_to_myocardium(case) for case in cases_of(generated(variant))]
+        spread[variant] = float(np.std(np.log(ratios)))
+    assert spread["wide"] > 1.5 * spread["hard"], spread
+    gammas = np.array([subject.look.gamma for subject in drawn("wide")])
+    assert 0.6 <= gammas.min() < 0.8 and 1.25 < gammas.max() <= 1.67
+    assert {subject.look.gamma for subject in drawn("hard")} == {1.0}
+
+
+def test_wide_vessels_vary_by_subject_and_are_never_labeled(
+    generated: Callable[[str], Path],
+) -> None:
+    cases = cases_of(generated("wide"))
+    subjects = drawn("wide")
+    counts = [len(subject.around.vessels) for subject in subjects]
+    assert min(counts) == 0 and max(counts) >= 2, counts  # present in some subjects only
+    brightness = []
+    for case, subject in zip(cases, subjects, strict=True):
+        (ed_image_path, ed_label_path), (_, es_label_path) = frames(case).values()
+        image, _ = load(ed_image_path)
+        labels = [load(path)[0] for path in (ed_label_path, es_label_path)]
+        for disc, _ in phantom.vessel_discs(subject):
+            assert disc.any() and all((label[disc] == 0).all() for label in labels)
+            core = ndimage.binary_erosion(disc, np.ones((5, 5, 1), bool))
+            shown = core.any(axis=(0, 1)) & (labels[0] == 3).any(axis=(0, 1))
+            blood = image[:, :, shown][labels[0][:, :, shown] == 3].mean()
+            brightness.append(image[core & shown].mean() / blood)
+    assert np.median(brightness) > 0.7, brightness  # blood-bright, as the LV cavity

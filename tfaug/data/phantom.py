@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -61,6 +61,17 @@ class PhantomParams:
         noise: Rician noise standard deviation relative to the blood intensity.
         scale_probability: probability that a subject's intensities are globally rescaled.
         scale: range of that global factor (sampled log-uniformly).
+        heart_tilt_deg: rotation of the heart and its neighbours (lungs, liver, aorta,
+            spine) about the LV centre, within a body outline that does not turn, degrees.
+        gamma: exponent applied to the relative intensities before the acquisition
+            (sampled log-uniformly; 1 keeps the tissue contrast linear).
+        vessels: (min, max) number of bright blood-like discs beside the heart (label 0).
+        coils: (min, max) number of surface-coil hot spots on the body outline.
+        coil_gain: peak log-gain of each hot spot.
+
+    The last five fields (the ``wide`` variant's directions) are neutral by default; at
+    their defaults they draw nothing from a subject's main random stream and are left
+    out of ``phantom.json``, so the other variants' files and markers stay as they were.
     """
 
     spacing_mm: Range = (1.2, 1.9)
@@ -82,24 +93,46 @@ class PhantomParams:
     noise: Range = (0.02, 0.07)
     scale_probability: float = 0.3
     scale: Range = (0.4, 2.5)
+    heart_tilt_deg: Range = (0.0, 0.0)
+    gamma: Range = (1.0, 1.0)
+    vessels: tuple[int, int] = (0, 0)
+    coils: tuple[int, int] = (0, 0)
+    coil_gain: Range = (0.0, 0.0)
 
+
+# The fields added with the ``wide`` variant: omitted from phantom.json at their defaults.
+_WIDE_FIELDS = ("heart_tilt_deg", "gamma", "vessels", "coils", "coil_gain")
+
+_HARD = PhantomParams(
+    shape_spread=1.5,
+    ellipticity=(0.6, 1.0),
+    boundary_ripple=0.08,
+    wall_asymmetry=(0.0, 0.45),
+    position_jitter_mm=20.0,
+    blood=(0.55, 0.85),
+    myocardium=(0.2, 0.4),
+    fat=(0.5, 0.8),
+    blur_px=(0.6, 1.2),
+    bias=(0.3, 0.6),
+    noise=(0.05, 0.12),
+    scale_probability=0.5,
+    scale=(0.25, 4.0),
+)
 
 PHANTOM_VARIANTS: dict[str, PhantomParams] = {
     "default": PhantomParams(),
-    "hard": PhantomParams(
-        shape_spread=1.5,
-        ellipticity=(0.6, 1.0),
-        boundary_ripple=0.08,
-        wall_asymmetry=(0.0, 0.45),
-        position_jitter_mm=20.0,
-        blood=(0.55, 0.85),
-        myocardium=(0.2, 0.4),
-        fat=(0.5, 0.8),
-        blur_px=(0.6, 1.2),
-        bias=(0.3, 0.6),
-        noise=(0.05, 0.12),
-        scale_probability=0.5,
-        scale=(0.25, 4.0),
+    "hard": _HARD,
+    # hard, plus what neither of the others varies: heart orientation, non-linear contrast,
+    # unlabeled blood-bright vessels and coil hot spots; blood and myocardium cover both.
+    "wide": replace(
+        _HARD,
+        blood=(0.55, 1.0),
+        myocardium=(0.12, 0.4),
+        heart_tilt_deg=(-50.0, 50.0),
+        gamma=(0.6, 1.67),
+        vessels=(0, 3),
+        coils=(1, 2),
+        coil_gain=(0.3, 0.8),
     ),
 }
 
@@ -182,6 +215,7 @@ class _Heart:
     fat: float
     fat_angle: float
     papillary: float
+    tilt: float = 0.0  # rotation within the body (heart_tilt_deg), already in the angles above
 
 
 @dataclass(frozen=True)
@@ -198,6 +232,8 @@ class _Surroundings:
     aorta: np.ndarray  # (3,): centre x, centre y, radius
     spine: np.ndarray  # (3,)
     blobs: np.ndarray  # (n, 4): centre x, centre y, sigma, amplitude
+    # (n, 5): offset x, y from the LV centre c(t), radius, intensity / LV blood, last t shown
+    vessels: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), np.float32))
 
 
 @dataclass(frozen=True)
@@ -218,6 +254,8 @@ class _Look:
     bias_strength: float
     noise: float
     scale: float
+    gamma: float = 1.0  # exponent on the relative intensities
+    coils: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # (n, 4)
 
 
 def _angle_diff(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
@@ -284,8 +322,11 @@ def _draw_heart(rng: np.random.Generator, params: PhantomParams, group: str) -> 
 
 
 def _draw_surroundings(rng: np.random.Generator, grid: _Grid, heart: _Heart) -> _Surroundings:
-    """Body, lungs, liver, aorta, spine and blobs, placed relative to the heart."""
-    rotation = heart.rv_angle - 0.75 * np.pi
+    """Body, lungs, liver, aorta, spine and blobs, placed relative to the heart.
+
+    The organs follow the heart's tilt; the body outline (and its fat and muscle) does not.
+    """
+    rotation = heart.rv_angle - heart.tilt - 0.75 * np.pi
 
     def around(angle: float, distance: float) -> np.ndarray:
         return np.asarray(heart.centre) + distance * np.array([np.cos(angle), np.sin(angle)])
@@ -331,7 +372,7 @@ def _draw_look(rng: np.random.Generator, params: PhantomParams, n_slices: int) -
     blood = rng.uniform(*params.blood)
     tissue = rng.uniform(*params.tissue)
     rescaled = rng.random() < params.scale_probability
-    scale = np.exp(rng.uniform(*np.log(params.scale))) if rescaled else 1.0
+    scale = _log_uniform(rng, params.scale) if rescaled else 1.0
     return _Look(
         blood=blood,
         rv_blood=blood * rng.uniform(0.85, 1.0),
@@ -350,11 +391,142 @@ def _draw_look(rng: np.random.Generator, params: PhantomParams, n_slices: int) -
     )
 
 
-def _heart_masks(grid: _Grid, heart: _Heart, systole: bool) -> dict[str, np.ndarray]:
-    """:func:`_window_masks` computed in the heart's bounding box, embedded in (X, Y, Z)."""
+def _log_uniform(rng: np.random.Generator, bounds: Range) -> float:
+    """One draw of exp(U(log low, log high)); exactly ``low`` when low == high."""
+    return float(np.exp(rng.uniform(*np.log(bounds))))
+
+
+def _tilted(heart: _Heart, angle: float) -> _Heart:
+    """The heart rotated rigidly by ``angle`` (rad) about its LV centre (drift excepted)."""
+    return replace(
+        heart,
+        orientation=heart.orientation + angle,
+        ripple=[
+            (amplitude, phase - k * angle)
+            for k, (amplitude, phase) in enumerate(heart.ripple, start=2)
+        ],
+        asymmetry_angle=heart.asymmetry_angle + angle,
+        infarct_angle=heart.infarct_angle + angle,
+        rv_angle=heart.rv_angle + angle,
+        fat_angle=heart.fat_angle + angle,
+        tilt=heart.tilt + angle,
+    )
+
+
+def _heart_reach(heart: _Heart) -> float:
+    """Bound (mm) on the distance from the LV centre to the heart's outer edge (fat included),
+    at every slice and phase."""
     ripple = np.prod([1.0 + amplitude for amplitude, _ in heart.ripple])
     endo = heart.radius * ripple / np.sqrt(min(heart.ellipticity, 1.0 / heart.ellipticity))
-    reach = endo + heart.wall * (1 + heart.asymmetry) + heart.rv_depth + heart.rv_wall + heart.fat
+    return float(
+        endo + heart.wall * (1 + heart.asymmetry) + heart.rv_depth + heart.rv_wall + heart.fat
+    )
+
+
+def _outer_radius(heart: _Heart, t: np.ndarray, angles: np.ndarray) -> float:
+    """Distance (mm) from the LV centre c(t) beyond which nothing of the end-diastolic heart
+    (fat included) lies along ``angles`` (rad, any shape), at any slice position ``t``
+    (1, 1, Z). End-systole lies inside end-diastole along every ray.
+
+    Samples :func:`_window_masks` every 0.5 mm along each ray (it broadcasts, so a ``_Grid``
+    whose x and y hold the ray points works).
+    """
+    radii = np.arange(0.0, _heart_reach(heart) + 1.0, 0.5, dtype=np.float32)
+    along_x = np.multiply.outer(radii, np.cos(angles).ravel()).reshape(-1, 1, 1)
+    along_y = np.multiply.outer(radii, np.sin(angles).ravel()).reshape(-1, 1, 1)
+    x = along_x + (heart.centre[0] + t * heart.drift[0])
+    y = along_y + (heart.centre[1] + t * heart.drift[1])
+    masks = _window_masks(_Grid(x, y, t, (0.5, 0.5, 0.0)), heart, systole=False)
+    inside = np.logical_or.reduce(list(masks.values())).reshape(radii.size, -1)
+    return float(radii[inside.any(axis=1)].max() + 0.5)
+
+
+def _clear_distance(heart: _Heart, t: np.ndarray, angle: float, radius: float, gap: float) -> float:
+    """Distance (mm) from the LV centre c(t) at which a disc of ``radius`` mm in direction
+    ``angle`` (rad) stays ``gap`` mm clear of the end-diastolic heart at every slice ``t``.
+
+    The heart is probed over the angles the disc spans seen from the LV centre; widening the
+    window can only push the disc out and narrow what it spans, so two rounds suffice.
+    """
+    half = 0.3
+    while True:
+        outer = _outer_radius(heart, t, angle + np.linspace(-half, half, 25))
+        distance = outer + radius + gap
+        spanned = float(np.arcsin(radius / distance))
+        if spanned <= half:
+            return distance
+        half = spanned
+
+
+def _draw_vessels(
+    rng: np.random.Generator, params: PhantomParams, grid: _Grid, heart: _Heart
+) -> np.ndarray:
+    """(n, 5) blood-bright discs beside the heart, never overlapping it (label 0).
+
+    Columns: offset x, y from the LV centre c(t) in mm (they follow the heart through the
+    slices), radius U(6, 14) mm, intensity U(0.8, 1.15) times the LV blood, and the last t
+    where the disc is shown, U(0.2, 1.1) (≥ the apex: every slice). In a direction U(0, 2π),
+    the disc's edge lies U(1, 8) mm beyond the heart's outer edge (:func:`_clear_distance`).
+    """
+    rows = []
+    for _ in range(int(rng.integers(params.vessels[0], params.vessels[1] + 1))):
+        angle = rng.uniform(0.0, 2 * np.pi)
+        radius = rng.uniform(6.0, 14.0)
+        distance = _clear_distance(heart, grid.t, angle, radius, rng.uniform(1.0, 8.0))
+        offset = distance * np.array([np.cos(angle), np.sin(angle)])
+        rows.append([*offset, radius, rng.uniform(0.8, 1.15), rng.uniform(0.2, 1.1)])
+    return np.array(rows, np.float32).reshape(-1, 5)
+
+
+def _draw_coils(
+    rng: np.random.Generator, params: PhantomParams, around: _Surroundings
+) -> np.ndarray:
+    """(n, 4) surface-coil hot spots on the body outline: centre x, y (mm), falloff U(60, 120)
+    mm, peak log-gain U(**coil_gain**); at an angle U(0, 2π) around the body centre."""
+    n = int(rng.integers(params.coils[0], params.coils[1] + 1))
+    angle = rng.uniform(0.0, 2 * np.pi, n)
+    u, v = around.body_radii[0] * np.cos(angle), around.body_radii[1] * np.sin(angle)
+    cos, sin = np.cos(around.rotation), np.sin(around.rotation)
+    x = around.body_centre[0] + u * cos - v * sin
+    y = around.body_centre[1] + u * sin + v * cos
+    falloff, gain = rng.uniform(60.0, 120.0, n), rng.uniform(*params.coil_gain, n)
+    return np.stack([x, y, falloff, gain], axis=1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Everything drawn for one subject before its two phases are rendered.
+
+    ``heart.rv_angle`` (rad) is the septal direction θ, tilt included; ``heart.tilt`` the
+    tilt alone; ``look.gamma`` the contrast exponent; ``around.vessels`` the unlabeled discs
+    (:func:`_draw_vessels`); ``look.coils`` the coil hot spots (:func:`_draw_coils`).
+    """
+
+    group: str
+    grid: _Grid
+    heart: _Heart
+    around: _Surroundings
+    look: _Look
+
+
+def _draw_subject(rng: np.random.Generator, params: PhantomParams, group: str) -> Subject:
+    """Draw one subject. The ``wide`` fields draw from a child stream (``rng.spawn``), so the
+    main stream, and every draw of the other variants, is what it was without them."""
+    wide = rng.spawn(1)[0]
+    grid = _draw_grid(rng, params, group)
+    tilt = float(np.deg2rad(wide.uniform(*params.heart_tilt_deg)))
+    heart = _tilted(_draw_heart(rng, params, group), tilt)
+    around = _draw_surroundings(rng, grid, heart)
+    look = _draw_look(rng, params, grid.shape[2])
+    around = replace(around, vessels=_draw_vessels(wide, params, grid, heart))
+    coils = _draw_coils(wide, params, around)
+    look = replace(look, gamma=_log_uniform(wide, params.gamma), coils=coils)
+    return Subject(group, grid, heart, around, look)
+
+
+def _heart_masks(grid: _Grid, heart: _Heart, systole: bool) -> dict[str, np.ndarray]:
+    """:func:`_window_masks` computed in the heart's bounding box, embedded in (X, Y, Z)."""
+    reach = _heart_reach(heart)
     windows = []
     for axis, coordinate in enumerate((grid.x.ravel(), grid.y.ravel())):
         ends = [heart.centre[axis] + heart.drift[axis] * t for t in (grid.t.min(), grid.t.max())]
@@ -462,8 +634,46 @@ def _paint_surroundings(grid: _Grid, around: _Surroundings, look: _Look) -> np.n
     return np.broadcast_to(image, grid.shape).astype(np.float32)
 
 
+def vessel_discs(subject: Subject) -> list[tuple[np.ndarray, float]]:
+    """Each of ``subject.around.vessels`` as a boolean (X, Y, Z) disc (on the slices where it
+    is shown) and its intensity relative to the LV blood."""
+    grid, heart = subject.grid, subject.heart
+    discs = []
+    for dx, dy, radius, factor, last_t in subject.around.vessels:
+        cx = heart.centre[0] + grid.t * heart.drift[0] + dx
+        cy = heart.centre[1] + grid.t * heart.drift[1] + dy
+        disc = (np.hypot(grid.x - cx, grid.y - cy) < radius) & (grid.t <= last_t)
+        discs.append((disc, float(factor)))
+    return discs
+
+
+def _paint_vessels(image: np.ndarray, subject: Subject) -> np.ndarray:
+    """``image`` (X, Y, Z) with the blood-bright discs of ``subject.around.vessels``."""
+    for disc, factor in vessel_discs(subject):
+        image = np.where(disc, np.float32(factor * subject.look.blood), image)
+    return image
+
+
+def _contrast(image: np.ndarray, gamma: float) -> np.ndarray:
+    """Relative intensities through ``max(I, 0) ** gamma`` (blood stays near 1, darker tissue
+    darkens for gamma > 1 and brightens for gamma < 1); untouched when gamma is 1."""
+    if gamma == 1.0:
+        return image
+    return np.maximum(image, 0.0) ** np.float32(gamma)
+
+
+def _coil_log_gain(grid: _Grid, coils: np.ndarray) -> np.ndarray | float:
+    """Sum of the Gaussian log-gains g · exp(−d² / 2λ²) of ``coils`` (n, 4), (X, Y, 1)."""
+    total: np.ndarray | float = 0.0
+    for cx, cy, falloff, gain in coils:
+        squared = (grid.x - cx) ** 2 + (grid.y - cy) ** 2
+        total = total + gain * np.exp(-squared / (2 * falloff**2))
+    return total
+
+
 def _acquire(image: np.ndarray, grid: _Grid, look: _Look, rng: np.random.Generator) -> np.ndarray:
-    """Blur, bias field, Rician noise and intensity scaling; returns int16 (X, Y, Z)."""
+    """Blur, bias field (and coil hot spots), Rician noise and intensity scaling; returns int16
+    (X, Y, Z)."""
     image = ndimage.gaussian_filter(image, sigma=(look.blur, look.blur, 0.0))
     u = grid.x / np.abs(grid.x).max()
     v = grid.y / np.abs(grid.y).max()
@@ -471,7 +681,7 @@ def _acquire(image: np.ndarray, grid: _Grid, look: _Look, rng: np.random.Generat
     terms = (u, v, u * v, u**2, v**2, w)
     log_gain = sum(c * term for c, term in zip(look.bias, terms, strict=True))
     log_gain = log_gain * (look.bias_strength / max(float(np.abs(log_gain).max()), 1e-6))
-    image = image * np.exp(log_gain)
+    image = image * np.exp(log_gain + _coil_log_gain(grid, look.coils))
     sigma = np.float32(look.noise * look.blood)
     real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
     imaginary = sigma * rng.standard_normal(image.shape, dtype=np.float32)
@@ -479,20 +689,22 @@ def _acquire(image: np.ndarray, grid: _Grid, look: _Look, rng: np.random.Generat
     return np.clip(np.round(image), 0, np.iinfo(np.int16).max).astype(np.int16)
 
 
+def _paint_background(subject: Subject) -> np.ndarray:
+    """Float32 (X, Y, Z) relative-intensity image of everything but the heart: the body, its
+    organs and the vessels, the same at ED and ES."""
+    return _paint_vessels(_paint_surroundings(subject.grid, subject.around, subject.look), subject)
+
+
 def _render(
-    grid: _Grid,
-    heart: _Heart,
-    around: _Surroundings,
-    look: _Look,
-    systole: bool,
-    rng: np.random.Generator,
+    subject: Subject, background: np.ndarray, systole: bool, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One cardiac phase: int16 image and uint8 label, both (X, Y, Z)."""
+    """One cardiac phase drawn over ``background`` (:func:`_paint_background`): int16 image
+    and uint8 label, both (X, Y, Z)."""
+    grid, heart, look = subject.grid, subject.heart, subject.look
     masks = _heart_masks(grid, heart, systole)
-    image = _paint_surroundings(grid, around, look)
     blood = look.blood * look.blood_slices
     rv_blood = look.rv_blood * look.blood_slices
-    image = np.where(masks["fat"], look.fat, image)
+    image = np.where(masks["fat"], look.fat, background)
     image = np.where(masks["myo"] | masks["rv_wall"], look.myocardium, image)
     image = np.where(masks["rv"], rv_blood, image)
     image = np.where(masks["lv"], blood, image)
@@ -501,7 +713,7 @@ def _render(
     label[masks["rv"]] = 1
     label[masks["myo"]] = 2
     label[masks["lv"]] = 3
-    return _acquire(image, grid, look, rng), label
+    return _acquire(_contrast(image, look.gamma), grid, look, rng), label
 
 
 def _group_of(index: int, subjects: int) -> str:
@@ -518,10 +730,8 @@ def _write_subject(
     training: Path, index: int, group: str, params: PhantomParams, rng: np.random.Generator
 ) -> None:
     """Draw subject ``index`` (0-based) and write its ACDC folder under ``training``."""
-    grid = _draw_grid(rng, params, group)
-    heart = _draw_heart(rng, params, group)
-    around = _draw_surroundings(rng, grid, heart)
-    look = _draw_look(rng, params, grid.shape[2])
+    subject = _draw_subject(rng, params, group)
+    grid = subject.grid
     n_frames = int(rng.integers(12, 36))
     es_frame = int(np.clip(round(n_frames * rng.uniform(0.3, 0.45)), 2, n_frames))
     height = float(np.clip(rng.normal(170.0, 9.0), 145.0, 200.0))
@@ -537,8 +747,9 @@ def _write_subject(
     )
     affine = np.diag([*grid.spacing, 1.0])
     affine[:3, 3] = [-(n - 1) / 2 * s for n, s in zip(grid.shape, grid.spacing, strict=True)]
+    background = _paint_background(subject)
     for frame, systole in ((1, False), (es_frame, True)):
-        image, label = _render(grid, heart, around, look, systole, rng)
+        image, label = _render(subject, background, systole, rng)
         stem = case / f"{name}_frame{frame:02d}"
         for array, suffix in ((image, ""), (label, "_gt")):
             nifti = nib.Nifti1Image(array, affine)
@@ -563,6 +774,40 @@ def _check_arguments(subjects: int, seed: int, variant: str) -> None:
             f"generate_phantom: unknown variant {variant!r}; choose one of "
             f"{', '.join(sorted(PHANTOM_VARIANTS))}."
         )
+
+
+def draw_subject(
+    index: int, subjects: int = 100, seed: int = 0, variant: str = "default"
+) -> Subject:
+    """What :func:`generate_phantom` draws for 0-based subject ``index``, without writing it.
+
+    The same values the written files are made from (the per-phase noise aside), e.g. to
+    measure the spread of the heart's orientation (``heart.rv_angle``, rad) or of the
+    contrast exponent (``look.gamma``) over subjects, or to find the unlabeled vessels
+    (``around.vessels``, mm from the LV centre) in the images.
+
+    Raises:
+        ValueError: bad ``subjects``, ``seed`` or ``variant``, or ``index`` not in
+            0..subjects - 1.
+    """
+    _check_arguments(subjects, seed, variant)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < subjects:
+        raise ValueError(
+            f"draw_subject: index must be an integer in 0..{subjects - 1}, found {index!r}."
+        )
+    rng = _subject_rng(seed, variant, index)
+    return _draw_subject(rng, PHANTOM_VARIANTS[variant], _group_of(index, subjects))
+
+
+def _marker_params(params: PhantomParams) -> dict[str, object]:
+    """The parameters ``phantom.json`` records: the ``wide`` fields are left out at their
+    neutral defaults, so the markers of the other variants (and their caches) stay valid."""
+    neutral = asdict(PhantomParams())
+    return {
+        key: value
+        for key, value in asdict(params).items()
+        if key not in _WIDE_FIELDS or value != neutral[key]
+    }
 
 
 def _existing_phantom(out_dir: Path, wanted: dict[str, object]) -> bool:
@@ -620,7 +865,7 @@ def generate_phantom(
         out_dir: the dataset folder to create (its parent is created if needed).
         subjects: number of patients, 1..999.
         seed: non-negative integer seed.
-        variant: a key of :data:`PHANTOM_VARIANTS` (``"default"`` or ``"hard"``).
+        variant: a key of :data:`PHANTOM_VARIANTS` (``"default"``, ``"hard"`` or ``"wide"``).
 
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
@@ -633,7 +878,7 @@ def generate_phantom(
     out_dir = Path(out_dir)
     params = PHANTOM_VARIANTS[variant]
     wanted = {"format": _FORMAT_VERSION, "subjects": subjects, "seed": seed, "variant": variant}
-    wanted = json.loads(json.dumps({**wanted, "params": asdict(params)}))
+    wanted = json.loads(json.dumps({**wanted, "params": _marker_params(params)}))
     if _existing_phantom(out_dir, wanted):
         return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
