@@ -36,7 +36,7 @@ def test_each_box_is_one_rectangle_of_the_drawn_area_and_aspect():
             areas.append(height * width / SIDE**2)
             aspects.append(height / width)
     # ⌊·⌋ of the sides (as UniMatch): areas a little under the drawn 2–40 %, and aspects
-    # around 0.3–3.3, further out for the smallest boxes (a side of 2 px for 4.4 px).
+    # around 0.3–3.3, further out for the smallest boxes (sides of a few pixels, floored).
     assert len(areas) > 240
     assert min(areas) > 0.005 and max(areas) <= 0.4
     assert max(areas) > 0.3 and min(areas) < 0.05
