@@ -10,6 +10,7 @@ from tfaug.losses import (
     generator_adversarial_loss,
     intensity_ld_loss,
     large_deviation_loss,
+    soft_dice_loss,
     weighted_cross_entropy,
 )
 
@@ -95,3 +96,25 @@ def test_large_deviation_gradient_pushes_the_field_outwards():
         loss = deformation_ld_loss(field)
     gradient = tape.gradient(loss, field).numpy()
     np.testing.assert_allclose(gradient, [[-0.5, 0.5]])
+
+
+def test_soft_dice_matches_numpy_over_the_masked_pixels_of_the_batch():
+    rng = np.random.default_rng(2)
+    probabilities = rng.dirichlet(np.ones(3), size=(2, 4, 5)).astype("float32")
+    labels = np.eye(3, dtype="float32")[rng.integers(0, 3, (2, 4, 5))]
+    mask = (rng.random((2, 4, 5)) < 0.6).astype("float32")
+    kept = mask.astype(bool)
+    q, y = probabilities[kept], labels[kept]  # (pixels, C)
+    dice = (2 * (q * y).sum(0) + 1e-5) / ((q * q).sum(0) + (y * y).sum(0) + 1e-5)
+    loss = soft_dice_loss(labels, probabilities, mask)
+    assert loss.dtype == tf.float32
+    np.testing.assert_allclose(float(loss), np.mean(1 - dice), rtol=1e-5)
+    everywhere = soft_dice_loss(labels, probabilities)
+    np.testing.assert_allclose(float(everywhere), float(soft_dice_loss(labels, probabilities, 1)))
+
+
+def test_soft_dice_is_zero_for_a_perfect_or_an_empty_mask_and_one_for_a_missed_class():
+    labels = np.eye(2, dtype="float32")[np.array([[[0, 1], [1, 0]]])]
+    assert float(soft_dice_loss(labels, labels)) == pytest.approx(0.0, abs=1e-6)
+    assert float(soft_dice_loss(labels, 1 - labels, np.zeros((1, 2, 2)))) == 0.0
+    assert float(soft_dice_loss(labels, 1 - labels)) == pytest.approx(1.0, abs=1e-5)

@@ -29,6 +29,8 @@ from tfaug.methods import (
     GENERATED_COMPOSITIONS,
     GENERATOR_MODES,
     PHANTOM_VARIANT_NAMES,
+    SUPERVISED_LOSSES,
+    UNLABELED_LOSSES,
 )
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -334,6 +336,81 @@ class HeavyConfig:
 
 
 @dataclass
+class SslConfig:
+    """Weak-to-strong consistency of ``fixmatch`` and ``unimatch`` (docs/methods.md).
+
+    The defaults are UniMatch's (its medical code, ``more-scenarios/medical``); its loss
+    ``(L_x + 0.25·L_s1 + 0.25·L_s2 + 0.5·L_fp) / 2`` is written here as one weight per term.
+    Iterations: ``train.segmenter_iterations``; optimiser: ``train.learning_rate`` (Adam, as
+    every method). Only the final stage (``consistency``) reads them.
+
+    Attributes:
+        threshold: an unlabeled pixel is a target where the teacher's maximum softmax
+            probability is at least this.
+        feature_dropout: channel dropout rate of the feature-perturbation stream
+            (``unimatch``), in [0, 1).
+        supervised_weight: weight of the loss on the labeled slices.
+        strong_weight: weight of each of ``unimatch``'s two strong views.
+        feature_weight: weight of ``unimatch``'s feature-perturbation stream.
+        fixmatch_strong_weight: weight of ``fixmatch``'s single strong view (UniMatch's
+            FixMatch: ``(L_x + L_s) / 2``).
+        supervised_loss: ``cross_entropy`` (``train.class_weights``, the loss of every other
+            method) or ``cross_entropy_dice`` (UniMatch's ``(CE + Dice) / 2``, with the
+            class weights in the CE).
+        unlabeled_loss: ``dice`` (UniMatch's medical code: soft Dice on the confident
+            pixels) or ``cross_entropy`` (class-weighted, confident pixels, mean over all).
+        cutmix_probability: chance that a strong view's slice gets a CutMix box.
+        cutmix_area_range: [min, max] share of the slice's area a box covers.
+        cutmix_aspect_range: [min, max] height/width of a box (min <= 1 <= max).
+        unlabeled_fraction: share of ``train.batch_size`` that is unlabeled slices (the rest
+            is labeled slices); UniMatch: as many of each.
+    """
+
+    threshold: float = setting(0.95, read_by=READ_BY_FINAL)
+    feature_dropout: float = setting(0.5, read_by=READ_BY_FINAL)
+    supervised_weight: float = setting(0.5, read_by=READ_BY_FINAL)
+    strong_weight: float = setting(0.125, read_by=READ_BY_FINAL)
+    feature_weight: float = setting(0.25, read_by=READ_BY_FINAL)
+    fixmatch_strong_weight: float = setting(0.5, read_by=READ_BY_FINAL)
+    supervised_loss: str = setting("cross_entropy", read_by=READ_BY_FINAL)
+    unlabeled_loss: str = setting("dice", read_by=READ_BY_FINAL)
+    cutmix_probability: float = setting(0.5, read_by=READ_BY_FINAL)
+    cutmix_area_range: list[float] = setting(factory=lambda: [0.02, 0.4], read_by=READ_BY_FINAL)
+    cutmix_aspect_range: list[float] = setting(
+        factory=lambda: [0.3, 1.0 / 0.3], read_by=READ_BY_FINAL
+    )
+    unlabeled_fraction: float = setting(0.5, read_by=READ_BY_FINAL)
+
+
+@dataclass
+class StrongConfig:
+    """The intensity perturbation of the consistency methods' strong views.
+
+    The arguments of :class:`tfaug.ops.heavy.HeavyIntensity` (the ``heavy:`` section's
+    intensity keys, same names). The defaults approximate UniMatch's strong view (colour
+    jitter of brightness and contrast by ±50 % with probability 0.8, Gaussian blur with
+    σ ~ U(0.1, 2) px with probability 0.5); noise, low resolution and the gammas, which
+    UniMatch does not use, are off (nnU-Net's ranges are kept for them). Only the final
+    stage reads them.
+    """
+
+    p_noise: float = setting(0.0, read_by=READ_BY_FINAL)
+    noise_std_range: list[float] = setting(factory=lambda: [0.0, 0.1], read_by=READ_BY_FINAL)
+    p_blur: float = setting(0.5, read_by=READ_BY_FINAL)
+    blur_sigma_range: list[float] = setting(factory=lambda: [0.1, 2.0], read_by=READ_BY_FINAL)
+    p_brightness: float = setting(0.8, read_by=READ_BY_FINAL)
+    brightness_range: list[float] = setting(factory=lambda: [0.5, 1.5], read_by=READ_BY_FINAL)
+    p_contrast: float = setting(0.8, read_by=READ_BY_FINAL)
+    contrast_range: list[float] = setting(factory=lambda: [0.5, 1.5], read_by=READ_BY_FINAL)
+    p_low_resolution: float = setting(0.0, read_by=READ_BY_FINAL)
+    low_resolution_range: list[float] = setting(factory=lambda: [0.5, 1.0], read_by=READ_BY_FINAL)
+    p_inverted_gamma: float = setting(0.0, read_by=READ_BY_FINAL)
+    p_gamma: float = setting(0.0, read_by=READ_BY_FINAL)
+    gamma_range: list[float] = setting(factory=lambda: [0.7, 1.5], read_by=READ_BY_FINAL)
+    gamma_retain_stats: bool = setting(True, read_by=READ_BY_FINAL)
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and schedule (docs/method.md §2, §4).
 
@@ -429,6 +506,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     heavy: HeavyConfig = field(default_factory=HeavyConfig)
+    ssl: SslConfig = field(default_factory=SslConfig)
+    strong: StrongConfig = field(default_factory=StrongConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: str = DEFAULT_METHOD
     runs_dir: str = "runs"
@@ -565,6 +644,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "preprocess.image_interpolation": ("linear", "nearest"),
     "preprocess.restore_interpolation": ("linear", "nearest"),
     "phantom.variant": PHANTOM_VARIANT_NAMES,
+    "ssl.supervised_loss": SUPERVISED_LOSSES,
+    "ssl.unlabeled_loss": UNLABELED_LOSSES,
 }
 
 

@@ -1,4 +1,4 @@
-"""Loss terms of the joint objective (docs/method.md §4).
+"""Loss terms of the joint objective (docs/method.md §4) and of the comparison methods.
 
 Every function takes tensors (any float dtype; computed in float32) and returns a float32
 scalar. None of them applies a weight λ; the training step does that.
@@ -50,6 +50,40 @@ def weighted_cross_entropy(
         )
     per_pixel = -tf.reduce_sum(weights * labels * tf.nn.log_softmax(logits, axis=-1), axis=-1)
     return tf.reduce_mean(per_pixel)
+
+
+def soft_dice_loss(
+    labels: tf.Tensor,
+    probabilities: tf.Tensor,
+    mask: tf.Tensor | None = None,
+    smooth: float = 1e-5,
+) -> tf.Tensor:
+    """Soft Dice loss over a whole batch, each class alike, on the pixels of ``mask``.
+
+    For every class c, over every pixel p of the batch with ``mask_p = 1``:
+    ``D_c = 1 − (2·Σ q_pc·y_pc + s) / (Σ q_pc² + Σ y_pc² + s)``; the loss is the mean of the
+    C values (background included). This is UniMatch's ``DiceLoss`` with its ``ignore``
+    argument as ``1 − mask``. A class absent from the masked target costs up to 1 unless the
+    prediction puts no mass on it; with no pixel in the mask the loss is 0 (each D_c = s/s).
+
+    Args:
+        labels: (B,H,W,C) one-hot or soft targets, float.
+        probabilities: (B,H,W,C) predicted probabilities (softmax), float.
+        mask: (B,H,W) float or bool, 1 where the pixel counts; ``None``: every pixel.
+        smooth: s > 0.
+
+    Returns:
+        float32 scalar in [0, 1].
+    """
+    labels = tf.cast(labels, tf.float32)
+    probabilities = tf.cast(probabilities, tf.float32)
+    if mask is not None:
+        weight = tf.cast(mask, tf.float32)[..., None]
+        labels, probabilities = labels * weight, probabilities * weight
+    axes = [0, 1, 2]
+    overlap = tf.reduce_sum(probabilities * labels, axes)
+    sizes = tf.reduce_sum(tf.square(probabilities), axes) + tf.reduce_sum(tf.square(labels), axes)
+    return tf.reduce_mean(1.0 - (2.0 * overlap + smooth) / (sizes + smooth))
 
 
 def _sigmoid_cross_entropy(logits: tf.Tensor, target: float) -> tf.Tensor:

@@ -27,12 +27,18 @@ GENERATOR_METHODS: dict[str, tuple[str, ...]] = {
 # Semi-supervised comparisons that train S their own way (tfaug.baselines), not through
 # an augmentation layer in the segmenter stage.
 ADVERSARIAL_LEVELS = {"adv_pixel": "pixel", "adv_image": "image"}
-COMPARISON_METHODS = ("self_training", *ADVERSARIAL_LEVELS)
+# Weak-to-strong consistency on the unlabeled slices: UniMatch (Yang et al. 2023) and its
+# ablation with one strong view and no feature-perturbation stream, FixMatch-style.
+CONSISTENCY_METHODS = ("fixmatch", "unimatch")
+COMPARISON_METHODS = ("self_training", *ADVERSARIAL_LEVELS, *CONSISTENCY_METHODS)
 METHODS = (*RANDOM_METHODS, *GENERATOR_METHODS, *COMPARISON_METHODS)
 DEFAULT_METHOD = "gdgi"
 # The method each generator kind is tuned with (`tfaug tune --generator`).
 TUNED_METHODS = {"deformation": "gd", "intensity": "gi"}
 TUNERS = ("random", "bayesian", "grid")
+# The losses of the consistency methods (config ssl.supervised_loss, ssl.unlabeled_loss).
+SUPERVISED_LOSSES = ("cross_entropy", "cross_entropy_dice")
+UNLABELED_LOSSES = ("dice", "cross_entropy")
 
 # -- data ---------------------------------------------------------------------------------
 # The synthetic phantom's variants (``phantom.variant``; parameters in tfaug.data.phantom).
@@ -42,6 +48,7 @@ PHANTOM_VARIANT_NAMES = ("default", "hard", "wide")
 PRETRAIN_STAGE = "pretrain"
 SEGMENTER_STAGE = "segmenter"
 ADVERSARIAL_STAGE = "adversarial"
+CONSISTENCY_STAGE = "consistency"
 
 
 def generator_stage(kind: str) -> str:
@@ -52,6 +59,18 @@ def generator_stage(kind: str) -> str:
 def self_training_stage(round_index: int) -> str:
     """The stage folder name of self-training round r (0: S on labeled slices alone)."""
     return f"self_training_round{round_index}"
+
+
+def final_stage(method: str, self_training_rounds: int) -> str:
+    """The stage whose kept S is the final segmenter of a ``method`` run (what is evaluated
+    and exported); ``self_training_rounds`` is the config's ``train.self_training_rounds``."""
+    if method == "self_training":
+        return self_training_stage(self_training_rounds)
+    if method in ADVERSARIAL_LEVELS:
+        return ADVERSARIAL_STAGE
+    if method in CONSISTENCY_METHODS:
+        return CONSISTENCY_STAGE
+    return SEGMENTER_STAGE
 
 
 GENERATOR_STAGES = {generator_stage(kind): kind for kind in GENERATOR_KINDS}
@@ -69,12 +88,16 @@ STAGE_SEED_OFFSETS = {
     SEGMENTER_STAGE: 4,
     "self_training": 10,  # round r uses 10 + r
     ADVERSARIAL_STAGE: 30,
+    CONSISTENCY_STAGE: 40,
 }
 SUBSTREAM = {
     "random_intensity": 1,  # RI beside RD in one stage
     "second_dataset": 1,  # the unlabeled (or pseudo-labeled) half of a batch
     "random_before_generators": 2,  # RD+RI before G in the generator stages
     "mixup_after_generated": 2,  # Mixup after the generated pairs (gdgi_mixup)
+    "strong_views": 3,  # the intensity perturbation of the consistency methods' strong views
+    "cutmix": 4,  # their CutMix boxes
+    "feature_dropout": 5,  # unimatch's channel dropout of the encoder features
 }
 
 

@@ -65,3 +65,44 @@ def test_side_not_multiple_of_32_is_a_clear_error(shape):
 def test_bad_arguments_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         UNet(**kwargs)
+
+
+# The weight paths of a UNet saved before encode/decode existed: a weights file stores the
+# weights in this order, so the layers, their names and their order must not change.
+_BLOCKS = [
+    *(f"down{level}/{conv}" for level in range(5) for conv in "ab"),
+    *(f"up{level}/conv_bn_relu" for level in range(4)),
+    *(f"dec{level}/{conv}" for level in range(4) for conv in "ab"),
+]
+_SAVED_PATHS = [
+    *(
+        f"u_net/{block}/{weight}"
+        for block in _BLOCKS
+        for weight in ("conv/kernel", "bn/gamma", "bn/beta", "bn/moving_mean", "bn/moving_variance")
+    ),
+    "u_net/logits/kernel",
+    "u_net/logits/bias",
+]
+
+
+def test_encode_decode_is_call_and_keeps_the_saved_weights(tmp_path):
+    model = UNet(4, filters=(4, 4, 8, 8, 8), name="u_net")
+    x = np.random.default_rng(0).random((2, 32, 32, 1), "float32")
+    logits = np.asarray(model(x, training=False))
+    assert [w.path for w in model.weights] == _SAVED_PATHS
+    features = model.encode(x, training=False)
+    assert [tuple(f.shape) for f in features] == [
+        (2, 32, 32, 4), (2, 16, 16, 4), (2, 8, 8, 8), (2, 4, 4, 8), (2, 2, 2, 8),
+    ]  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(model.decode(features, training=False)), logits)
+    model.save_weights(tmp_path / "s.weights.h5")
+    other = UNet(4, filters=(4, 4, 8, 8, 8))
+    other.build((None, 32, 32, 1))
+    other.load_weights(tmp_path / "s.weights.h5")
+    np.testing.assert_array_equal(np.asarray(other(x, training=False)), logits)
+
+
+def test_encode_builds_an_unbuilt_model():
+    model = UNet(2, filters=(2, 2, 2, 2, 2))
+    features = model.encode(np.zeros((1, 32, 32, 1), "float32"))
+    assert model.built and len(features) == 5

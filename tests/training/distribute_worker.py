@@ -6,9 +6,10 @@ configuration runs in its own interpreter:
     python distribute_worker.py steps OUT --strategy mirrored --cpu-replicas 2
     python distribute_worker.py stage OUT --strategy multiworker --stage-dir DIR
 
-``steps`` writes ``{"segmenter": [{name: value}, ...], "joint": [...], "replicas": n}`` to
-OUT: the reduced results of each step of the S step and of the joint (S, GV, DV) step on a
-fixed sequence of global batches (identical across strategies).
+``steps`` writes ``{"segmenter": [{name: value}, ...], "joint": [...], "consistency": [...],
+"replicas": n}`` to OUT: the reduced results of each step of the S step, of the joint
+(S, GV, DV) step and of the ``unimatch`` consistency step on a fixed sequence of global
+batches (identical across strategies).
 ``stage`` runs three iterations of the S step through ``run_stage`` and writes the
 StageResult and ``replicas`` to OUT.
 """
@@ -28,7 +29,7 @@ GLOBAL_BATCH = 4
 STEPS = 3
 
 
-def _batches(joint: bool):
+def _batches(paired: bool):
     import tensorflow as tf
 
     rng = np.random.default_rng(7)
@@ -37,15 +38,16 @@ def _batches(joint: bool):
     discs = [(yy - 16) ** 2 + (xx - 16) ** 2 < r**2 for r in (5, 7, 9, 11)]
     labels = np.stack([np.stack(discs).astype(np.int32)] * STEPS)
     labeled = tf.data.Dataset.from_tensor_slices((images, labels))
-    if not joint:
+    if not paired:
         return labeled
     unlabeled = tf.data.Dataset.from_tensor_slices(images[:, ::-1].copy())
     return tf.data.Dataset.zip((labeled, unlabeled))
 
 
-def _model(joint: bool):
+def _model(name: str):
     import keras
 
+    from tfaug.baselines.consistency import ConsistencyModel
     from tfaug.models.discriminator import Discriminator
     from tfaug.models.generator import Generator
     from tfaug.models.unet import UNet
@@ -54,10 +56,24 @@ def _model(joint: bool):
 
     keras.utils.set_random_seed(0)
     unet = UNet(2, filters=(4, 4, 8, 8, 8), bn_momentum=0.9)
-    if not joint:
+    if name == "segmenter":
         unet.build((None, SIDE, SIDE, 1))
         model = SegmenterModel(unet, n_classes=2, class_weights=[0.1, 0.9])
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        return model
+    if name == "consistency":
+        # No per-replica random layers (augmentations, CutMix) and per-pixel losses, so the
+        # step must equal the single-device one; the channel dropout is drawn globally. With
+        # two classes every pixel has confidence >= 0.5 (none flips in or out of the mask),
+        # and equal class weights make a pseudo-label flipped by rounding at p = 0.5 cost ~0.
+        # SGD: Adam's first updates are lr·sign(g), which turns the summation-order noise of
+        # this step's near-zero gradients into 1e-3 differences by the third step.
+        unet.build((None, SIDE, SIDE, 1))
+        model = ConsistencyModel(
+            unet, n_classes=2, class_weights=[0.5, 0.5], threshold=0.5,
+            unlabeled_loss="cross_entropy", seed=5,
+        )  # fmt: skip
+        model.compile(s_optimizer=keras.optimizers.SGD(0.05))
         return model
     model = JointAugmentationModel(
         unet,
@@ -82,13 +98,12 @@ def run_steps(args: argparse.Namespace) -> dict:
 
     strategy = make_strategy(args.strategy, args.cpu_replicas)
     output = {"replicas": strategy.num_replicas_in_sync}
-    for name in ("segmenter", "joint"):
-        joint = name == "joint"
+    for name in ("segmenter", "joint", "consistency"):
         with strategy.scope():
-            model = _model(joint)
+            model = _model(name)
         step = distributed_train_function(strategy, model.train_step)
         losses = []
-        for batch in distribute_dataset(strategy, _batches(joint)):
+        for batch in distribute_dataset(strategy, _batches(paired=name != "segmenter")):
             results = step(batch)
             losses.append({key: float(value) for key, value in results.items()})
             for metric in model.metrics:  # per-step values, not running means
@@ -103,11 +118,11 @@ def run_stage_once(args: argparse.Namespace) -> dict:
 
     strategy = make_strategy(args.strategy, args.cpu_replicas)
     with strategy.scope():
-        model = _model(joint=False)
+        model = _model("segmenter")
     result = run_stage(
         name="pretrain",
         model=model,
-        make_dataset=lambda start: _batches(joint=False).repeat(),
+        make_dataset=lambda start: _batches(paired=False).repeat(),
         iterations=STEPS,
         stage_dir=Path(args.stage_dir),
         keep={"segmenter": model.segmenter},

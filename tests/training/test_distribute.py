@@ -36,7 +36,7 @@ from tfaug.training.distribute import (
 
 WORKER = Path(__file__).with_name("distribute_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 240
+TIMEOUT_S = 480  # three step models per worker, on two cores shared by both workers
 
 
 def _start(args: list[str], output: Path, tf_config: dict | None = None) -> subprocess.Popen:
@@ -66,7 +66,8 @@ def _finish(process: subprocess.Popen, output: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def strategy_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """Three steps of the S step and of the joint step, default vs mirrored over 2 CPUs."""
+    """Three steps of the S, the joint and the consistency step, default vs mirrored over
+    2 CPUs (synchronised BatchNormalization included)."""
     base = tmp_path_factory.mktemp("distribute")
     commands = {
         "default": ["steps", "--strategy", "default"],
@@ -76,7 +77,7 @@ def strategy_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     return {name: _finish(process, base / f"{name}.json") for name, process in processes.items()}
 
 
-@pytest.mark.parametrize("model", ["segmenter", "joint"])
+@pytest.mark.parametrize("model", ["segmenter", "joint", "consistency"])
 def test_mirrored_matches_default_for_the_same_global_batch(strategy_runs, model):
     default, mirrored = strategy_runs["default"], strategy_runs["mirrored"]
     assert (default["replicas"], mirrored["replicas"]) == (1, 2)

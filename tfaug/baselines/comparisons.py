@@ -9,6 +9,9 @@
 - ``adv_pixel`` / ``adv_image``: one stage ``adversarial`` trains a fresh S against a
   pixel-level or image-level discriminator on half labeled, half unlabeled batches
   (``segmenter_iterations``).
+- ``fixmatch`` / ``unimatch``: one stage ``consistency`` trains a fresh S with weak-to-strong
+  consistency on the unlabeled slices (:class:`ConsistencyModel`, the ``ssl`` and ``strong``
+  config sections; ``segmenter_iterations``).
 
 Every stage runs through :meth:`tfaug.training.stage.StageContext.run_stage` (kill/resume,
 validation every k iterations, best checkpoint kept, the same schedule switches as every
@@ -24,6 +27,7 @@ import tensorflow as tf
 
 from tfaug.analysis.evaluation import load_volumes
 from tfaug.baselines.adversarial import AdversarialSegmentationModel
+from tfaug.baselines.consistency import ConsistencyModel
 from tfaug.baselines.self_training import (
     SelfTrainingModel,
     load_pseudo_labels,
@@ -35,6 +39,8 @@ from tfaug.config import Config
 from tfaug.methods import (
     ADVERSARIAL_LEVELS,
     ADVERSARIAL_STAGE,
+    CONSISTENCY_METHODS,
+    CONSISTENCY_STAGE,
     STAGE_SEED_OFFSETS,
     SUBSTREAM,
     self_training_stage,
@@ -43,7 +49,10 @@ from tfaug.training.builders import (
     build_adam,
     build_affine,
     build_comparison_discriminator,
+    build_cutmix,
+    build_labeled_augmentation,
     build_segmenter,
+    build_strong,
 )
 from tfaug.training.loop import load_best
 from tfaug.training.segmenter import SegmenterModel
@@ -56,16 +65,18 @@ def train_comparison(context: StageContext) -> keras.Model:
     Each finished stage's :class:`StageResult` is recorded in ``context.results``.
 
     Raises:
-        ValueError: the method is not ``self_training``, ``adv_pixel`` or ``adv_image``.
+        ValueError: the method is not one of :data:`tfaug.methods.COMPARISON_METHODS`.
     """
     method = context.cfg.method
     if method == "self_training":
         return _self_training(context)
     if method in ADVERSARIAL_LEVELS:
         return _adversarial(context, ADVERSARIAL_LEVELS[method])
+    if method in CONSISTENCY_METHODS:
+        return _consistency(context)
     raise ValueError(
         f"train_comparison: {method!r} is not a comparison method; choose self_training, "
-        "adv_pixel or adv_image."
+        "adv_pixel, adv_image, fixmatch or unimatch."
     )
 
 
@@ -147,22 +158,100 @@ def _adversarial(context: StageContext, level: str) -> keras.Model:
     )
     model.compile(s_optimizer=build_adam(cfg), d_optimizer=build_adam(cfg))
     half = cfg.train.batch_size // 2
-
-    def make_dataset(start: int) -> tf.data.Dataset:
-        labeled = context.labeled(cfg.train.batch_size - half, seed + start)
-        unlabeled = context.unlabeled(half, seed + start + SUBSTREAM["second_dataset"])
-        return tf.data.Dataset.zip((labeled, unlabeled))
-
     _run(
         context,
         ADVERSARIAL_STAGE,
         model,
-        make_dataset,
+        _mixed_batches(context, cfg.train.batch_size - half, half, seed),
         cfg.train.segmenter_iterations,
         segmenter,
         discriminator=discriminator,
     )
     return segmenter
+
+
+def _consistency(context: StageContext) -> keras.Model:
+    cfg = context.cfg
+    seed = context.seed(STAGE_SEED_OFFSETS[CONSISTENCY_STAGE])
+    keras.utils.set_random_seed(seed)
+    segmenter = build_segmenter(cfg)
+    model = build_consistency_model(cfg, segmenter, seed)
+    n_labeled, n_unlabeled = consistency_batch_sizes(cfg)
+    _run(
+        context,
+        CONSISTENCY_STAGE,
+        model,
+        _mixed_batches(context, n_labeled, n_unlabeled, seed),
+        cfg.train.segmenter_iterations,
+        segmenter,
+    )
+    return segmenter
+
+
+def build_consistency_model(cfg: Config, segmenter: keras.Model, seed: int) -> ConsistencyModel:
+    """The compiled :class:`ConsistencyModel` of ``cfg.method`` (``fixmatch``/``unimatch``).
+
+    The weak view is the labeled branch's augmentation (``build_labeled_augmentation``: the
+    random affine one); the strong views are ``cfg.strong``'s intensity perturbation and
+    ``cfg.ssl``'s CutMix, each drawing from its own substream of ``seed``. ``unimatch``: two
+    strong views, each of weight ``ssl.strong_weight``, and the feature-perturbation stream
+    (``ssl.feature_weight``); ``fixmatch``: one strong view of weight
+    ``ssl.fixmatch_strong_weight`` and no stream. Adam at ``train.learning_rate``.
+    """
+    ssl = cfg.ssl
+    unimatch = cfg.method == "unimatch"
+    model = ConsistencyModel(
+        segmenter,
+        n_classes=cfg.data.n_classes,
+        class_weights=cfg.train.class_weights,
+        weak=build_labeled_augmentation(cfg, seed),
+        strong=build_strong(cfg, seed + SUBSTREAM["strong_views"]),
+        cutmix=build_cutmix(cfg, seed + SUBSTREAM["cutmix"]),
+        threshold=ssl.threshold,
+        strong_views=2 if unimatch else 1,
+        feature_dropout=ssl.feature_dropout,
+        supervised_weight=ssl.supervised_weight,
+        strong_weight=ssl.strong_weight if unimatch else ssl.fixmatch_strong_weight,
+        feature_weight=ssl.feature_weight if unimatch else 0.0,
+        supervised_loss=ssl.supervised_loss,
+        unlabeled_loss=ssl.unlabeled_loss,
+        seed=seed + SUBSTREAM["feature_dropout"],
+    )
+    model.compile(s_optimizer=build_adam(cfg))
+    return model
+
+
+def consistency_batch_sizes(cfg: Config) -> tuple[int, int]:
+    """``(B_l, B_u)``: labeled and unlabeled slices of a consistency batch.
+
+    B_u = round(``train.batch_size`` · ``ssl.unlabeled_fraction``), B_l the rest.
+
+    Raises:
+        ValueError: either would be empty.
+    """
+    batch_size = cfg.train.batch_size
+    n_unlabeled = round(batch_size * cfg.ssl.unlabeled_fraction)
+    if not 1 <= n_unlabeled < batch_size:
+        raise ValueError(
+            f"{cfg.method}: train.batch_size={batch_size} with ssl.unlabeled_fraction="
+            f"{cfg.ssl.unlabeled_fraction} leaves {n_unlabeled} unlabeled and "
+            f"{batch_size - n_unlabeled} labeled slices per batch; both must be at least 1. "
+            "Raise train.batch_size or set ssl.unlabeled_fraction nearer 0.5."
+        )
+    return batch_size - n_unlabeled, n_unlabeled
+
+
+def _mixed_batches(
+    context: StageContext, n_labeled: int, n_unlabeled: int, seed: int
+) -> Callable[[int], tf.data.Dataset]:
+    """start step → batches ``((x_l (n_labeled,H,W,1), y_l), x_u (n_unlabeled,H,W,1))``."""
+
+    def make_dataset(start: int) -> tf.data.Dataset:
+        labeled = context.labeled(n_labeled, seed + start)
+        unlabeled = context.unlabeled(n_unlabeled, seed + start + SUBSTREAM["second_dataset"])
+        return tf.data.Dataset.zip((labeled, unlabeled))
+
+    return make_dataset
 
 
 def _run(

@@ -39,7 +39,7 @@ import tensorflow as tf
 import yaml
 
 from tfaug.config import Config, config_from_dict
-from tfaug.methods import GENERATOR_METHODS, generator_stage
+from tfaug.methods import GENERATOR_METHODS, final_stage, generator_stage
 from tfaug.ops.generated import apply_deformation, apply_intensity
 from tfaug.runs.rundir import RunDirectory
 from tfaug.training.builders import build_generator, build_segmenter
@@ -96,6 +96,9 @@ def _weights(path: Path, run: RunDirectory) -> Path:
 def load_run_models(run_dir: str | Path) -> tuple[Config, dict[str, keras.Model]]:
     """Build the run's segmenter and generators and load their best weights.
 
+    The segmenter is the kept S of the run's final stage (:func:`tfaug.methods.final_stage`:
+    ``segmenter``, or the last stage of a comparison method, e.g. ``consistency``).
+
     Returns:
         ``(cfg, models)`` with ``models["segmenter"]`` (S: (B,S,S,1) → logits (B,S,S,C)) and,
         for generator methods, ``models["deformation"]`` / ``models["intensity"]``.
@@ -106,7 +109,8 @@ def load_run_models(run_dir: str | Path) -> tuple[Config, dict[str, keras.Model]
     cfg = read_run_config(run_dir)
     run = RunDirectory(Path(run_dir))
     segmenter = build_segmenter(cfg)
-    segmenter.load_weights(_weights(run.stage("segmenter") / "best/segmenter.weights.h5", run))
+    stage = final_stage(cfg.method, cfg.train.self_training_rounds)
+    segmenter.load_weights(_weights(run.stage(stage) / "best/segmenter.weights.h5", run))
     models: dict[str, keras.Model] = {"segmenter": segmenter}
     for kind in GENERATOR_METHODS.get(cfg.method, ()):
         generator = build_generator(cfg, kind)

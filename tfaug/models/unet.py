@@ -85,19 +85,43 @@ class UNet(keras.Model):
             shape = block.compute_output_shape(shape)
         self.head.build(shape)
 
-    def call(self, inputs: Any, training: bool | None = None) -> Any:
+    def encode(self, inputs: Any, training: bool | None = None) -> list[Any]:
+        """The encoder's feature maps, the input of :meth:`decode`.
+
+        Args:
+            inputs: (B,H,W,1) images, H and W multiples of 32.
+            training: BatchNormalization mode.
+
+        Returns:
+            Five maps, shallowest first: the four skips (B,H/2^l,W/2^l,filters[l]) of levels
+            l = 0..3 and the bottleneck (B,H/16,W/16,filters[4]), in the compute dtype.
+        """
         check_spatial_size(tuple(inputs.shape), "UNet", require_static=False)
+        if not self.built:
+            self.build(tuple(inputs.shape))
+        features = []
         x = inputs
-        skips = []
         for level, block in enumerate(self.encoder):
-            x = block(x, training=training)
-            if level < len(self.encoder) - 1:
-                skips.append(x)
+            if level:
                 x = self.pool(x)
+            x = block(x, training=training)
+            features.append(x)
+        return features
+
+    def decode(self, features: Sequence[Any], training: bool | None = None) -> Any:
+        """Logits (B,H,W,n_classes) float32 from the five maps of :meth:`encode`.
+
+        The maps may be perturbed first (UniMatch's feature perturbation drops channels of
+        each); ``call(x)`` is ``decode(encode(x))``.
+        """
+        *skips, x = features
         for upsample, block, skip in zip(self.upsample, self.decoder, reversed(skips), strict=True):
             x = upsample(x, training=training)
             x = block(ops.concatenate([skip, x], axis=-1), training=training)
         return self.head(x)
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        return self.decode(self.encode(inputs, training=training), training=training)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return (*tuple(input_shape)[:-1], self.n_classes)

@@ -21,8 +21,9 @@ from tfaug.models.generator import Generator
 from tfaug.models.pixel_discriminator import PixelDiscriminator
 from tfaug.models.unet import UNet
 from tfaug.ops.augment import Mixup, RandomAffine, RandomElastic, RandomIntensity, sigma_px_from_mm
+from tfaug.ops.cutmix import CutMixBoxes
 from tfaug.ops.generated import ChainAugmentation, GeneratedAugmentation
-from tfaug.ops.heavy import HeavyAugmentation
+from tfaug.ops.heavy import HeavyAugmentation, HeavyIntensity
 from tfaug.training.joint import JointAugmentationModel
 
 # -- networks -----------------------------------------------------------------------------
@@ -159,6 +160,25 @@ def build_labeled_augmentation(cfg: Config, seed: int) -> keras.layers.Layer | N
     if cfg.method == "heavy":
         return build_heavy(cfg, seed)
     return build_affine(cfg, seed)
+
+
+def build_strong(cfg: Config, seed: int) -> HeavyIntensity:
+    """The intensity perturbation of the consistency methods' strong views (``cfg.strong``).
+
+    It computes in float32 under any dtype policy (its ops do not all take float16).
+    """
+    return HeavyIntensity(**dataclasses.asdict(cfg.strong), seed=seed, dtype="float32")
+
+
+def build_cutmix(cfg: Config, seed: int) -> CutMixBoxes:
+    """The CutMix boxes of the consistency methods' strong views (``cfg.ssl.cutmix_*``)."""
+    ssl = cfg.ssl
+    return CutMixBoxes(
+        probability=ssl.cutmix_probability,
+        area_range=tuple(ssl.cutmix_area_range),
+        aspect_range=tuple(ssl.cutmix_aspect_range),
+        seed=seed,
+    )
 
 
 def build_random(cfg: Config, seed: int) -> tuple[RandomElastic, RandomIntensity]:

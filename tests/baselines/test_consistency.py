@@ -1,0 +1,338 @@
+"""Tests of the ``fixmatch`` / ``unimatch`` comparisons: the weak-to-strong consistency step
+(its teacher, CutMix, feature stream and losses), its engineering (one trace, XLA, mixed
+precision) and runs through :class:`Algorithm` on the tiny phantom, exported afterwards."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tiny import SIDE, build_tiny_unet, tiny_config
+
+from tfaug.baselines.comparisons import build_consistency_model, consistency_batch_sizes
+from tfaug.baselines.consistency import ConsistencyModel, confident_pseudo_labels
+from tfaug.data.pipeline import labeled_dataset, unlabeled_dataset
+from tfaug.deploy.export import export_run
+from tfaug.methods import METHODS, final_stage
+from tfaug.ops.augment import RandomAffine
+from tfaug.ops.cutmix import CutMixBoxes
+from tfaug.ops.heavy import HeavyIntensity
+from tfaug.runs.algorithm import Algorithm
+from tfaug.runs.rundir import open_run_directory
+from tfaug.training import loop
+
+N_CLASSES = 2
+
+
+def _model(views: int = 2, feature_weight: float = 0.25, **kwargs) -> ConsistencyModel:
+    keras.utils.set_random_seed(0)
+    options = {
+        "weak": RandomAffine(seed=1),
+        "strong": HeavyIntensity(p_brightness=0.8, brightness_range=(0.5, 1.5), seed=2),
+        "cutmix": CutMixBoxes(seed=3),
+        "threshold": 0.6,
+        **kwargs,
+    }
+    model = ConsistencyModel(
+        build_tiny_unet(N_CLASSES),
+        n_classes=N_CLASSES,
+        class_weights=[0.1, 0.9],
+        strong_views=views,
+        feature_weight=feature_weight,
+        seed=4,
+        **options,
+    )
+    model.compile(s_optimizer=keras.optimizers.Adam(1e-2))
+    return model
+
+
+def _discs(rows: int = 4) -> tuple[tf.Tensor, tf.Tensor]:
+    """Noisy bright discs of radii 5..11 on a dark slice, and their labels."""
+    yy, xx = np.mgrid[:SIDE, :SIDE]
+    labels = np.stack([(yy - 16) ** 2 + (xx - 16) ** 2 < r**2 for r in range(5, 5 + 2 * rows, 2)])
+    noise = np.random.default_rng(0).normal(0.0, 0.05, labels.shape)
+    images = (0.2 + 0.6 * labels + noise).astype(np.float32)[..., None]
+    return tf.constant(images), tf.constant(labels.astype(np.int32))
+
+
+def _batch() -> tuple:
+    x, y = _discs()
+    return (x[:2], y[:2]), x[2:]
+
+
+def _step(model: ConsistencyModel, batch) -> dict[str, float]:
+    """One training step's values (trackers reset first, so the means are this step's)."""
+    for tracker in model.metrics:
+        tracker.reset_state()
+    return {name: float(value) for name, value in model.train_step(batch).items()}
+
+
+# ----------------------------------------------------------------------- the teacher
+
+
+def test_pseudo_labels_carry_no_gradient():
+    model = _model()
+    (x_l, y_l), x_u = _batch()
+    x_l, y_onehot, x_u = model.weak_views(x_l, y_l, x_u)
+    strong, boxes = model.strong_batch(x_u)
+    weights = model.segmenter.trainable_weights
+    with tf.GradientTape(persistent=True) as tape:
+        losses = model.compute_losses(x_l, y_onehot, x_u, strong, boxes)
+    for name in ("pseudo_labels", "confidence_map"):
+        assert all(g is None for g in tape.gradient(losses[name], weights)), name
+    # The consistency terms do reach S (through the student's predictions).
+    for name in ("strong_loss", "fp_loss"):
+        gradients = tape.gradient(losses[name], weights)
+        assert any(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in gradients)
+    logits = tf.Variable(tf.random.normal((1, 4, 4, N_CLASSES)))
+    with tf.GradientTape() as tape:
+        labels, confidence, kept = confident_pseudo_labels(logits, 0.5)
+        total = tf.reduce_sum(labels) + tf.reduce_sum(confidence) + tf.reduce_sum(kept)
+    assert tape.gradient(total, logits) is None
+
+
+def _with_head(model: ConsistencyModel, bias: list[float]) -> ConsistencyModel:
+    """The segmenter answers ``bias`` at every pixel: zero head kernel, given head bias."""
+    head = model.segmenter.head
+    head.kernel.assign(tf.zeros_like(head.kernel))
+    head.bias.assign(bias)
+    return model
+
+
+def test_confident_teacher_keeps_every_pixel_and_uniform_teacher_keeps_none():
+    confident = _step(_with_head(_model(threshold=0.95), [8.0, -8.0]), _batch())
+    assert confident["kept_fraction"] == 1.0 and confident["confidence"] > 0.99
+    uniform = _step(_with_head(_model(threshold=0.95), [0.0, 0.0]), _batch())
+    assert uniform["kept_fraction"] == 0.0
+    assert uniform["confidence"] == pytest.approx(1 / N_CLASSES)
+    assert uniform["strong_loss"] == uniform["fp_loss"] == 0.0  # no kept pixel, no target
+    assert uniform["seg_loss"] > 0.0
+
+
+# ----------------------------------------------------------------------- strong views
+
+
+def test_cutmix_mixes_images_and_pseudo_labels_with_the_same_boxes():
+    rows = 4
+    model = ConsistencyModel(
+        build_tiny_unet(rows),
+        n_classes=rows,
+        class_weights=[0.25] * rows,
+        cutmix=CutMixBoxes(probability=1.0, seed=7),
+        threshold=0.5,
+    )
+    ids = tf.range(rows, dtype=tf.float32)
+    x_u = tf.broadcast_to(ids[:, None, None, None], (rows, SIDE, SIDE, 1))  # slice i: value i
+    images, boxes = model.strong_batch(x_u)
+    assert len(images) == len(boxes) == 2
+    pseudo_labels = tf.one_hot(tf.cast(x_u[..., 0], tf.int32), rows)
+    confidence = x_u[..., 0] / 4.0  # slices 2 and 3 are confident (>= 0.5)
+    for image, box in zip(images, boxes, strict=True):
+        shown = np.asarray(image)[..., 0].astype(int)  # which slice each pixel comes from
+        labels, kept = model.view_targets(pseudo_labels, confidence, box)
+        np.testing.assert_array_equal(np.argmax(labels, axis=-1), shown)
+        np.testing.assert_array_equal(np.asarray(kept), shown >= 2)
+        assert np.asarray(box).any(axis=(1, 2)).all()
+        np.testing.assert_array_equal(shown[~np.asarray(box)], np.where(~np.asarray(box))[0])
+    assert not np.array_equal(boxes[0], boxes[1])  # each view draws its own boxes
+
+
+def test_feature_dropout_acts_only_on_the_perturbed_stream():
+    model = _model(feature_dropout=0.5)
+    x, _ = _discs()
+    segmenter = model.segmenter
+    clean, perturbed = model.weak_pass(x, 1, training=False)
+    again, perturbed_again = model.weak_pass(x, 1, training=False)
+    # Inference-mode BatchNormalization: rows are independent, so the clean stream (labeled
+    # and unlabeled rows) must be S itself, every time; only the perturbed stream varies.
+    np.testing.assert_allclose(clean, segmenter(x, training=False), atol=1e-5)
+    np.testing.assert_array_equal(clean, again)
+    assert perturbed.shape == (3, SIDE, SIDE, N_CLASSES)
+    assert np.abs(np.asarray(perturbed) - np.asarray(clean[1:])).max() > 1e-3
+    assert np.abs(np.asarray(perturbed) - np.asarray(perturbed_again)).max() > 1e-3
+    # S itself holds no dropout: two training-mode calls agree.
+    np.testing.assert_array_equal(segmenter(x, training=True), segmenter(x, training=True))
+
+    dropped = np.asarray(model.channel_dropout(tf.ones((8, 3, 3, 64))))
+    assert set(np.unique(dropped)) == {0.0, 2.0}  # whole channels, survivors scaled by 2
+    assert (dropped == dropped[:, :1, :1, :]).all()
+    assert 0.4 < (dropped == 0).mean() < 0.6
+    assert not _model(views=1, feature_weight=0.0).perturbs_features
+
+
+# ----------------------------------------------------------------------- the step
+
+
+def test_methods_trackers_and_updates():
+    model, fixmatch = _model(), _model(views=1, feature_weight=0.0, strong_weight=0.5)
+    logs = _step(model, _batch())
+    assert set(logs) == {
+        "seg_loss", "strong_loss", "strong_loss_1", "strong_loss_2", "fp_loss", "total_loss",
+        "confidence", "kept_fraction",
+    }  # fmt: skip
+    expected = 0.5 * logs["seg_loss"] + 0.125 * (logs["strong_loss_1"] + logs["strong_loss_2"])
+    assert logs["total_loss"] == pytest.approx(expected + 0.25 * logs["fp_loss"], rel=1e-5)
+    before = [w.numpy().copy() for w in fixmatch.segmenter.trainable_weights]
+    logs = _step(fixmatch, _batch())
+    assert set(logs) == {"seg_loss", "strong_loss", "total_loss", "confidence", "kept_fraction"}
+    assert logs["total_loss"] == pytest.approx(
+        0.5 * logs["seg_loss"] + 0.5 * logs["strong_loss"], rel=1e-5
+    )
+    after = fixmatch.segmenter.trainable_weights
+    assert all(not np.allclose(b, a.numpy()) for b, a in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("views", "feature_weight", "losses"),
+    [(2, 0.25, ("cross_entropy", "dice")), (1, 0.0, ("cross_entropy_dice", "cross_entropy"))],
+)
+def test_loss_on_a_fixed_batch_falls(views, feature_weight, losses):
+    model = _model(views, feature_weight, supervised_loss=losses[0], unlabeled_loss=losses[1])
+    step, batch = tf.function(model.train_step), _batch()
+    totals = []
+    for _ in range(20):
+        for tracker in model.metrics:
+            tracker.reset_state()
+        totals.append(float(step(batch)["total_loss"]))
+    assert np.mean(totals[-3:]) < 0.6 * np.mean(totals[:3]), totals
+    assert step.experimental_get_tracing_count() == 1
+
+
+def test_mixed_precision_step(tmp_path):
+    cfg = tiny_config(tmp_path / "cache", tmp_path / "runs", method="unimatch")
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:  # built as a run builds it: after the policy is set
+        model = build_consistency_model(cfg, build_tiny_unet(cfg.data.n_classes), seed=1)
+        assert model.segmenter.compute_dtype == "float16"
+        assert isinstance(model.s_optimizer, keras.optimizers.LossScaleOptimizer)
+        x, y = _discs()
+        logs = tf.function(model.train_step)(((x[:2], y[:2]), x[2:]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for name, value in logs.items():
+        assert value.dtype == tf.float32 and np.isfinite(value.numpy()), name
+
+
+def test_config_round_trip_and_bad_arguments():
+    model = _model()
+    config = model.get_config()
+    assert (config["supervised_weight"], config["strong_weight"]) == (0.5, 0.125)
+    assert (config["feature_weight"], config["threshold"], config["feature_dropout"]) == (
+        0.25, 0.6, 0.5,
+    )  # fmt: skip
+    clone = ConsistencyModel.from_config(config)
+    assert clone.get_config() == config
+    assert isinstance(clone.strong, HeavyIntensity) and isinstance(clone.cutmix, CutMixBoxes)
+    defaults = ConsistencyModel(build_tiny_unet(), n_classes=2, class_weights=[0.5, 0.5])
+    assert defaults.get_config()["threshold"] == 0.95 and defaults.strong_views == 2
+    with pytest.raises(ValueError, match="threshold must be in .*feature_dropout must be in"):
+        ConsistencyModel(
+            build_tiny_unet(), n_classes=2, class_weights=[0.5, 0.5], threshold=1.5,
+            feature_dropout=1.0,
+        )  # fmt: skip
+
+
+# ----------------------------------------------------------------------- from the config
+
+
+def test_the_config_builds_each_method(tmp_path):
+    cfg = tiny_config(tmp_path / "cache", tmp_path / "runs", method="unimatch")
+    cfg.strong.p_blur, cfg.ssl.cutmix_probability = 0.3, 0.7
+    cfg.train.batch_size = 5
+    unimatch = build_consistency_model(cfg, build_tiny_unet(4), seed=1)
+    assert (unimatch.strong_views, unimatch.strong_weight, unimatch.feature_weight) == (
+        2, 0.125, 0.25,
+    )  # fmt: skip
+    assert isinstance(unimatch.weak, RandomAffine)
+    assert unimatch.strong.p_blur == 0.3 and unimatch.cutmix.probability == 0.7
+    assert consistency_batch_sizes(cfg) == (3, 2)  # round(5 · 0.5) = 2 unlabeled
+    cfg.method = "fixmatch"
+    fixmatch = build_consistency_model(cfg, build_tiny_unet(4), seed=1)
+    assert (fixmatch.strong_views, fixmatch.strong_weight, fixmatch.feature_weight) == (
+        1, 0.5, 0.0,
+    )  # fmt: skip
+    cfg.ssl.unlabeled_fraction = 0.05
+    with pytest.raises(ValueError, match="ssl.unlabeled_fraction"):
+        consistency_batch_sizes(cfg)
+
+
+def test_step_compiles_with_xla_and_traces_once_in_run_stage(tiny_cache, tmp_path, monkeypatch):
+    """One trace over 3 steps of a real stage, and XLA compiles the whole step (the affine
+    weak view, HeavyIntensity, CutMix and the dropout included). Without XLA, the fixed-batch
+    test below counts the traces."""
+    cfg, cache = tiny_cache
+    cfg = tiny_config(cfg.data.cache_dir, tmp_path, method="unimatch")
+    model = build_consistency_model(cfg, build_tiny_unet(cfg.data.n_classes), seed=1)
+    built = []
+
+    def spy(model: keras.Model, jit_compile: bool):
+        built.append(compile_train_step(model, jit_compile))
+        return built[-1]
+
+    def make_dataset(start: int) -> tf.data.Dataset:
+        labeled = labeled_dataset(cache, cache.case_ids, 2, seed=start)
+        return tf.data.Dataset.zip((labeled, unlabeled_dataset(cache, cache.case_ids, 2, start)))
+
+    compile_train_step = loop.compile_train_step
+    monkeypatch.setattr(loop, "compile_train_step", spy)
+    result = loop.run_stage(
+        name="consistency",
+        model=model,
+        make_dataset=make_dataset,
+        iterations=3,
+        stage_dir=tmp_path / "consistency",
+        keep={},
+        validate_every=3,
+        jit_compile=True,
+        progress=False,
+    )
+    assert result.iterations == 3
+    assert len(built) == 1 and built[0].experimental_get_tracing_count() == 1
+
+
+# ----------------------------------------------------------------------- whole runs
+
+
+@pytest.fixture(scope="module", params=["fixmatch", "unimatch"])
+def consistency_run(request, tiny_cache, tmp_path_factory):
+    """A finished tiny run of each consistency method through Algorithm."""
+    cfg, _ = tiny_cache
+    cfg = tiny_config(cfg.data.cache_dir, tmp_path_factory.mktemp("ssl-runs"), request.param)
+    cfg.ssl.threshold = 0.5  # the tiny run's S is far from confident
+    run = open_run_directory(cfg)
+    return cfg, run, Algorithm(cfg, run, progress=False).execute(command=["test"])
+
+
+def test_consistency_methods_run_export_and_resume(consistency_run, tmp_path):
+    cfg, run, results = consistency_run
+    assert cfg.method in METHODS and final_stage(cfg.method, 3) == "consistency"
+    assert list(results["stages"]) == ["consistency"]
+    assert json.loads(run.results_path.read_text())["method"] == cfg.method
+    assert results["stages"]["consistency"]["iterations"] == cfg.train.segmenter_iterations
+    assert results["summary"]["mean_dice"]["n"] == 2
+    stage = run.stage("consistency")
+    assert (stage / "done.json").is_file()
+    assert sorted(p.name for p in (stage / "best").iterdir()) == ["segmenter.weights.h5"]
+    rows = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert {"kept_fraction", "confidence", "strong_loss", "seg_loss"} <= set(rows[-1])
+    assert ("fp_loss" in rows[-1]) == (cfg.method == "unimatch")
+
+    exported = export_run(run.path, tmp_path / "export", formats=("savedmodel",))
+    assert list(exported["models"]) == ["segmenter"]
+    assert exported["run"]["method"] == cfg.method
+
+    # A finished stage is skipped: re-running trains nothing and keeps the same S.
+    done = (stage / "done.json").read_text()
+    again = Algorithm(cfg, run, progress=False).execute(command=["again"])
+    assert (stage / "done.json").read_text() == done
+    assert again["test"] == results["test"]
+
+
+def test_every_methods_final_stage():
+    assert final_stage("gdgi", 3) == final_stage("aff", 3) == "segmenter"
+    assert final_stage("self_training", 2) == "self_training_round2"
+    assert final_stage("adv_pixel", 3) == final_stage("adv_image", 3) == "adversarial"
+    assert final_stage("fixmatch", 3) == final_stage("unimatch", 3) == "consistency"
