@@ -354,9 +354,10 @@ class SslConfig:
         feature_weight: weight of ``unimatch``'s feature-perturbation stream.
         fixmatch_strong_weight: weight of ``fixmatch``'s single strong view (UniMatch's
             FixMatch: ``(L_x + L_s) / 2``).
-        supervised_loss: ``cross_entropy`` (``train.class_weights``, the loss of every other
-            method) or ``cross_entropy_dice`` (UniMatch's ``(CE + Dice) / 2``, with the
-            class weights in the CE).
+        supervised_loss: ``cross_entropy_dice`` (UniMatch's ``(CE + Dice) / 2``, with
+            ``train.class_weights`` in the CE), or ``cross_entropy`` (the loss of every other
+            method; pair it with ``unlabeled_loss: cross_entropy``: a Dice's gradients are
+            far larger than a pixel-mean CE's and drown it).
         unlabeled_loss: ``dice`` (UniMatch's medical code: soft Dice on the confident
             pixels) or ``cross_entropy`` (class-weighted, confident pixels, mean over all).
         cutmix_probability: chance that a strong view's slice gets a CutMix box.
@@ -372,7 +373,7 @@ class SslConfig:
     strong_weight: float = setting(0.125, read_by=READ_BY_FINAL)
     feature_weight: float = setting(0.25, read_by=READ_BY_FINAL)
     fixmatch_strong_weight: float = setting(0.5, read_by=READ_BY_FINAL)
-    supervised_loss: str = setting("cross_entropy", read_by=READ_BY_FINAL)
+    supervised_loss: str = setting("cross_entropy_dice", read_by=READ_BY_FINAL)
     unlabeled_loss: str = setting("dice", read_by=READ_BY_FINAL)
     cutmix_probability: float = setting(0.5, read_by=READ_BY_FINAL)
     cutmix_area_range: list[float] = setting(factory=lambda: [0.02, 0.4], read_by=READ_BY_FINAL)

@@ -37,7 +37,7 @@ DEFAULT_METHOD = "gdgi"
 TUNED_METHODS = {"deformation": "gd", "intensity": "gi"}
 TUNERS = ("random", "bayesian", "grid")
 # The losses of the consistency methods (config ssl.supervised_loss, ssl.unlabeled_loss).
-SUPERVISED_LOSSES = ("cross_entropy", "cross_entropy_dice")
+SUPERVISED_LOSSES = ("cross_entropy_dice", "cross_entropy")
 UNLABELED_LOSSES = ("dice", "cross_entropy")
 
 # -- data ---------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def test_methods_trackers_and_updates():
 
 @pytest.mark.parametrize(
     ("views", "feature_weight", "losses"),
-    [(2, 0.25, ("cross_entropy", "dice")), (1, 0.0, ("cross_entropy_dice", "cross_entropy"))],
+    [(2, 0.25, ("cross_entropy_dice", "dice")), (1, 0.0, ("cross_entropy", "cross_entropy"))],
 )
 def test_loss_on_a_fixed_batch_falls(views, feature_weight, losses):
     model = _model(views, feature_weight, supervised_loss=losses[0], unlabeled_loss=losses[1])

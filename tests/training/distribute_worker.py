@@ -71,7 +71,7 @@ def _model(name: str):
         unet.build((None, SIDE, SIDE, 1))
         model = ConsistencyModel(
             unet, n_classes=2, class_weights=[0.5, 0.5], threshold=0.5,
-            unlabeled_loss="cross_entropy", seed=5,
+            supervised_loss="cross_entropy", unlabeled_loss="cross_entropy", seed=5,
         )  # fmt: skip
         model.compile(s_optimizer=keras.optimizers.SGD(0.05))
         return model

@@ -104,8 +104,9 @@ class ConsistencyModel(keras.Model):
         strong_weight: weight of each strong view's loss (``unimatch``: 0.125;
             ``fixmatch``: 0.5).
         feature_weight: weight of ``fp_loss`` (``unimatch``: 0.25); 0: no perturbed stream.
-        supervised_loss: ``"cross_entropy"`` (class-weighted) or ``"cross_entropy_dice"``
-            (UniMatch: (CE + soft Dice) / 2).
+        supervised_loss: ``"cross_entropy_dice"`` (UniMatch: (class-weighted CE + soft
+            Dice) / 2) or ``"cross_entropy"`` (class-weighted; pair it with the
+            ``"cross_entropy"`` unlabeled loss, whose gradients are of its scale).
         unlabeled_loss: ``"dice"`` (UniMatch's medical code: soft Dice over the kept pixels)
             or ``"cross_entropy"`` (class-weighted, zero on the other pixels, mean over all).
         seed: seed of the channel-dropout draws; ``None``: random.
@@ -135,7 +136,7 @@ class ConsistencyModel(keras.Model):
         supervised_weight: float = 0.5,
         strong_weight: float = 0.125,
         feature_weight: float = 0.25,
-        supervised_loss: str = "cross_entropy",
+        supervised_loss: str = "cross_entropy_dice",
         unlabeled_loss: str = "dice",
         seed: int | None = None,
         **kwargs: Any,
