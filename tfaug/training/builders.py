@@ -145,11 +145,14 @@ def build_affine(cfg: Config, seed: int) -> RandomAffine:
 
 
 def build_heavy(cfg: Config, seed: int) -> HeavyAugmentation:
-    """nnU-Net-style heavy augmentation from ``cfg.heavy`` (elastic σ converted from mm)."""
+    """nnU-Net-style heavy augmentation from ``cfg.heavy`` (elastic σ converted from mm).
+
+    It computes in float32 under any dtype policy (its blur's ops do not all take float16).
+    """
     options = dataclasses.asdict(cfg.heavy)
     sigma_mm = options.pop("elastic_sigma_mm")
     sigma_px = sigma_px_from_mm(sigma_mm, cfg.preprocess.spacing_mm)
-    return HeavyAugmentation(**options, elastic_sigma_px=sigma_px, seed=seed)
+    return HeavyAugmentation(**options, elastic_sigma_px=sigma_px, seed=seed, dtype="float32")
 
 
 def build_labeled_augmentation(cfg: Config, seed: int) -> keras.layers.Layer | None:
