@@ -73,7 +73,7 @@ def run_script(name: str, arguments: list[str], saved: Path, reuse: bool) -> str
         return saved.read_text(encoding="utf-8")
     command = [sys.executable, str(BENCH / name), *arguments]
     print("$", " ".join(command), flush=True)
-    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+    completed = subprocess.run(command, stdout=subprocess.PIPE, encoding="utf-8", check=False)
     print(completed.stdout, flush=True)
     if completed.returncode != 0:
         raise RuntimeError(f"bench/{name} failed with exit code {completed.returncode}")

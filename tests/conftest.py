@@ -1,8 +1,11 @@
-"""Shared pytest setup: quiet TensorFlow, deterministic seeds."""
+"""Shared pytest setup: quiet TensorFlow, UTF-8 child processes, deterministic seeds."""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The commands these tests start print UTF-8 whatever the machine's locale; the tests read
+# their output as UTF-8. tests/test_cli_quiet.py checks an ASCII terminal separately.
+os.environ["PYTHONIOENCODING"] = "utf-8"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -45,7 +45,7 @@ def test_inspect_json_lists_volumes_and_the_split(phantom, capsys):
     assert report["problems"] == []
     assert [c["case_id"] for c in report["cases"]] == [f"patient00{i}" for i in range(1, 7)]
     first = report["cases"][0]
-    info = (phantom / "training" / "patient001" / "Info.cfg").read_text()
+    info = (phantom / "training" / "patient001" / "Info.cfg").read_text(encoding="utf-8")
     assert f"Group: {first['group']}" in info and f"ES: {first['frame']}" in info
     assert first["labels"] == [0, 1, 2, 3]
     assert len(first["shape"]) == 3 and len(first["spacing"]) == 3
@@ -111,7 +111,7 @@ def test_console_errors_have_no_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tfaug.cli", "data", "inspect", "--data-root", str(missing)],
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         timeout=120,
         cwd=Path(__file__).resolve().parents[1],
     )

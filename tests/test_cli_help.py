@@ -25,7 +25,10 @@ print("HEAVY:" + ",".join(heavy))
 @pytest.mark.parametrize("arguments", HELP_COMMANDS, ids=" ".join)
 def test_help_does_not_import_tensorflow(arguments):
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, *arguments], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", PROBE, *arguments],
+        capture_output=True,
+        encoding="utf-8",
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
@@ -34,7 +37,7 @@ def test_help_does_not_import_tensorflow(arguments):
 
 def test_the_installed_command_prints_help_without_tensorflow_log_lines():
     script = shutil.which("tfaug") or str(Path(sys.executable).with_name("tfaug"))
-    done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([script, "--help"], capture_output=True, encoding="utf-8", timeout=120)
     assert done.returncode == 0, done.stderr
     assert "usage: tfaug" in done.stdout
     for marker in ("oneDNN", "absl::InitializeLog", "cpu_feature_guard"):

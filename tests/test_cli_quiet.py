@@ -8,6 +8,7 @@ each grid run) and ``export/serving_client.py`` (its own entry point).
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -16,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tfaug.console import QUIET_TF_LOG_LEVEL, TF_LOG_LEVEL_VARIABLE, quiet_tensorflow, setup_console
+from tfaug.console import (
+    QUIET_TF_LOG_LEVEL,
+    TF_LOG_LEVEL_VARIABLE,
+    quiet_tensorflow,
+    setup_console,
+    tolerate_ascii_streams,
+)
 from tfaug.data.volume import DatasetWarning
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -43,7 +50,7 @@ def run_script(script: str, tmp_path: Path, level: str | None) -> subprocess.Com
     arguments = [a.format(missing=tmp_path / "missing") for a in SCRIPTS[script][0]]
     command = [sys.executable, script, *arguments]
     return subprocess.run(
-        command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=300
+        command, cwd=REPOSITORY, env=env, capture_output=True, encoding="utf-8", timeout=300
     )
 
 
@@ -91,3 +98,27 @@ def test_tfaug_warnings_print_on_one_line_and_others_as_python_prints_them(monke
     assert ours == "tfaug: warning: a.nii.gz: 3 voxels clipped\n"
     theirs = warnings.formatwarning(UserWarning("other"), UserWarning, "f.py", 7, "x = 1")
     assert "f.py:7: UserWarning: other" in theirs
+
+
+def test_an_ascii_terminal_gets_escapes_not_a_crash():
+    """``LC_ALL=C`` with Python's UTF-8 mode off: the help's λ prints as ``\\u03bb``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONIO"))}
+    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "tfaug.cli", "--help"]
+    done = subprocess.run(command, cwd=REPOSITORY, env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode("ascii", "replace")
+    assert b"\\u03bb" in done.stdout
+    done.stdout.decode("ascii")  # nothing but ASCII reached the terminal
+
+
+def test_tolerate_ascii_streams_escapes_only_on_streams_that_need_it():
+    ascii_stream = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    utf8_stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    tolerate_ascii_streams((ascii_stream, utf8_stream))
+    for stream in (ascii_stream, utf8_stream):
+        stream.write("0.71 ± 0.02")
+        stream.flush()
+    assert ascii_stream.buffer.getvalue() == b"0.71 \\xb1 0.02"
+    assert utf8_stream.buffer.getvalue() == "0.71 ± 0.02".encode()
+    assert utf8_stream.errors == "strict"

@@ -9,13 +9,20 @@ a level, and must run before TensorFlow is imported; child processes (the grid's
 inherit the setting through the environment. Python warnings are kept; tfaug's own
 :class:`~tfaug.data.volume.DatasetWarning` s print as one ``tfaug: warning: ...`` line.
 Progress bars and result tables are untouched.
+
+tfaug prints a few non-ASCII characters (``±`` in result tables, ``λ`` and ``Δ`` in help
+texts). Under an ASCII locale (``LC_ALL=C`` with Python's UTF-8 mode off) Python would stop
+with ``UnicodeEncodeError`` at the first one, after a run had finished; :func:`setup_console`
+makes standard output and error write such characters as ``\\xb1`` escapes instead.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import MutableMapping
+from typing import TextIO
 
 from tfaug.data.volume import DatasetWarning
 
@@ -51,7 +58,24 @@ def _format_warning(
     return _PYTHON_FORMAT(message, category, filename, lineno, line)
 
 
+def tolerate_ascii_streams(streams: tuple[TextIO, ...] | None = None) -> None:
+    """Let ``streams`` (default stdout and stderr) escape what their encoding cannot write.
+
+    A stream whose encoding can write ``±`` is left as it is; any other (ASCII) is
+    reconfigured with ``errors="backslashreplace"``, so ``±`` prints as ``\\xb1``.
+    """
+    for stream in (sys.stdout, sys.stderr) if streams is None else streams:
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        try:
+            "±λΔ".encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="backslashreplace")
+
+
 def setup_console() -> None:
-    """Quiet TensorFlow's C++ start-up lines and print tfaug's warnings on one line each."""
+    """Quiet TensorFlow's C++ start-up lines, print tfaug's warnings on one line each and
+    keep an ASCII terminal from stopping a command at its first ``±``."""
     quiet_tensorflow()
+    tolerate_ascii_streams()
     warnings.formatwarning = _format_warning

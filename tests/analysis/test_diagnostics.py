@@ -54,7 +54,7 @@ def real_run(tmp_path_factory) -> Path:
 
 
 def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def _row(step: int, dice: float | None = 0.5, selection: float | None = None, **values) -> dict:
@@ -90,7 +90,7 @@ def test_real_stage_is_converted_to_mm_and_fraction_of_the_field_of_view(real_ru
     stage = real_run / "checkpoints" / "generator_deformation"
     assert stage.is_symlink()  # shared with the generator directory
     rows = _rows(stage / "metrics.jsonl")
-    done = json.loads((stage / "done.json").read_text())
+    done = json.loads((stage / "done.json").read_text(encoding="utf-8"))
 
     trace = read_stage_trace(stage, spacing_mm=SPACING, crop_size=CROP)
 
@@ -109,12 +109,12 @@ def test_real_stage_is_converted_to_mm_and_fraction_of_the_field_of_view(real_ru
 def test_run_diagnostics_json_and_figure_are_written_at_the_chosen_step(real_run):
     summary = write_run_diagnostics(real_run, spacing_mm=SPACING, crop_size=CROP)
 
-    assert summary == json.loads((real_run / SUMMARY_NAME).read_text())
+    assert summary == json.loads((real_run / SUMMARY_NAME).read_text(encoding="utf-8"))
     assert summary["field_of_view_mm"] == 160.0
     assert list(summary["stages"]) == ["generator_deformation"]  # GI was not trained
     stage = summary["stages"]["generator_deformation"]
     stage_dir = real_run / "checkpoints" / "generator_deformation"
-    best = json.loads((stage_dir / "done.json").read_text())["best_step"]
+    best = json.loads((stage_dir / "done.json").read_text(encoding="utf-8"))["best_step"]
     row = next(r for r in _rows(stage_dir / "metrics.jsonl") if r["step"] == best)
     assert stage["chosen_step"] == stage["chosen"]["step"] == best
     assert stage["chosen"]["field_mean"] == pytest.approx(row["field_norm"] * 5.0)

@@ -151,7 +151,7 @@ def test_adversarial_stage_chooses_its_checkpoint_on_the_smoothed_score(adversar
 def test_adversarial_methods_run_through_the_algorithm(adversarial_run):
     run, results = adversarial_run
     assert list(results["stages"]) == ["adversarial"]
-    assert json.loads(run.results_path.read_text())["method"] == results["method"]
+    assert json.loads(run.results_path.read_text(encoding="utf-8"))["method"] == results["method"]
     assert results["stages"]["adversarial"]["iterations"] == 4
     assert results["summary"]["mean_dice"]["n"] == 2
     best = run.stage("adversarial") / "best"

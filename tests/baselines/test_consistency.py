@@ -310,13 +310,16 @@ def test_consistency_methods_run_export_and_resume(consistency_run, tmp_path):
     cfg, run, results = consistency_run
     assert cfg.method in METHODS and final_stage(cfg.method, 3) == "consistency"
     assert list(results["stages"]) == ["consistency"]
-    assert json.loads(run.results_path.read_text())["method"] == cfg.method
+    assert json.loads(run.results_path.read_text(encoding="utf-8"))["method"] == cfg.method
     assert results["stages"]["consistency"]["iterations"] == cfg.train.segmenter_iterations
     assert results["summary"]["mean_dice"]["n"] == 2
     stage = run.stage("consistency")
     assert (stage / "done.json").is_file()
     assert sorted(p.name for p in (stage / "best").iterdir()) == ["segmenter.weights.h5"]
-    rows = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (stage / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert {"kept_fraction", "confidence", "strong_loss", "seg_loss"} <= set(rows[-1])
     assert ("fp_loss" in rows[-1]) == (cfg.method == "unimatch")
 
@@ -325,9 +328,9 @@ def test_consistency_methods_run_export_and_resume(consistency_run, tmp_path):
     assert exported["run"]["method"] == cfg.method
 
     # A finished stage is skipped: re-running trains nothing and keeps the same S.
-    done = (stage / "done.json").read_text()
+    done = (stage / "done.json").read_text(encoding="utf-8")
     again = Algorithm(cfg, run, progress=False).execute(command=["again"])
-    assert (stage / "done.json").read_text() == done
+    assert (stage / "done.json").read_text(encoding="utf-8") == done
     assert again["test"] == results["test"]
 
 

@@ -152,7 +152,7 @@ def test_self_training_runs_every_round_and_writes_results(self_training_run):
     _, run, results = self_training_run
     stages = [f"self_training_round{r}" for r in range(ROUNDS + 1)]
     assert list(results["stages"]) == stages
-    assert json.loads(run.results_path.read_text())["method"] == "self_training"
+    assert json.loads(run.results_path.read_text(encoding="utf-8"))["method"] == "self_training"
     assert results["summary"]["mean_dice"]["n"] == 2
     for r in range(1, ROUNDS + 1):
         pseudo = load_pseudo_labels(run.stage(f"self_training_round{r}") / "pseudo_labels.npz")

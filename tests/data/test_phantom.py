@@ -201,7 +201,7 @@ def test_foreign_folder_and_bad_arguments_raise(tmp_path: Path) -> None:
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(DatasetError, match=str(foreign)):
         generate_phantom(foreign, subjects=1)
-    assert (foreign / "notes.txt").read_text() == "keep me"
+    assert (foreign / "notes.txt").read_text(encoding="utf-8") == "keep me"
     for kwargs in ({"subjects": 0}, {"subjects": 1000}, {"seed": -1}, {"variant": "easy"}):
         with pytest.raises(ValueError, match="generate_phantom"):
             generate_phantom(tmp_path / "x", **kwargs)

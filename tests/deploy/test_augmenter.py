@@ -75,7 +75,7 @@ def test_float_masks_with_the_wrong_class_count_are_refused(export_dir, finished
 
 
 def test_an_export_without_augmenter_is_refused(export_dir, tmp_path):
-    (tmp_path / "export.json").write_text((export_dir / "export.json").read_text())
+    (tmp_path / "export.json").write_text((export_dir / "export.json").read_text(encoding="utf-8"))
     with pytest.raises(ExportError, match="no exported augmenter"):
         LearnedAugmentation(tmp_path)
 
@@ -88,7 +88,7 @@ def test_tfaug_exposes_the_layer_lazily_without_importing_tensorflow():
 
     assert tfaug.LearnedAugmentation is LearnedAugmentation
     code = "import sys, tfaug; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8")
     assert result.stdout.split() == ["False", "False"], result.stderr
     with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
         _ = tfaug.Nothing

@@ -120,7 +120,7 @@ def phantom_slices(finished_run, count: int = 4) -> tuple[np.ndarray, np.ndarray
 
 
 def test_export_writes_every_model_in_both_formats_with_export_json(export_dir, finished_run):
-    manifest = json.loads((export_dir / EXPORT_JSON).read_text())
+    manifest = json.loads((export_dir / EXPORT_JSON).read_text(encoding="utf-8"))
     cfg = finished_run[1]
     assert set(manifest["models"]) == set(MODELS)
     for name in MODELS:

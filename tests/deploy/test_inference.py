@@ -26,7 +26,7 @@ def test_cases(finished_run):
     """CaseRefs of the run's test volumes, in results.json order, with the reported Dice."""
     run_dir, cfg, _, _ = finished_run
     refs = {ref.case_id: ref for ref in list_cases(cfg.data, resolve_data_root(cfg))}
-    reported = json.loads((run_dir / "results.json").read_text())["test"]
+    reported = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))["test"]
     return [(refs[entry["case_id"]], entry["dice"]) for entry in reported]
 
 
@@ -112,7 +112,7 @@ def test_a_model_of_another_size_than_export_json_is_refused(export_dir, tmp_pat
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(export_dir / "segmenter.onnx", other)
-    manifest = json.loads((export_dir / EXPORT_JSON).read_text())
+    manifest = json.loads((export_dir / EXPORT_JSON).read_text(encoding="utf-8"))
     manifest["preprocess"]["crop_size"] = 64
     (other / EXPORT_JSON).write_text(json.dumps(manifest))
     with pytest.raises(ExportError, match="takes 32x32 slices .* expects 64x64 slices"):

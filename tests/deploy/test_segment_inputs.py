@@ -171,7 +171,9 @@ def test_set_n4_at_inference_warns_and_is_applied(export_dir, volumes, tmp_path,
             "-i", volumes[0], "-o", out, "--model", model, *(f"--set={s}" for s in settings)
         )
     assert code == 0
-    trained = json.loads((export_dir / EXPORT_JSON).read_text())["preprocess"]["n4_iterations"]
+    trained = json.loads((export_dir / EXPORT_JSON).read_text(encoding="utf-8"))["preprocess"][
+        "n4_iterations"
+    ]
     assert sorted(str(w.message) for w in caught) == [
         "the model was trained with preprocess.n4=false; segmenting with preprocess.n4=true "
         "(--set)",
@@ -210,7 +212,7 @@ def test_unknown_or_unsafe_preprocessing_keys_are_refused(
 def n4_export(export_dir: Path, folder: Path, drop_negatives_key: bool) -> Path:
     """A copy of the export whose export.json says the model was trained with N4."""
     shutil.copytree(export_dir, folder, ignore=shutil.ignore_patterns("generator*", "augmenter*"))
-    manifest = json.loads((folder / EXPORT_JSON).read_text())
+    manifest = json.loads((folder / EXPORT_JSON).read_text(encoding="utf-8"))
     manifest["preprocess"].update(n4=True, n4_shrink=[2, 2, 1], n4_iterations=[4])
     if drop_negatives_key:
         del manifest["preprocess"]["n4_negatives"]  # as in an export made before the key
@@ -219,7 +221,7 @@ def n4_export(export_dir: Path, folder: Path, drop_negatives_key: bool) -> Path:
 
 
 def test_export_json_records_how_negative_voxels_are_handled(export_dir):
-    manifest = json.loads((export_dir / EXPORT_JSON).read_text())
+    manifest = json.loads((export_dir / EXPORT_JSON).read_text(encoding="utf-8"))
     assert manifest["preprocess"]["n4_negatives"] == "clip"
 
 

@@ -127,7 +127,7 @@ def test_a_failing_run_is_reported_and_logged(tmp_path):
     run = GridRun(1, "aff", 0, 0, tmp_path / "bad", ("train", "--set", "nosuch.key=1"))
     failed = execute_grid([run], echo=False)
     assert failed == [run]
-    assert "unknown key" in (run.path / "grid.log").read_text()
+    assert "unknown key" in (run.path / "grid.log").read_text(encoding="utf-8")
 
 
 def test_dry_run_command_lists_the_shard(tmp_path, capsys):

@@ -108,7 +108,7 @@ def _row(report: str, first_cell: str) -> list[str]:
 
 
 def test_table_gives_mean_std_over_runs_and_volumes(runs_dir, tmp_path):
-    report = write_report(runs_dir, tmp_path / "out").read_text()
+    report = write_report(runs_dir, tmp_path / "out").read_text(encoding="utf-8")
     row = _row(report, "gd")
     for column, structure in enumerate(STRUCTURES, start=1):
         values = _all_values("gd", structure)
@@ -130,7 +130,7 @@ def test_table_gives_the_median_training_time_of_each_method(tmp_path):
         stages = {"pretrain": 60.0, "generator_deformation": generators, "segmenter": 120.0}
         _write_run(runs, "gd", draw, 0, wall_time_s={**stages, "this_session_total": 9.0})
         _write_run(runs, "rd", draw, 0, wall_time_s={"segmenter": 90.0 + draw})
-    report = write_report(runs, tmp_path / "out").read_text()
+    report = write_report(runs, tmp_path / "out").read_text(encoding="utf-8")
     assert _row(report, "gd")[-1] == "10.0"  # median of 8, 10 and 33 min
     assert _row(report, "rd")[-1] == "1.5"  # median of 90, 91 and 92 s
 
@@ -152,7 +152,7 @@ def test_wilcoxon_matches_scipy_on_the_pairs(runs_dir):
 
 
 def test_per_run_test_pairs_the_runs_mean_dice_by_draw_and_seed(runs_dir, tmp_path):
-    report = write_report(runs_dir, tmp_path / "out").read_text()
+    report = write_report(runs_dir, tmp_path / "out").read_text(encoding="utf-8")
 
     def run_mean(method, draw, seed):
         volumes = [_known_dice(method, draw, seed, case).values() for case in range(len(CASES))]
@@ -173,7 +173,7 @@ def test_per_run_test_pairs_the_runs_mean_dice_by_draw_and_seed(runs_dir, tmp_pa
 
 
 def test_report_states_the_tests_and_skips_missing_methods(runs_dir, tmp_path):
-    report = write_report(runs_dir, tmp_path / "out").read_text()
+    report = write_report(runs_dir, tmp_path / "out").read_text(encoding="utf-8")
     runs = load_runs(runs_dir)
     p = wilcoxon_test(runs, "gd", "rd", "Myo").p
     assert "| gd vs rd | Myo | 16 |" in report
@@ -188,7 +188,7 @@ def test_gdgi_is_tested_against_the_best_related_method(runs_dir, tmp_path):
     for draw in range(2):
         for seed in range(2):
             _write_run(runs_dir, "gdgi", draw, seed)
-    report = write_report(runs_dir, tmp_path / "out").read_text()
+    report = write_report(runs_dir, tmp_path / "out").read_text(encoding="utf-8")
     assert "Best related method (highest mean foreground Dice, no generators): rd." in report
     x, y = paired_values(load_runs(runs_dir), "gdgi", "rd", "mean")
     expected = stats.wilcoxon(x, y).pvalue
@@ -222,7 +222,7 @@ def test_missing_and_unfinished_runs_are_flagged(runs_dir, tmp_path):
     shared.mkdir()
     (shared / "config.yaml").write_text("method: generators\n")
     assert missing_runs(load_runs(runs_dir)) == [("rd", 1, 0)]
-    report = write_report(runs_dir, tmp_path / "out").read_text()
+    report = write_report(runs_dir, tmp_path / "out").read_text(encoding="utf-8")
     assert (
         "**Missing runs** (1 of the grid methods ['aff', 'rd', 'gd'] × draws [0, 1] × seeds [0, 1])"
         in report
@@ -234,7 +234,7 @@ def test_missing_and_unfinished_runs_are_flagged(runs_dir, tmp_path):
 
 def test_figures_are_written_and_referenced(runs_dir, tmp_path):
     out = tmp_path / "out"
-    report = write_report(runs_dir, out).read_text()
+    report = write_report(runs_dir, out).read_text(encoding="utf-8")
     for name in ("phantom-nl1-joint-box.png", "phantom-nl1-joint-subjects.png"):
         assert f"]({name})" in report
         image = matplotlib.image.imread(out / name)
@@ -249,7 +249,7 @@ def test_joint_vs_independent_is_tested_per_volume_draw_and_seed(runs_dir, tmp_p
         for seed in range(2):
             _write_run(runs_dir, "gd", draw, seed, mode="independent", dice=weaker)
     _write_run(runs_dir, "gd", 5, 0, mode="independent")  # no joint partner: not paired
-    report = write_report(runs_dir, tmp_path / "out").read_text()
+    report = write_report(runs_dir, tmp_path / "out").read_text(encoding="utf-8")
     joint = _all_values("gd", "Myo")
     independent = joint - np.tile(0.01 * (1 + np.arange(len(CASES))), 4)
     expected = stats.wilcoxon(joint, independent)
@@ -271,7 +271,7 @@ def test_dice_vs_nl_and_joint_vs_independent_sections(runs_dir, tmp_path):
         _write_run(runs_dir, "gd", draw, 0, n_labeled=3)
         _write_run(runs_dir, "gd", draw, 0, mode="independent")
     out = tmp_path / "out"
-    report = write_report(runs_dir, out).read_text()
+    report = write_report(runs_dir, out).read_text(encoding="utf-8")
     assert "## phantom: Dice against N_L (joint generators)" in report
     assert (out / "phantom-dice-vs-nl.png").is_file()
     nl3 = np.array(
@@ -322,7 +322,7 @@ def test_tagged_runs_are_their_own_method_label_tested_and_plotted(runs_dir, tmp
         return save_box_plots(values, structures, path, title)
 
     monkeypatch.setattr(plots, "save_box_plots", record_box_plots)
-    report = write_report(runs_dir, tmp_path / "out").read_text()
+    report = write_report(runs_dir, tmp_path / "out").read_text(encoding="utf-8")
 
     runs = load_runs(runs_dir)
     assert {r.label for r in runs} == {"aff", "rd", "gd", "gd [b]"}
@@ -356,7 +356,7 @@ def test_compare_option_adds_a_test_and_rejects_unknown_labels(runs_dir, tmp_pat
     out = tmp_path / "out"
     compare = ["--compare", "gd [b],aff", "--compare", "gd [b],rd"]  # the second is automatic
     assert main(["report", str(runs_dir), "--out", str(out), *compare]) == 0
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     row = _row(report, "gd [b] vs aff | mean (fg)")
     assert row[2] == "4"  # draw 0 seed 0 only: 4 paired volumes
     assert row[-1] == _p_cell(load_runs(runs_dir), "gd [b]", "aff", "mean")
@@ -388,7 +388,7 @@ def test_report_has_generator_diagnostics_after_the_existing_sections(runs_dir, 
     (checkpoints.parent / "config.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "out"
 
-    report = write_report(runs_dir, out).read_text()
+    report = write_report(runs_dir, out).read_text(encoding="utf-8")
 
     assert report.index("## phantom, N_L = 1, joint generators") < report.index(
         "## Generator diagnostics"
@@ -437,7 +437,7 @@ def test_tiny_real_grid_then_report(tmp_path):
         "--seeds",
         "1",
     ]
-    first = subprocess.run(grid, cwd=REPO, capture_output=True, text=True, timeout=300)
+    first = subprocess.run(grid, cwd=REPO, capture_output=True, encoding="utf-8", timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.count(": done") == 2
     # The same grid again: both runs are finished and skipped without a subprocess.
@@ -447,8 +447,10 @@ def test_tiny_real_grid_then_report(tmp_path):
 
     out = tmp_path / "report"
     assert main(["report", str(runs), "--out", str(out)]) == 0
-    report = (out / "report.md").read_text()
-    results = json.loads((runs / "phantom-nl1-aff-split0-seed0" / "results.json").read_text())
+    report = (out / "report.md").read_text(encoding="utf-8")
+    results = json.loads(
+        (runs / "phantom-nl1-aff-split0-seed0" / "results.json").read_text(encoding="utf-8")
+    )
     row = _row(report, "aff")
     assert row[1].startswith(f"{results['summary']['RV']['mean']:.3f} (")
     assert row[-3:-1] == ["1", "2"]  # one run, two test volumes

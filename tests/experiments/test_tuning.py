@@ -117,7 +117,7 @@ def local_search(setup) -> dict:
         _command(setup, dirs.path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        text=True,
+        encoding="utf-8",
         env=_env(),
         cwd=REPO,
     )
@@ -152,7 +152,7 @@ def test_finished_search_runs_nothing_and_ranks_trials(local_search):
         assert LAMBDA_ADV_RANGE[0] <= row.values["lambda_adv"] <= LAMBDA_ADV_RANGE[1]
         assert LAMBDA_LD_RANGE[0] <= row.values["lambda_ld"] <= LAMBDA_LD_RANGE[1]
         assert row.best_step == ITERATIONS
-    recorded = json.loads(local_search["dirs"].leaderboard.read_text())
+    recorded = json.loads(local_search["dirs"].leaderboard.read_text(encoding="utf-8"))
     assert [t["trial_id"] for t in recorded["trials"]] == [r.trial_id for r in again.rows]
 
 
@@ -163,7 +163,7 @@ def test_trials_share_one_pretrained_segmenter(local_search):
     for trial_id in ("0", "1"):
         link = dirs.trial(trial_id).stage("pretrain")
         assert link.is_symlink() and link.resolve() == shared
-        recorded = yaml.safe_load(dirs.trial(trial_id).config_path.read_text())
+        recorded = yaml.safe_load(dirs.trial(trial_id).config_path.read_text(encoding="utf-8"))
         values = next(r.values for r in local_search["again"].rows if r.trial_id == trial_id)
         assert recorded["train"]["lambda_adv"] == values["lambda_adv"]
         assert recorded["train"]["generator_iterations"] == ITERATIONS
@@ -178,7 +178,7 @@ def test_best_config_is_loadable_by_load_config(local_search):
     assert cfg.train.lambda_adv == best.values["lambda_adv"]
     assert cfg.train.lambda_ld == best.values["lambda_ld"]
     assert cfg.train.learning_rate == load_config("phantom").train.learning_rate
-    assert f"trial {best.trial_id}" in path.read_text()
+    assert f"trial {best.trial_id}" in path.read_text(encoding="utf-8")
 
 
 def test_other_settings_in_the_same_tuner_dir_are_refused(local_search, setup):
@@ -227,7 +227,7 @@ def distributed(setup) -> dict:
             _command(setup, dirs.path),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
+            encoding="utf-8",
             env=_env(KERASTUNER_TUNER_ID=tuner_id, **address),
             cwd=REPO,
         )
@@ -253,7 +253,7 @@ def distributed(setup) -> dict:
 
 def test_distributed_trials_are_split_between_workers_and_none_repeated(distributed):
     dirs = distributed["dirs"]
-    board = json.loads(dirs.leaderboard.read_text())["trials"]
+    board = json.loads(dirs.leaderboard.read_text(encoding="utf-8"))["trials"]
     assert sorted(t["trial_id"] for t in board) == ["0", "1"]
     assert all(t["status"] == "COMPLETED" for t in board)
     runners = {f"trial_{t['trial_id']}": t["tuner_ids"] for t in board}

@@ -51,7 +51,7 @@ def _runs_dir(command: list[str]) -> Path:
 
 def _run(command: list[str]) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=TIMEOUT_S, env=_env(), cwd=REPO
+        command, capture_output=True, encoding="utf-8", timeout=TIMEOUT_S, env=_env(), cwd=REPO
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -111,7 +111,7 @@ def test_killed_run_resumes_where_it_stopped(gdgi):
     after = {step for tag, step in second if tag.startswith("generator_deformation/")}
     assert after == {6, 9}
     assert not any(tag.startswith("pretrain/") for tag, _ in second)  # not trained again
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     history = results["stages"]["generator_deformation"]["history"]
     assert [step for step, _ in history] == [3.0, 6.0, 9.0]
 
@@ -120,11 +120,11 @@ def test_run_writes_every_artifact(gdgi, command):
     run, _, resumed = gdgi
     assert f"run finished: {run}" in resumed.stdout
 
-    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    recorded = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert recorded["method"] == "gdgi"
     assert recorded["train"] == {**recorded["train"], **TINY["train"]}
     for stage in GDGI_STAGES:
-        done = json.loads((run / "checkpoints" / stage / "done.json").read_text())
+        done = json.loads((run / "checkpoints" / stage / "done.json").read_text(encoding="utf-8"))
         assert done["name"] == stage
         assert (run / "checkpoints" / stage / "best").is_dir()
     assert sorted(p.name for p in (run / "figures").glob("*.png")) == [
@@ -133,16 +133,16 @@ def test_run_writes_every_artifact(gdgi, command):
         "generator_diagnostics.png",
         "test_predictions.png",
     ]
-    diagnostics = json.loads((run / "generator_diagnostics.json").read_text())
+    diagnostics = json.loads((run / "generator_diagnostics.json").read_text(encoding="utf-8"))
     assert list(diagnostics["stages"]) == ["generator_deformation", "generator_intensity"]
     for stage, summary in diagnostics["stages"].items():
-        done = json.loads((run / "checkpoints" / stage / "done.json").read_text())
+        done = json.loads((run / "checkpoints" / stage / "done.json").read_text(encoding="utf-8"))
         assert summary["chosen_step"] == done["best_step"]
         assert summary["last"]["step"] == TINY["train"]["generator_iterations"]
     gi = diagnostics["stages"]["generator_intensity"]  # GV's step 3 row may die with the kill
     assert gi["chosen"]["step"] == gi["chosen_step"]
     metrics = run / "checkpoints" / "generator_deformation" / "metrics.jsonl"
-    last = json.loads(metrics.read_text().splitlines()[-1])
+    last = json.loads(metrics.read_text(encoding="utf-8").splitlines()[-1])
     gv = diagnostics["stages"]["generator_deformation"]["last"]
     assert gv["field_peak"] == pytest.approx(last["field_peak"] * 5.0)  # px × 5 mm
     tags = {tag for session in _events(run / "tb") for tag, _ in session}
@@ -151,7 +151,7 @@ def test_run_writes_every_artifact(gdgi, command):
             assert f"{stage}/{name}" in tags
     assert {"pretrain/seg_loss", "segmenter/seg_loss", "segmenter/validation_dice"} <= tags
 
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     assert list(results["stages"]) == GDGI_STAGES
     assert [r["case_id"] for r in results["test"]] == results["split"]["test"]
     assert len(results["test"]) == TINY["split"]["n_test"]
@@ -181,15 +181,17 @@ def test_aff_run_has_only_the_segmenter_stage_and_force_moves_it_aside(command):
     _run(aff)
     run = _runs_dir(command) / "phantom-nl1-aff-split0-seed0"
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["segmenter"]
-    assert json.loads((run / "results.json").read_text())["stages"].keys() == {"segmenter"}
+    assert json.loads((run / "results.json").read_text(encoding="utf-8"))["stages"].keys() == {
+        "segmenter"
+    }
     assert [p.name for p in (run / "figures").iterdir()] == ["test_predictions.png"]
-    first_results = (run / "results.json").read_text()
+    first_results = (run / "results.json").read_text(encoding="utf-8")
 
     _run([*aff, "--force"])
 
     aside = list(run.parent.glob(f"{run.name}.replaced-*"))
     assert len(aside) == 1
-    assert (aside[0] / "results.json").read_text() == first_results
+    assert (aside[0] / "results.json").read_text(encoding="utf-8") == first_results
     assert (run / "results.json").is_file()
 
 
@@ -197,6 +199,9 @@ def test_heavy_run_trains_the_segmenter_with_heavy_augmentation(command):
     heavy = [*command, "--method", "heavy", "--set", "heavy.p_rotation=1.0"]
     _run(heavy)
     run = _runs_dir(command) / "phantom-nl1-heavy-split0-seed0"
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     assert results["stages"].keys() == {"segmenter"}
-    assert yaml.safe_load((run / "config.yaml").read_text())["heavy"]["p_rotation"] == 1.0
+    assert (
+        yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["heavy"]["p_rotation"]
+        == 1.0
+    )

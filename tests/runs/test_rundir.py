@@ -36,7 +36,7 @@ def test_new_directory_records_the_resolved_config(cfg, tmp_path):
 
     assert run == RunDirectory(tmp_path / "runs" / "phantom-nl3-rdri-split2-seed5")
     assert run.path.is_dir()
-    assert yaml.safe_load(run.config_path.read_text()) == cfg.to_dict()
+    assert yaml.safe_load(run.config_path.read_text(encoding="utf-8")) == cfg.to_dict()
     assert not run.finished
     assert run.stage("pretrain") == run.path / "checkpoints" / "pretrain"
     assert [p.name for p in run.path.iterdir()] == ["config.yaml"]
@@ -90,11 +90,11 @@ def test_force_moves_the_old_run_aside(cfg):
 
     assert new == run
     assert not new.finished
-    assert yaml.safe_load(new.config_path.read_text()) == cfg.to_dict()
+    assert yaml.safe_load(new.config_path.read_text(encoding="utf-8")) == cfg.to_dict()
     aside = [p for p in run.path.parent.iterdir() if p.name != run.path.name]
     assert len(aside) == 1
     assert aside[0].name.startswith(f"{run.path.name}.replaced-")
-    assert json.loads((aside[0] / "results.json").read_text()) == {"old": True}
+    assert json.loads((aside[0] / "results.json").read_text(encoding="utf-8")) == {"old": True}
 
 
 def test_force_also_replaces_an_unfinished_run_with_another_config(cfg):
@@ -103,7 +103,10 @@ def test_force_also_replaces_an_unfinished_run_with_another_config(cfg):
 
     run = open_run_directory(cfg, force=True)
 
-    assert yaml.safe_load(run.config_path.read_text())["train"]["learning_rate"] == 0.01
+    assert (
+        yaml.safe_load(run.config_path.read_text(encoding="utf-8"))["train"]["learning_rate"]
+        == 0.01
+    )
 
 
 def test_an_unwritable_runs_dir_is_refused(cfg, tmp_path):
@@ -120,7 +123,7 @@ def test_forcing_twice_in_a_row_keeps_both_old_runs(cfg):
         run.results_path.write_text(json.dumps({"attempt": attempt}))
 
     aside = sorted(p for p in run.path.parent.iterdir() if p.name != run.path.name)
-    assert [json.loads((p / "results.json").read_text()) for p in aside] == [
+    assert [json.loads((p / "results.json").read_text(encoding="utf-8")) for p in aside] == [
         {"attempt": 0},
         {"attempt": 1},
     ]
@@ -131,7 +134,7 @@ def test_a_recorded_config_without_keys_added_since_still_resumes(tmp_path):
 
     cfg = tiny_config(tmp_path, tmp_path / "runs")
     run = open_run_directory(cfg)
-    recorded = yaml.safe_load(run.config_path.read_text())
+    recorded = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
     del recorded["train"]["model_selection"]  # as written by a version without the key
     run.config_path.write_text(yaml.safe_dump(recorded))
     assert open_run_directory(cfg).path == run.path

@@ -63,7 +63,7 @@ def test_stages_are_linked_and_existing_stage_folders_are_kept(tmp_path):
     assert not run.stage("pretrain").is_symlink()
     link = run.stage("generator_deformation")
     assert link.is_symlink() and link.resolve() == shared.stage("generator_deformation").resolve()
-    recorded = yaml.safe_load(shared.config_path.read_text())
+    recorded = yaml.safe_load(shared.config_path.read_text(encoding="utf-8"))
     assert recorded["method"] == "generators"
 
 
@@ -72,7 +72,7 @@ def test_a_different_generator_config_in_the_shared_folder_is_refused(tmp_path):
     open_generator_directory(cfg, open_run_directory(cfg), ["pretrain"])
     other = tiny_config(tmp_path, tmp_path / "runs", "gi")
     shared_path = tmp_path / "runs" / "phantom-nl1-generators-split0-seed0" / "config.yaml"
-    recorded = yaml.safe_load(shared_path.read_text())
+    recorded = yaml.safe_load(shared_path.read_text(encoding="utf-8"))
     recorded["train"]["lambda_ld"] = 0.5  # tamper: the folder now holds another config
     shared_path.write_text(yaml.safe_dump(recorded))
     with pytest.raises(RunDirectoryError, match="train.lambda_ld"):
@@ -91,7 +91,7 @@ def test_the_lock_is_exclusive_across_processes(tmp_path):
             "    print('held', flush=True); time.sleep(3)",
         ],
         stdout=subprocess.PIPE,
-        text=True,
+        encoding="utf-8",
     )
     assert holder.stdout.readline().strip() == "held"
     with open(lock, "a+") as handle, pytest.raises(BlockingIOError):

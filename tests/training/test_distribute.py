@@ -49,7 +49,7 @@ def _start(args: list[str], output: Path, tf_config: dict | None = None) -> subp
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
+        encoding="utf-8",
     )
 
 

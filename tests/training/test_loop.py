@@ -120,7 +120,7 @@ def test_stage_runs_to_the_end_and_writes_done_and_best(make_segmenter_model, tm
         wall_time_s=result.wall_time_s,
     )
     assert result.wall_time_s > 0
-    assert json.loads((tmp_path / "done.json").read_text()) == vars(result)
+    assert json.loads((tmp_path / "done.json").read_text(encoding="utf-8")) == vars(result)
     assert (tmp_path / "best" / "segmenter.weights.h5").is_file()
     assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")) is not None
 
@@ -235,7 +235,7 @@ def test_atomic_writers_leave_no_temporary_files(make_segmenter_model, tmp_path)
     loaded.load_weights(tmp_path / "s.weights.h5")
     _assert_weights_equal(loaded.get_weights(), segmenter.get_weights())
 
-    assert json.loads((tmp_path / "a.json").read_text()) == {"x": [1, 2]}
+    assert json.loads((tmp_path / "a.json").read_text(encoding="utf-8")) == {"x": [1, 2]}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "s.weights.h5"]
 
 

@@ -73,7 +73,7 @@ def open_generator_directory(cfg: Config, run: RunDirectory, stages: list[str]) 
 @contextmanager
 def exclusive_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` (created if missing) while the block runs."""
-    with open(path, "a+") as handle:
+    with open(path, "a+", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
