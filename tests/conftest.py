@@ -1,6 +1,7 @@
 """Shared pytest setup: quiet TensorFlow, UTF-8 child processes, deterministic seeds."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The commands these tests start print UTF-8 whatever the machine's locale; the tests read
@@ -9,6 +10,21 @@ os.environ["PYTHONIOENCODING"] = "utf-8"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+SHARED_FIXTURE_FOLDERS = ("deploy",)
+"""Folders whose test files share session fixtures (deploy: one trained, exported run)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep each test file, and each folder of :data:`SHARED_FIXTURE_FOLDERS`, on one pytest-
+    xdist worker (``--dist loadgroup``, set in pytest.ini), so module and session fixtures
+    (trained runs, caches) are built once, not once per worker."""
+    for item in items:
+        path = Path(item.path).resolve()
+        folder = path.parent.name
+        group = folder if folder in SHARED_FIXTURE_FOLDERS else str(path.relative_to(TESTS))
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(autouse=True)
