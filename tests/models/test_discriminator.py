@@ -97,4 +97,3 @@ def test_spectral_norm_bounds_every_kernel_and_drops_batch_normalization(patch_l
         assert np.linalg.svd(matrix, compute_uv=False)[0] == pytest.approx(1.0, abs=0.02)
     assert not any("gamma" in w.path or "moving_mean" in w.path for w in model.weights)
     assert model(images, training=False).dtype == "float32"
-
