@@ -38,7 +38,9 @@ setup(
     extras_require={
         "cpu": ["tensorflow-cpu>=2.16,<2.22"],
         "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
-        "test": ["pytest>=7,<10", "pytest-xdist>=3.5,<4", "medpy>=0.5,<0.6", "ruff>=0.5"],
+        # pytest < 9: pytest-xdist 3.8's --dist loadgroup (pytest.ini) sets Item._nodeid,
+        # which pytest 9 no longer reads, and would split the groups across workers.
+        "test": ["pytest>=8,<9", "pytest-xdist>=3.5,<4", "medpy>=0.5,<0.6", "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["tfaug=tfaug.cli:main"]},
 )

@@ -16,6 +16,7 @@ SHARED_FIXTURE_FOLDERS = ("deploy",)
 """Folders whose test files share session fixtures (deploy: one trained, exported run)."""
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep each test file, and each folder of :data:`SHARED_FIXTURE_FOLDERS`, on one pytest-
     xdist worker (``--dist loadgroup``, set in pytest.ini), so module and session fixtures
