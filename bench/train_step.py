@@ -320,7 +320,8 @@ def unimatch_ratios(rows: list[dict[str, Any]]) -> list[str]:
     return [header, *lines] if lines else []
 
 
-def _names(text: str, valid: Collection[str], option: str) -> list[str]:
+def parse_names(text: str, valid: Collection[str], option: str) -> list[str]:
+    """The comma-separated names in ``text``; exits naming ``option`` if one is unknown."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = sorted(set(names) - set(valid))
     if unknown or not names:
@@ -341,9 +342,9 @@ def main() -> None:
         "--breakdown", action="store_true", help="also time the GV step's warp part alone"
     )
     args = parser.parse_args()
-    configs = _names(args.configs, CONFIGS, "--configs")
-    steps = _names(args.steps, STEPS, "--steps")
-    modes = _names(args.modes, MODES, "--modes")
+    configs = parse_names(args.configs, CONFIGS, "--configs")
+    steps = parse_names(args.steps, STEPS, "--steps")
+    modes = parse_names(args.modes, MODES, "--modes")
 
     print(f"training steps on {tf.config.list_logical_devices()[-1].device_type}, float32")
     rows = []
