@@ -1,7 +1,7 @@
 """Where a training step's time goes, tf.function vs XLA: a profiler trace, captured and parsed.
 
 Usage (from the repository root, tfaug installed): ``python bench/profile_step.py
-[--step S|GV|GI] [--config phantom|paper] [--modes tf.function,xla] [--warmup 2]
+[--step S|GV|GI|UM|FM] [--config phantom|paper] [--modes tf.function,xla] [--warmup 2]
 [--steps 3] [--logdir DIR] [--top 8]``. XLA options go through the environment, read once
 per process: ``XLA_FLAGS=--xla_cpu_use_onednn=true python bench/profile_step.py``.
 

@@ -1,13 +1,18 @@
 """Slices/s and achieved GFLOP/s of the training steps: eager, tf.function and XLA.
 
 Usage (from the repository root, tfaug installed): ``python bench/train_step.py
-[--configs phantom,paper] [--steps S,GV,GI] [--modes eager,tf.function,xla]
+[--configs phantom,paper] [--steps S,GV,GI,UM,FM] [--modes eager,tf.function,xla]
 [--timed-steps N] [--json out.json]``.
 
 Steps: ``S`` is the segmenter step (:class:`SegmenterModel` with random affine
 augmentation, as in pre-training), ``GV`` and ``GI`` the joint (S, GV, DV) and (S, GI, DI)
-steps (:class:`JointAugmentationModel`, affine augmentation on, joint mode). Configs:
-``phantom`` is ``configs/phantom.yaml`` (64×64, batch 16, narrow networks); ``paper`` is
+steps (:class:`JointAugmentationModel`, affine augmentation on, joint mode), ``UM`` and
+``FM`` the weak-to-strong consistency steps of the ``unimatch`` and ``fixmatch`` comparisons
+(:class:`ConsistencyModel` built as training builds it,
+:func:`tfaug.baselines.comparisons.build_consistency_model`: UM with two strong views and
+the feature-perturbation stream, FM with one strong view; batches ``((x_l, y_l), x_u)`` of
+``consistency_batch_sizes`` rows, B_l + B_u = the config's batch). Configs: ``phantom`` is
+``configs/phantom.yaml`` (64×64, batch 16, narrow networks); ``paper`` is
 ``configs/acdc.yaml`` (224×224, batch 20, the paper's widths). Modes: ``eager`` calls
 ``train_step`` directly; ``tf.function`` and ``xla`` use the function the training loop
 builds (:func:`tfaug.training.loop.compile_train_step`, ``jit_compile`` false / true).
@@ -15,21 +20,24 @@ builds (:func:`tfaug.training.loop.compile_train_step`, ``jit_compile`` false / 
 Each row: a fresh model, ``--warmup`` untimed steps (tracing, XLA compilation), then the
 median time of ``--timed-steps`` steps on random batches already in memory (the data
 pipeline is excluded; ``bench/data_pipeline.py`` measures it). Achieved GFLOP/s = the
-step's convolution/dense FLOPs (``bench/flops.py``: 3× forward per network call) / step
-time. Right before each row, a float32 ``--matmul``² matmul is timed in the same process:
-achieved / matmul GFLOP/s is the "fraction of the machine", a ratio that holds on a shared,
-busy machine where absolute times drift. Nothing is asserted; runs on any device TensorFlow
-picks (on a GPU machine the same table comes out for the GPU).
+step's convolution/dense FLOPs (``bench/flops.py``: 3× forward per network call, see
+:func:`build_step` for what each step counts) / step time. Right before each row, a float32
+``--matmul``² matmul is timed in the same process: achieved / matmul GFLOP/s is the
+"fraction of the machine", a ratio that holds on a shared, busy machine where absolute times
+drift. With a UM row, the unimatch step's ms/step is also printed relative to the S and joint
+rows of the same config and mode. Nothing is asserted; runs on any device TensorFlow picks
+(on a GPU machine the same table comes out for the GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flops import TRAINING_FACTOR, model_flops  # noqa: E402
 
+from tfaug.baselines.comparisons import (  # noqa: E402
+    build_consistency_model,
+    consistency_batch_sizes,
+)
 from tfaug.config import Config, load_config  # noqa: E402
+from tfaug.models.unet import UNet  # noqa: E402
 from tfaug.ops.warp import dense_image_warp  # noqa: E402
 from tfaug.training.builders import (  # noqa: E402
     build_affine,
@@ -54,9 +67,18 @@ from tfaug.training.loop import compile_train_step  # noqa: E402
 from tfaug.training.segmenter import SegmenterModel  # noqa: E402
 
 CONFIGS = {"phantom": "phantom", "paper": "acdc"}  # bench name → configs/<dataset>.yaml
-STEPS = {"S": None, "GV": "deformation", "GI": "intensity"}  # step → generator kind
-STEP_NAMES = {"S": "S", "GV": "joint (S, GV, DV)", "GI": "joint (S, GI, DI)"}
+GENERATOR_KINDS = {"GV": "deformation", "GI": "intensity"}  # joint step → generator kind
+CONSISTENCY_METHODS = {"UM": "unimatch", "FM": "fixmatch"}  # consistency step → cfg.method
+STEP_NAMES = {
+    "S": "S",
+    "GV": "joint (S, GV, DV)",
+    "GI": "joint (S, GI, DI)",
+    "UM": "unimatch",
+    "FM": "fixmatch",
+}
+STEPS = tuple(STEP_NAMES)
 MODES = {"eager": None, "tf.function": False, "xla": True}  # mode → jit_compile
+SEED = 1  # seed of every step's augmentation layers and random draws
 
 
 def matmul_gflops(size: int, repeats: int = 5) -> float:
@@ -74,55 +96,120 @@ def matmul_gflops(size: int, repeats: int = 5) -> float:
 
 
 def build_step(cfg: Config, step: str) -> tuple[keras.Model, int]:
-    """A compiled training model for ``step`` and its training FLOPs per batch.
+    """A compiled training model for ``step`` (one of :data:`STEPS`) and its training FLOPs
+    per batch, ``TRAINING_FACTOR`` (3) × the forward FLOPs of every network call of one step
+    (B = ``train.batch_size``):
 
-    FLOPs per batch: ``TRAINING_FACTOR ·`` forward FLOPs per slice, summed over the network
-    calls of one step: S step: S(B); joint step: G(B) + S(B) + D(B) in the G/S update,
-    then D(B_u) + D(B) in the D update (B_u = B here).
+    - ``S``: S(B) (:func:`build_segmenter_step`);
+    - ``GV``/``GI``: G(B) + S(B) + D(B) in the G/S update, then D(B_u) + D(B) in the D
+      update, B_u = B here (:func:`build_joint_step`);
+    - ``UM``/``FM``: S's encoder and decoder on B_l + B_u rows, the decoder again on the B_u
+      feature-perturbed rows (UM only), then S on V·B_u strong rows, V = 2 (UM) or 1 (FM);
+      B_l + B_u = B (:func:`build_consistency_step`).
+
+    Every row is counted with the training factor, including those whose output gets no
+    gradient (the teacher rows of the consistency steps): they are rows of the same
+    convolution calls, whose backward pass runs over the whole batch.
     """
-    batch = cfg.train.batch_size
+    if step in GENERATOR_KINDS:
+        return build_joint_step(cfg, GENERATOR_KINDS[step])
+    if step in CONSISTENCY_METHODS:
+        return build_consistency_step(cfg, CONSISTENCY_METHODS[step])
+    if step == "S":
+        return build_segmenter_step(cfg)
+    raise ValueError(f"build_step: unknown step {step!r}; choose from {list(STEPS)}")
+
+
+def build_segmenter_step(cfg: Config) -> tuple[SegmenterModel, int]:
+    """The S step (random affine augmentation, Adam) and its FLOPs: 3 · B · S."""
     segmenter = build_segmenter(cfg)
-    optimizer = keras.optimizers.Adam(cfg.train.learning_rate)
-    affine = build_affine(cfg, seed=1)
-    if STEPS[step] is None:
-        model = SegmenterModel(
-            segmenter,
-            n_classes=cfg.data.n_classes,
-            class_weights=cfg.train.class_weights,
-            affine=affine,
-        )
-        model.compile(optimizer=optimizer)
-        return model, TRAINING_FACTOR * batch * model_flops(segmenter)
-    generator = build_generator(cfg, STEPS[step])
+    model = SegmenterModel(
+        segmenter,
+        n_classes=cfg.data.n_classes,
+        class_weights=cfg.train.class_weights,
+        affine=build_affine(cfg, seed=SEED),
+    )
+    model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate))
+    return model, TRAINING_FACTOR * cfg.train.batch_size * model_flops(segmenter)
+
+
+def build_joint_step(cfg: Config, kind: str) -> tuple[JointAugmentationModel, int]:
+    """The joint (S, G, D) step of generator ``kind`` (``"deformation"``/``"intensity"``)
+    and its FLOPs: 3 · B · (G + S + 3·D)."""
+    segmenter = build_segmenter(cfg)
+    generator = build_generator(cfg, kind)
     discriminator = build_discriminator(cfg)
     model = JointAugmentationModel(
         segmenter,
         generator,
         discriminator,
-        kind=STEPS[step],
+        kind=kind,
         n_classes=cfg.data.n_classes,
         class_weights=cfg.train.class_weights,
         lambda_adv=cfg.train.lambda_adv,
         lambda_ld=cfg.train.lambda_ld,
         generated_fraction=tuple(cfg.train.generated_fraction),
-        affine=affine,
-        seed=1,
+        affine=build_affine(cfg, seed=SEED),
+        seed=SEED,
     )
-    model.compile(g_optimizer=optimizer, d_optimizer=keras.optimizers.Adam(1e-3))
+    model.compile(
+        g_optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
+        d_optimizer=keras.optimizers.Adam(1e-3),
+    )
     per_slice = model_flops(generator) + model_flops(segmenter) + 3 * model_flops(discriminator)
-    return model, TRAINING_FACTOR * batch * per_slice
+    return model, TRAINING_FACTOR * cfg.train.batch_size * per_slice
+
+
+def build_consistency_step(cfg: Config, method: str) -> tuple[keras.Model, int]:
+    """The weak-to-strong consistency step of ``method`` (``"unimatch"``/``"fixmatch"``) as
+    the ``consistency`` stage builds it, and its FLOPs.
+
+    ``cfg`` is not changed: the model is built from a copy whose ``method`` is ``method``.
+    FLOPs: 3 · ((B_l + B_u)·(E + D) + [stream]·B_u·D + V·B_u·(E + D)), with E and D the
+    forward FLOPs per slice of S's encoder and decoder (:func:`segmenter_flops`), V the
+    strong views and [stream] 1 with the feature-perturbation stream (``unimatch``), else 0.
+    """
+    cfg = dataclasses.replace(cfg, method=method)
+    segmenter = build_segmenter(cfg)
+    model = build_consistency_model(cfg, segmenter, SEED)
+    n_labeled, n_unlabeled = consistency_batch_sizes(cfg)
+    encoder, decoder = segmenter_flops(segmenter)
+    weak = (n_labeled + n_unlabeled) * (encoder + decoder)
+    perturbed = n_unlabeled * decoder if model.perturbs_features else 0
+    strong = model.strong_views * n_unlabeled * (encoder + decoder)
+    return model, TRAINING_FACTOR * (weak + perturbed + strong)
+
+
+def segmenter_flops(segmenter: UNet) -> tuple[int, int]:
+    """Forward FLOPs per slice of a built S: ``(encoder, decoder)``, the parts
+    :meth:`UNet.encode` and :meth:`UNet.decode` run (the decoder with its head); they sum to
+    ``model_flops(segmenter)``."""
+    encoder = sum(model_flops(block) for block in segmenter.encoder)
+    return encoder, model_flops(segmenter) - encoder
 
 
 def random_batch(cfg: Config, step: str, seed: int) -> Any:
-    """A batch of the step's input structure: U(0, 1) images, uniform integer labels."""
+    """A batch of the step's input structure: U(0, 1) images, uniform integer labels.
+
+    ``S``: ``(x (B,H,W,1) float32, y (B,H,W) int32)``; joint steps: ``((x, y), x_u)`` with
+    x_u (B,H,W,1); consistency steps: ``((x_l, y_l), x_u)`` with B_l and B_u rows
+    (:func:`consistency_batch_sizes`). H = W = ``preprocess.crop_size``.
+    """
     rng = np.random.default_rng(seed)
-    size, batch = cfg.preprocess.crop_size, cfg.train.batch_size
-    images = tf.constant(rng.uniform(0, 1, (batch, size, size, 1)), tf.float32)
-    labels = tf.constant(rng.integers(0, cfg.data.n_classes, (batch, size, size)), tf.int32)
-    if STEPS[step] is None:
-        return images, labels
-    unlabeled = tf.constant(rng.uniform(0, 1, (batch, size, size, 1)), tf.float32)
-    return (images, labels), unlabeled
+    size = cfg.preprocess.crop_size
+
+    def images(rows: int) -> tf.Tensor:
+        return tf.constant(rng.uniform(0, 1, (rows, size, size, 1)), tf.float32)
+
+    def labels(rows: int) -> tf.Tensor:
+        return tf.constant(rng.integers(0, cfg.data.n_classes, (rows, size, size)), tf.int32)
+
+    if step in CONSISTENCY_METHODS:
+        n_labeled, n_unlabeled = consistency_batch_sizes(cfg)
+        return (images(n_labeled), labels(n_labeled)), images(n_unlabeled)
+    batch = cfg.train.batch_size
+    labeled = images(batch), labels(batch)
+    return labeled if step == "S" else (labeled, images(batch))
 
 
 def step_seconds(function: Callable[[Any], Any], batches: list[Any], warmup: int) -> float:
@@ -210,7 +297,31 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _names(text: str, valid: dict[str, Any], option: str) -> list[str]:
+def unimatch_ratios(rows: list[dict[str, Any]]) -> list[str]:
+    """The unimatch step's ms/step ÷ the S and joint steps' ms/step, per config and mode.
+
+    One line per (config, mode) with a unimatch row, naming each ratio's denominator (the
+    S and joint rows present for that config and mode); no lines without a unimatch row.
+    """
+    milliseconds = {(r["config"], r["mode"], r["step"]): r["ms_per_step"] for r in rows}
+    others = [STEP_NAMES[step] for step in ("S", *GENERATOR_KINDS)]
+    lines = []
+    for r in rows:
+        if r["step"] != STEP_NAMES["UM"]:
+            continue
+        ratios = [
+            f"{r['ms_per_step'] / milliseconds[key]:.2f}× {other}"
+            for other in others
+            if (key := (r["config"], r["mode"], other)) in milliseconds
+        ]
+        if ratios:
+            lines.append(f"{r['config']:<8} {r['mode']:<12} unimatch = " + ", ".join(ratios))
+    header = "unimatch step's ms/step ÷ the other steps' ms/step, same config and mode:"
+    return [header, *lines] if lines else []
+
+
+def parse_names(text: str, valid: Collection[str], option: str) -> list[str]:
+    """The comma-separated names in ``text``; exits naming ``option`` if one is unknown."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = sorted(set(names) - set(valid))
     if unknown or not names:
@@ -221,7 +332,7 @@ def _names(text: str, valid: dict[str, Any], option: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="phantom,paper")
-    parser.add_argument("--steps", default="S,GV,GI")
+    parser.add_argument("--steps", default=",".join(STEPS))
     parser.add_argument("--modes", default="eager,tf.function,xla")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--timed-steps", type=int, default=None, help="default 10 / 3 (paper)")
@@ -231,9 +342,9 @@ def main() -> None:
         "--breakdown", action="store_true", help="also time the GV step's warp part alone"
     )
     args = parser.parse_args()
-    configs = _names(args.configs, CONFIGS, "--configs")
-    steps = _names(args.steps, STEPS, "--steps")
-    modes = _names(args.modes, MODES, "--modes")
+    configs = parse_names(args.configs, CONFIGS, "--configs")
+    steps = parse_names(args.steps, STEPS, "--steps")
+    modes = parse_names(args.modes, MODES, "--modes")
 
     print(f"training steps on {tf.config.list_logical_devices()[-1].device_type}, float32")
     rows = []
@@ -258,6 +369,9 @@ def main() -> None:
                     f"{bench_config:<8} GV warp forward+backward alone, {mode}: "
                     f"{milliseconds:.0f} ms"
                 )
+    # Before the table: bench/run_all.py takes everything from the table's header to the end.
+    for line in unimatch_ratios(rows):
+        print(line)
     print()
     print(markdown_table(rows))
     if args.json is not None:

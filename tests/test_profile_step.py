@@ -1,8 +1,10 @@
-"""bench/profile_step.py: the categoriser, the time attribution, and a real trace parsed.
+"""bench/profile_step.py: the categoriser, the time attribution, and a real trace parsed;
+bench/train_step.py's consistency steps (which profile_step.py builds too).
 
 The real-trace tests profile a tiny conv → BatchNorm → ReLU → conv model's training step
 (a (4,16,16,1) batch, Adam) under ``tf.function`` and under XLA, so the parser is checked
-against what TensorFlow 2.21's profiler actually writes.
+against what TensorFlow 2.21's profiler actually writes. The UM and FM steps are built and
+run once at the tiny config (32², batch 4).
 """
 
 from __future__ import annotations
@@ -11,9 +13,15 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.compiler.xla.service import hlo_pb2
+from tiny import SIDE, tiny_overrides
+
+from tfaug.baselines.comparisons import consistency_batch_sizes
+from tfaug.config import load_config
+from tfaug.training.loop import compile_train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
@@ -27,6 +35,13 @@ from profile_step import (  # noqa: E402
     interleaved_ms,
     profile,
     run_step,
+)
+from train_step import (  # noqa: E402
+    STEP_NAMES,
+    build_step,
+    random_batch,
+    segmenter_flops,
+    unimatch_ratios,
 )
 
 
@@ -155,3 +170,44 @@ def test_interleaved_ms_times_every_mode():
 def test_missing_trace_names_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         profile_step.load_xspace(tmp_path)
+
+
+@pytest.mark.parametrize("step", ["UM", "FM"])
+def test_consistency_step_builds_runs_and_counts_its_passes(step):
+    cfg = load_config("phantom", overrides=tiny_overrides())
+    model, flops = build_step(cfg, step)
+    assert cfg.method == load_config("phantom").method  # the caller's config is not changed
+    n_labeled, n_unlabeled = consistency_batch_sizes(cfg)
+    (x_l, y_l), x_u = batch = random_batch(cfg, step, seed=0)
+    assert x_l.shape == (n_labeled, SIDE, SIDE, 1) and y_l.shape == (n_labeled, SIDE, SIDE)
+    assert x_u.shape == (n_unlabeled, SIDE, SIDE, 1)
+
+    result = compile_train_step(model, jit_compile=False)(batch)
+    assert np.isfinite(float(result["total_loss"]))
+    unimatch = step == "UM"
+    assert model.strong_views == (2 if unimatch else 1)
+    assert ("fp_loss" in result) == unimatch
+
+    # 3 × forward: S on B_l + B_u weak rows and V·B_u strong rows, the decoder on B_u more.
+    encoder, decoder = segmenter_flops(model.segmenter)
+    assert encoder > 0 and decoder > 0
+    s_rows = n_labeled + n_unlabeled + model.strong_views * n_unlabeled
+    decoder_rows = n_unlabeled if unimatch else 0
+    assert flops == 3 * (s_rows * (encoder + decoder) + decoder_rows * decoder)
+
+
+def test_unimatch_ratios_divide_by_the_rows_present():
+    def row(step: str, mode: str, ms: float) -> dict:
+        return {"config": "phantom", "step": STEP_NAMES[step], "mode": mode, "ms_per_step": ms}
+
+    rows = [
+        row("S", "tf.function", 100.0),
+        row("GV", "tf.function", 200.0),
+        row("UM", "tf.function", 250.0),
+        row("UM", "xla", 300.0),  # no S or joint row in this mode: no line
+    ]
+    lines = unimatch_ratios(rows)
+    assert len(lines) == 2
+    assert "2.50× S" in lines[1] and "1.25× joint (S, GV, DV)" in lines[1]
+    assert "GI" not in lines[1] and "xla" not in lines[1]
+    assert unimatch_ratios(rows[:2]) == []
