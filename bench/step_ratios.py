@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,14 @@ import keras
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_step import CONFIGS, MODES, build_step, parse_names, random_batch  # noqa: E402
+from train_step import (  # noqa: E402
+    CONFIGS,
+    MODES,
+    build_step,
+    call_seconds,
+    parse_names,
+    random_batch,
+)
 
 from tfaug.config import load_config  # noqa: E402
 from tfaug.training.loop import compile_train_step  # noqa: E402
@@ -48,12 +54,9 @@ def round_times(bench_config: str, mode: str, rounds: int) -> dict[str, list[flo
     times: dict[str, list[float]] = {step: [] for step in STEPS}
     for index in range(rounds + 1):
         for step in STEPS:
-            start = time.perf_counter()
-            keras.tree.map_structure(
-                keras.ops.convert_to_numpy, functions[step](batches[step][index])
-            )
+            seconds = call_seconds(functions[step], batches[step][index])
             if index > 0:
-                times[step].append(time.perf_counter() - start)
+                times[step].append(seconds)
     return times
 
 

@@ -212,15 +212,17 @@ def random_batch(cfg: Config, step: str, seed: int) -> Any:
     return labeled if step == "S" else (labeled, images(batch))
 
 
+def call_seconds(function: Callable[[Any], Any], batch: Any) -> float:
+    """Seconds of one call of ``function`` on ``batch``, its results fetched to the host."""
+    start = time.perf_counter()
+    keras.tree.map_structure(keras.ops.convert_to_numpy, function(batch))
+    return time.perf_counter() - start
+
+
 def step_seconds(function: Callable[[Any], Any], batches: list[Any], warmup: int) -> float:
     """Median seconds per call of ``function`` after ``warmup`` untimed calls."""
-    times = []
-    for index, batch in enumerate(batches):
-        start = time.perf_counter()
-        keras.tree.map_structure(keras.ops.convert_to_numpy, function(batch))
-        if index >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = [call_seconds(function, batch) for batch in batches]
+    return statistics.median(times[warmup:])
 
 
 def bench_row(
