@@ -190,6 +190,11 @@ class SplitConfig:
         draw: which draw this run uses (``--split``).
         split_seed: seed of the random partition (``--split-seed``).
         balance_groups: keep ACDC pathology groups balanced across the sets.
+        n_extra_validation: volumes (scheme ``random``; from the pool, outside every labeled
+            draw) added to the validation volumes for a second, measuring checkpoint: each
+            validated stage also keeps its best step on all ``n_validation +
+            n_extra_validation`` volumes, and the run reports that checkpoint's test Dice
+            beside the chosen one's. It never changes the chosen checkpoint; 0: off.
     """
 
     scheme: str = "random"
@@ -201,6 +206,7 @@ class SplitConfig:
     draw: int = 0
     split_seed: int = 0
     balance_groups: bool = True
+    n_extra_validation: int = setting(0, switch=True)
 
 
 @dataclass

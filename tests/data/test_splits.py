@@ -168,6 +168,42 @@ def test_paper_split_smaller_n_unlabeled_takes_the_first_ids():
     assert split.pool == full.pool
 
 
+@pytest.mark.parametrize("n_labeled", [1, 3])
+def test_extra_validation_volumes_come_from_outside_every_draw_and_change_nothing_else(n_labeled):
+    plain = [
+        make_split(ACDC_IDS, _config(n_labeled=n_labeled, draw=d), ACDC_GROUPS) for d in range(5)
+    ]
+    wide = [
+        make_split(
+            ACDC_IDS, _config(n_labeled=n_labeled, draw=d, n_extra_validation=6), ACDC_GROUPS
+        )
+        for d in range(5)
+    ]
+    extra = set(wide[0].extra_validation)
+    assert len(extra) == 6
+    assert all(set(split.extra_validation) == extra for split in wide)  # shared by the draws
+    for before, after in zip(plain, wide, strict=True):
+        assert before.extra_validation == []
+        assert (after.labeled, after.test, after.validation, after.unlabeled) == (
+            before.labeled,
+            before.test,
+            before.validation,
+            before.unlabeled,
+        )
+        assert not extra & set(before.labeled)  # never labeled in any draw
+        assert after.pool == sorted(set(before.pool) - extra)
+    assert json.loads(json.dumps(wide[0].to_dict()))["extra_validation"] == sorted(extra)
+
+
+def test_extra_validation_needs_undrawn_pool_volumes_and_the_random_scheme():
+    ids = [f"case{i:02d}" for i in range(30)]
+    config = _config(n_labeled=1, n_unlabeled=5, n_test=20, n_validation=2, n_extra_validation=2)
+    with pytest.raises(DatasetError, match="only 0 pool volumes are outside every labeled draw"):
+        make_split(ids, config)
+    with pytest.raises(DatasetError, match="n_extra_validation is for scheme 'random'"):
+        make_split(ACDC_IDS, _config(scheme="paper", n_extra_validation=2), ACDC_GROUPS)
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

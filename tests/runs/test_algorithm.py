@@ -196,11 +196,31 @@ def test_aff_run_has_only_the_segmenter_stage_and_force_moves_it_aside(command):
 
 
 def test_heavy_run_trains_the_segmenter_with_heavy_augmentation(command):
-    heavy = [*command, "--method", "heavy", "--set", "heavy.p_rotation=1.0"]
+    heavy = [
+        *command,
+        *("--method", "heavy", "--set", "heavy.p_rotation=1.0"),
+        *("--set", "split.n_extra_validation=2", "--set", "train.segmenter_iterations=9"),
+    ]
     _run(heavy)
     run = _runs_dir(command) / "phantom-nl1-heavy-split0-seed0"
     results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     assert results["stages"].keys() == {"segmenter"}
+    # The last and the wide-validation checkpoints are tested beside the chosen one.
+    stage = results["stages"]["segmenter"]
+    checkpoints = results["checkpoints"]
+    assert (checkpoints["last"]["step"], checkpoints["best_wide"]["step"]) == (
+        9,
+        stage["wide_best_step"],
+    )
+    assert len(results["split"]["extra_validation"]) == 2
+    assert not set(results["split"]["extra_validation"]) & set(results["split"]["validation"])
+    for kept in checkpoints.values():
+        assert [v["case_id"] for v in kept["test"]] == results["split"]["test"]
+        assert kept["summary"].keys() == results["summary"].keys()
+        if kept["step"] == stage["best_step"]:
+            assert kept["test"] == results["test"]
+    metrics = (run / "checkpoints" / "segmenter" / "metrics.jsonl").read_text(encoding="utf-8")
+    assert all("wide_validation_dice" in json.loads(line) for line in metrics.splitlines())
     assert (
         yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["heavy"]["p_rotation"]
         == 1.0

@@ -47,11 +47,13 @@ class Recorder:
         self.starts: list[int] = []
         self.optimizer_iterations: list[int] = []
         self.seed_states: list[np.ndarray] = []
+        self.segmenter_weights: list[list[np.ndarray]] = []
 
     def __call__(self, start: int) -> tf.data.Dataset:
         self.starts.append(start)
         if self.model is not None:
             self.optimizer_iterations.append(int(self.model.optimizer.iterations.numpy()))
+            self.segmenter_weights.append(self.model.segmenter.get_weights())
             if self.model.affine is not None:
                 self.seed_states.append(self.model.affine.generator.state.numpy().copy())
         good = tf.data.Dataset.from_tensors(_batch())
@@ -83,7 +85,9 @@ class Script:
         return outcome
 
 
-def _stage(model, stage_dir, make_dataset, validate, iterations=9, score_smoothing=0.0):
+def _stage(
+    model, stage_dir, make_dataset, validate, iterations=9, score_smoothing=0.0, validate_wide=None
+):
     return run_stage(
         name="tiny",
         model=model,
@@ -95,6 +99,7 @@ def _stage(model, stage_dir, make_dataset, validate, iterations=9, score_smoothi
         validate_every=3,
         progress=False,
         score_smoothing=score_smoothing,
+        validate_wide=validate_wide,
     )
 
 
@@ -142,8 +147,9 @@ def test_finished_stage_is_not_trained_again(make_segmenter_model, tmp_path):
 
 def test_interrupted_stage_resumes_from_its_checkpoint(make_segmenter_model, tmp_path):
     model = make_segmenter_model()
+    validate_first = Script(model, [0.2, KeyboardInterrupt()])
     with pytest.raises(KeyboardInterrupt):
-        _stage(model, tmp_path, Recorder(), Script(model, [0.2, KeyboardInterrupt()]))
+        _stage(model, tmp_path, Recorder(), validate_first)
     assert not (tmp_path / "done.json").exists()
 
     resumed_model = make_segmenter_model()  # a fresh process would build fresh models
@@ -153,6 +159,8 @@ def test_interrupted_stage_resumes_from_its_checkpoint(make_segmenter_model, tmp
 
     assert dataset.starts == [3]  # the step of the last checkpoint
     assert dataset.optimizer_iterations == [3]  # restored before the dataset was built
+    # Every weight, BatchNorm's moving statistics included, is the step-3 one.
+    _assert_weights_equal(dataset.segmenter_weights[0], validate_first.weights[3])
     assert validate.steps == [6, 9]
     assert int(resumed_model.optimizer.iterations.numpy()) == 9
     assert result.history == [[3.0, 0.2], [6.0, 0.5], [9.0, 0.4]]
@@ -279,3 +287,80 @@ def test_resumed_stage_drops_metrics_written_after_its_checkpoint(make_segmenter
 
     assert [row["step"] for row in read_jsonl(log)] == [3, 6, 9]
     assert [row["validation_dice"] for row in read_jsonl(log)] == [0.2, 0.5, 0.4]
+
+
+def _kept(stage_dir, folder: str) -> list[np.ndarray]:
+    kept = build_tiny_unet()
+    load_best({"segmenter": kept}, stage_dir, folder)
+    return kept.get_weights()
+
+
+def test_wide_validation_keeps_its_own_best_beside_the_chosen_and_the_last(
+    make_segmenter_model, tmp_path
+):
+    model = make_segmenter_model()
+    validate = Script(model, [0.1, 0.3, 0.2])
+    wide = Script(model, [0.4, 0.2, 0.5])
+    result = _stage(model, tmp_path, Recorder(), validate, validate_wide=wide)
+
+    assert (result.best_step, result.best_score) == (6, 0.3)  # the wide score never decides
+    assert (result.wide_best_step, result.wide_best_score) == (9, 0.5)
+    _assert_weights_equal(_kept(tmp_path, "best"), validate.weights[6])
+    _assert_weights_equal(_kept(tmp_path, "best_wide"), wide.weights[9])
+    _assert_weights_equal(_kept(tmp_path, "last"), model.segmenter.get_weights())
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [row["wide_validation_dice"] for row in rows] == [0.4, 0.2, 0.5]
+
+
+def test_wide_best_survives_an_interruption(make_segmenter_model, tmp_path):
+    model = make_segmenter_model()
+    wide = Script(model, [0.5])
+    with pytest.raises(KeyboardInterrupt):
+        _stage(model, tmp_path, Recorder(), Script(model, [0.2, KeyboardInterrupt()]), 9, 0.0, wide)
+
+    resumed = make_segmenter_model()
+    result = _stage(
+        resumed,
+        tmp_path,
+        Recorder(),
+        Script(resumed, [0.3, 0.1]),
+        validate_wide=Script(resumed, [0.1, 0.4]),
+    )
+    assert (result.best_step, result.wide_best_step, result.wide_best_score) == (6, 3, 0.5)
+    _assert_weights_equal(_kept(tmp_path, "best_wide"), wide.weights[3])
+
+
+def test_a_stage_without_validation_keeps_its_last_weights_in_both_folders(
+    make_segmenter_model, tmp_path
+):
+    model = make_segmenter_model()
+    result = _stage(model, tmp_path, Recorder(), None, iterations=4)
+    assert (result.best_step, result.wide_best_step) == (4, None)
+    _assert_weights_equal(_kept(tmp_path, "last"), _kept(tmp_path, "best"))
+    with pytest.raises(ValueError, match="wide validation needs the validation"):
+        _stage(model, tmp_path / "other", Recorder(), None, validate_wide=lambda: 0.5)
+
+
+def test_a_checkpoint_of_an_older_version_resumes(make_segmenter_model, tmp_path):
+    # The layout before BatchNorm statistics and the wide selection were checkpointed.
+    model = make_segmenter_model()
+    model.train_step(_batch())
+    legacy = tf.train.Checkpoint(
+        model=model,
+        optimizer=model.optimizer,
+        step=tf.Variable(3, dtype=tf.int64),
+        best_step=tf.Variable(3, dtype=tf.int64),
+        best_score=tf.Variable(0.4, dtype=tf.float64),
+        elapsed=tf.Variable(1.0, dtype=tf.float64),
+        smoothed=tf.Variable(0.4, dtype=tf.float64),
+        history=tf.Variable([[3.0, 0.4]], dtype=tf.float64, shape=(None, 2)),
+        seeds=[],
+    )
+    tf.train.CheckpointManager(legacy, tmp_path / "ckpt", max_to_keep=1).save()
+
+    resumed = make_segmenter_model()
+    dataset = Recorder(resumed)
+    result = _stage(resumed, tmp_path, dataset, Script(resumed, [0.3, 0.5]))
+    assert dataset.starts == [3]
+    assert dataset.optimizer_iterations == [1]  # the legacy optimizer had taken one step
+    assert (result.best_step, result.history) == (9, [[3.0, 0.4], [6.0, 0.3], [9.0, 0.5]])

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -52,6 +52,9 @@ class Split:
         test: volumes for the reported scores.
         pool: the labeled pool the draws come from (disjoint from the three sets above).
         draw: index of the labeled draw.
+        extra_validation: volumes that only widen the validation set for the second,
+            measuring checkpoint (``split.n_extra_validation``); never labeled in any draw
+            and not in ``pool``.
     """
 
     labeled: list[str]
@@ -60,6 +63,7 @@ class Split:
     test: list[str]
     pool: list[str]
     draw: int
+    extra_validation: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, list[str] | int]:
         """Plain dict (JSON/YAML-serialisable)."""
@@ -203,6 +207,7 @@ def _expand(split: Split, patient_of: dict[str, str]) -> Split:
         test=expand(split.test),
         pool=expand(split.pool),
         draw=split.draw,
+        extra_validation=expand(split.extra_validation),
     )
 
 
@@ -211,6 +216,7 @@ def _check_sizes(cfg: SplitConfig) -> None:
         "n_test": cfg.n_test,
         "n_validation": cfg.n_validation,
         "n_unlabeled": cfg.n_unlabeled,
+        "n_extra_validation": cfg.n_extra_validation,
     }
     negative = {k: v for k, v in sizes.items() if v < 0}
     if negative:
@@ -219,6 +225,11 @@ def _check_sizes(cfg: SplitConfig) -> None:
         raise DatasetError(f"split: --nl must be >= 1, found {cfg.n_labeled}")
     if cfg.draws < 1:
         raise DatasetError(f"split: split.draws must be >= 1, found {cfg.draws}")
+    if cfg.n_extra_validation and cfg.scheme != "random":
+        raise DatasetError(
+            f"split: split.n_extra_validation is for scheme 'random', found scheme "
+            f"{cfg.scheme!r} with n_extra_validation {cfg.n_extra_validation}; set it to 0"
+        )
 
 
 def _check_draw(draw: int, n_draws: int, what: str) -> None:
@@ -254,13 +265,25 @@ def _random_split(
     unlabeled, pool = rest[: cfg.n_unlabeled], rest[cfg.n_unlabeled :]
     draw_rng = np.random.default_rng([cfg.split_seed, 1, cfg.n_labeled])
     draws = _labeled_draws(pool, group_of, cfg.n_labeled, cfg.draws, draw_rng)
+    # After the draws, from the volumes none of them labels: the other sets and the draws
+    # stay exactly those of a split without extra validation volumes.
+    drawn = {case for draw in draws for case in draw}
+    undrawn = [case for case in pool if case not in drawn]
+    if len(undrawn) < cfg.n_extra_validation:
+        raise DatasetError(
+            f"split: split.n_extra_validation is {cfg.n_extra_validation}, but only "
+            f"{len(undrawn)} pool volumes are outside every labeled draw; lower it, "
+            "--n-unlabeled or split.draws"
+        )
+    extra = undrawn[: cfg.n_extra_validation]
     return Split(
         labeled=sorted(draws[cfg.draw]),
         unlabeled=sorted(unlabeled),
         validation=sorted(validation),
         test=sorted(test),
-        pool=sorted(pool),
+        pool=sorted(set(pool) - set(extra)),
         draw=cfg.draw,
+        extra_validation=sorted(extra),
     )
 
 

@@ -39,6 +39,7 @@ from tfaug.methods import (
     PRETRAIN_STAGE,
     SEGMENTER_STAGE,
     STAGE_SEED_OFFSETS,
+    final_stage,
     generator_stage,
 )
 from tfaug.models.generator import Generator
@@ -116,6 +117,11 @@ class Algorithm:
             cache=self.cache,
             split=self.split,
             validation=load_volumes(self.cache, self.split.validation),
+            extra_validation=(
+                load_volumes(self.cache, self.split.extra_validation)
+                if self.split.extra_validation
+                else []
+            ),
             stage_dir=self.run.stage,
             writer=self.writer,
             strategy=self.strategy,
@@ -236,6 +242,43 @@ class Algorithm:
         z = tf.random.stateless_normal((4, self.cfg.model.z_dim), seed=(0, 1))
         return images, onehot, z
 
+    def _test(self, segmenter: keras.Model) -> list[dict]:
+        """3D Dice per structure per test volume at native resolution (``evaluate_test``)."""
+        return evaluate_test(
+            segmenter,
+            self.cache,
+            self.split.test,
+            self.cfg.data,
+            self.root,
+            restore=self.cfg.preprocess.restore_interpolation,
+        )
+
+    def _evaluate_other_checkpoints(self, test: list[dict]) -> dict:
+        """The test scores of the final stage's other kept segmenters.
+
+        ``last`` (the stage's last step) and, with ``split.n_extra_validation``,
+        ``best_wide`` (the best step on the wider validation set). A checkpoint at the chosen
+        step reuses ``test``; a stage finished before these were kept has none.
+
+        Returns:
+            kept folder → ``{"step", "test", "summary"}``, shaped like results.json's
+            ``test`` and ``summary``.
+        """
+        name = final_stage(self.cfg.method, self.cfg.train.self_training_rounds)
+        stage, stage_dir = self.stages[name], self.run.stage(name)
+        found = {}
+        for kept, step in (("last", stage.iterations), ("best_wide", stage.wide_best_step)):
+            if step is None or not (stage_dir / kept / "segmenter.weights.h5").is_file():
+                continue
+            scores = test
+            if step != stage.best_step:
+                segmenter = build_segmenter(self.cfg)
+                load_best({"segmenter": segmenter}, stage_dir, kept)
+                scores = self._test(segmenter)
+            summary = summarise(scores, self.cfg.data.class_names[1:])
+            found[kept] = {"step": step, "test": scores, "summary": summary}
+        return found
+
     # -- the whole algorithm ------------------------------------------------------------
     def execute(self, command: list[str] | None = None) -> dict:
         """Run every stage (skipping finished ones), evaluate, draw, write results.json."""
@@ -250,14 +293,8 @@ class Algorithm:
         if not is_chief(self.strategy):
             return {}  # the chief evaluates and writes the results
 
-        test = evaluate_test(
-            segmenter,
-            self.cache,
-            self.split.test,
-            self.cfg.data,
-            self.root,
-            restore=self.cfg.preprocess.restore_interpolation,
-        )
+        test = self._test(segmenter)
+        checkpoints = self._evaluate_other_checkpoints(test)
         self.run.figures.mkdir(parents=True, exist_ok=True)
         samples = self._sample_batch()
         for kind, generator in generators.items():
@@ -290,6 +327,7 @@ class Algorithm:
             "stages": {name: vars(result) for name, result in self.stages.items()},
             "test": test,
             "summary": summarise(test, self.cfg.data.class_names[1:]),
+            "checkpoints": checkpoints,
             "command": command if command is not None else sys.argv,
             "versions": {
                 "tfaug": __version__,

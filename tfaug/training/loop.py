@@ -9,9 +9,14 @@ runs through :func:`run_stage`. The stage folder holds
   previous checkpoint valid);
 - ``best/<name>.weights.h5``: the weights of the sub-models to keep, at the best
   validation score (the first step reaching the maximum; the last step without validation);
+- ``last/<name>.weights.h5``: the same sub-models at the stage's last step, written when the
+  stage ends (what the run would keep without model selection);
+- ``best_wide/<name>.weights.h5`` (only with a wide validation): the sub-models at the best
+  score on the wider validation set, chosen by the same rule; it never changes ``best/``;
 - ``metrics.jsonl``: one JSON object per validation, ``{"step", <every logged scalar>,
-  "validation_dice", "selection_score"}`` (the scalars are means over the last
-  ``validate_every`` steps); lines past the restored step are dropped on resume;
+  "validation_dice", "selection_score"}`` and, with a wide validation,
+  ``"wide_validation_dice"`` (the scalars are means over the last ``validate_every``
+  steps); lines past the restored step are dropped on resume;
 - ``done.json``: written last, atomically; a stage with it is skipped on re-runs.
 
 Re-running after a kill restores the latest checkpoint and continues from its step.
@@ -56,6 +61,9 @@ class StageResult:
             average with ``score_smoothing``; ``None`` without validation).
         history: ``[[step, score], ...]`` of every validation.
         wall_time_s: seconds spent training, summed over resumed sessions.
+        wide_best_step: step of the ``best_wide/`` weights (``None`` without a wide
+            validation, and in stages finished before it existed).
+        wide_best_score: its selection score on the wide validation set.
     """
 
     name: str
@@ -64,6 +72,8 @@ class StageResult:
     best_score: float | None
     history: list[list[float]]
     wall_time_s: float
+    wide_best_step: int | None = None
+    wide_best_score: float | None = None
 
 
 def _seed_states(model: keras.Model) -> list[tf.Variable]:
@@ -73,6 +83,37 @@ def _seed_states(model: keras.Model) -> list[tf.Variable]:
     explicitly: a resumed run continues the same random stream.
     """
     return [v.value for v in model.variables if "seed_generator_state" in v.path]
+
+
+def _statistics(model: keras.Model) -> list[tf.Variable]:
+    """The model's non-trainable state other than seed generators (BatchNorm's moving mean
+    and variance).
+
+    ``tf.train.Checkpoint`` reaches a Keras 3 model's trainable weights only through its
+    optimiser, so these are saved explicitly: a resumed run keeps its running statistics.
+    """
+    return [v.value for v in model.non_trainable_variables if "seed_generator_state" not in v.path]
+
+
+# Checkpoint entries added after the first release: a checkpoint written before them (an
+# interrupted run of an older version) is restored without them.
+_LATER_ENTRIES = ("statistics", "wide_best_step", "wide_best_score", "wide_smoothed")
+
+
+def _restore(objects: dict, path: str) -> None:
+    """Restore ``objects`` (the stage checkpoint's entries) from checkpoint ``path``.
+
+    Every entry the checkpoint holds must match; an entry of :data:`_LATER_ENTRIES` that an
+    older checkpoint lacks keeps its initial value.
+    """
+    saved = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    present = {key.split("/", 1)[0] for key in saved}
+    restored = {
+        name: value
+        for name, value in objects.items()
+        if name not in _LATER_ENTRIES or name in present
+    }
+    tf.train.Checkpoint(**restored).restore(path).assert_existing_objects_matched()
 
 
 def _optimizers(model: keras.Model) -> dict[str, keras.optimizers.Optimizer]:
@@ -114,6 +155,7 @@ def run_stage(
     progress: bool = True,
     strategy: tf.distribute.Strategy | None = None,
     score_smoothing: float = 0.0,
+    validate_wide: Callable[[], float] | None = None,
 ) -> StageResult:
     """Train ``model`` for ``iterations`` steps of its ``train_step``, resumably.
 
@@ -140,6 +182,10 @@ def run_stage(
         score_smoothing: α in [0, 1) of the exponential moving average the best checkpoint is
             chosen by, ``s_k = α·s_{k−1} + (1 − α)·score_k`` (``s_1 = score_1``); 0 (the paper)
             selects on the raw, noisy score.
+        validate_wide: returns the score on a wider validation set (higher is better),
+            computed at every validation, logged as ``wide_validation_dice`` and used only to
+            keep a second checkpoint, ``best_wide/``, by the same rule (needs ``validate``).
+            It measures how much model selection depends on the validation volumes.
 
     Returns:
         The :class:`StageResult` (read back from ``done.json`` if the stage was finished).
@@ -152,6 +198,8 @@ def run_stage(
             f"stage {name!r}: score_smoothing must be in [0, 1), found {score_smoothing}. "
             "Set train.validation_smoothing to 0 (raw score) or e.g. 0.5."
         )
+    if validate_wide is not None and validate is None:
+        raise ValueError(f"stage {name!r}: a wide validation needs the validation it widens")
     strategy = strategy or tf.distribute.get_strategy()
     stage_dir = worker_directory(Path(stage_dir), strategy)
     done_path = stage_dir / "done.json"
@@ -184,12 +232,17 @@ def run_stage(
             continue
         score = validate() if validate is not None else None
         selection, improved = state.record(current, score, score_smoothing)
+        row = {"step": current, **logs, "validation_dice": score, "selection_score": selection}
+        wide_improved = False
+        if validate_wide is not None:
+            row["wide_validation_dice"] = validate_wide()
+            _, wide_improved = state.wide.update(
+                current, row["wide_validation_dice"], score_smoothing
+            )
         # Before the checkpoint: a kill between the two leaves a row past the restored step,
         # which the resumed stage drops and writes again.
-        metrics_log.append(
-            {"step": current, **logs, "validation_dice": score, "selection_score": selection}
-        )
-        state.save(improved, time.perf_counter() - session_start)
+        metrics_log.append(row)
+        state.save(improved, time.perf_counter() - session_start, wide_improved)
         session_start = time.perf_counter()
         _write_summaries(writer, name, current, logs, score)
         if on_validation is not None:
@@ -198,18 +251,51 @@ def run_stage(
             metric.reset_state()
     bar.close()
 
+    _save_weights(keep, stage_dir / "last")
     result = state.result(name, iterations, validated=validate is not None)
     write_json_atomic(done_path, asdict(result))
     return result
 
 
+class Selection:
+    """The best step by a validation score and its exponential moving average.
+
+    Three checkpointed variables: the best step (−1 before any), its selection score and the
+    current smoothed score. ``s_k = α·s_{k−1} + (1 − α)·score_k`` (``s_1 = score_1``); a step
+    becomes the best when ``s_k`` exceeds every earlier one (the first step reaching the
+    maximum wins ties).
+    """
+
+    def __init__(self) -> None:
+        self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
+        self.best_score = tf.Variable(-math.inf, dtype=tf.float64, trainable=False)
+        self.smoothed = tf.Variable(math.nan, dtype=tf.float64, trainable=False)
+
+    def update(self, current: int, score: float, smoothing: float) -> tuple[float, bool]:
+        """Record ``score`` at step ``current``; returns ``(s_k, whether it is the best)``."""
+        previous = float(self.smoothed.numpy())
+        selection = (
+            score if math.isnan(previous) else smoothing * previous + (1 - smoothing) * score
+        )
+        self.smoothed.assign(selection)
+        improved = selection > float(self.best_score.numpy())
+        if improved:
+            self.mark_best(current, selection)
+        return selection, improved
+
+    def mark_best(self, current: int, selection: float) -> None:
+        """Make ``current`` the best step with score ``selection``."""
+        self.best_step.assign(current)
+        self.best_score.assign(selection)
+
+
 class StageState:
     """The resumable state of a stage and its checkpoint, restored from ``stage_dir/ckpt``.
 
-    Holds the step, the best step and its selection score, the training time, the smoothed
-    score and the validation history as variables of one ``tf.train.Checkpoint`` together
-    with the model, its optimisers and its random-generator states. A new stage starts at
-    step 0 with no best score.
+    Holds the step, the best step and its selection score (and those of the wide validation),
+    the training time and the validation history as variables of one ``tf.train.Checkpoint``
+    together with the model, its optimisers and its random-generator states. A new stage
+    starts at step 0 with no best score.
 
     Args:
         model: the compiled training model (its optimisers are found by attribute name).
@@ -222,27 +308,35 @@ class StageState:
         self.keep = keep
         (stage_dir / "best").mkdir(parents=True, exist_ok=True)
         self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
-        self.best_score = tf.Variable(-math.inf, dtype=tf.float64, trainable=False)
+        self.selection = Selection()
+        self.wide = Selection()
         self.elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False)
-        self.smoothed = tf.Variable(math.nan, dtype=tf.float64, trainable=False)
         self.history = tf.Variable(tf.zeros((0, 2), tf.float64), shape=(None, 2), trainable=False)
-        checkpoint = tf.train.Checkpoint(
-            model=model,
+        objects = {
+            "model": model,
             **_optimizers(model),
-            step=self.step_var,
-            best_step=self.best_step,
-            best_score=self.best_score,
-            elapsed=self.elapsed,
-            smoothed=self.smoothed,
-            history=self.history,
-            seeds=_seed_states(model),
-        )
+            "step": self.step_var,
+            "best_step": self.selection.best_step,
+            "best_score": self.selection.best_score,
+            "elapsed": self.elapsed,
+            "smoothed": self.selection.smoothed,
+            "history": self.history,
+            "seeds": _seed_states(model),
+            "statistics": _statistics(model),
+            "wide_best_step": self.wide.best_step,
+            "wide_best_score": self.wide.best_score,
+            "wide_smoothed": self.wide.smoothed,
+        }
+        checkpoint = tf.train.Checkpoint(**objects)
         self.manager = tf.train.CheckpointManager(checkpoint, stage_dir / "ckpt", max_to_keep=1)
-        if self.manager.latest_checkpoint:
-            checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            if int(self.best_step.numpy()) == self.step:
-                _save_best(keep, stage_dir)  # the kill may have come between ckpt and best
+        latest = self.manager.latest_checkpoint
+        if latest:
+            _restore(objects, latest)
+            # The kill may have come between the checkpoint and the kept weights.
+            if int(self.selection.best_step.numpy()) == self.step:
+                _save_weights(keep, stage_dir / "best")
+            if int(self.wide.best_step.numpy()) == self.step:
+                _save_weights(keep, stage_dir / "best_wide")
 
     @property
     def step(self) -> int:
@@ -265,38 +359,33 @@ class StageState:
             validation, so the last step is kept).
         """
         self.step_var.assign(current)
-        selection = None
-        if score is not None:
-            self.history.assign(tf.concat([self.history, [[float(current), score]]], axis=0))
-            previous = float(self.smoothed.numpy())
-            selection = (
-                score
-                if math.isnan(previous)
-                else (smoothing * previous + (1.0 - smoothing) * score)
-            )
-            self.smoothed.assign(selection)
-        improved = score is None or selection > float(self.best_score.numpy())
-        if improved:
-            self.best_step.assign(current)
-            self.best_score.assign(selection if selection is not None else -math.inf)
-        return selection, improved
+        if score is None:
+            self.selection.mark_best(current, -math.inf)
+            return None, True
+        self.history.assign(tf.concat([self.history, [[float(current), score]]], axis=0))
+        return self.selection.update(current, score, smoothing)
 
-    def save(self, improved: bool, seconds: float) -> None:
-        """Add ``seconds`` of training time, write the checkpoint, then the best weights."""
+    def save(self, improved: bool, seconds: float, wide_improved: bool = False) -> None:
+        """Add ``seconds`` of training time, write the checkpoint, then the kept weights."""
         self.elapsed.assign_add(seconds)
         self.manager.save()
         if improved:
-            _save_best(self.keep, self.stage_dir)
+            _save_weights(self.keep, self.stage_dir / "best")
+        if wide_improved:
+            _save_weights(self.keep, self.stage_dir / "best_wide")
 
     def result(self, name: str, iterations: int, validated: bool) -> StageResult:
         """The finished stage's :class:`StageResult`."""
+        wide_step = int(self.wide.best_step.numpy())
         return StageResult(
             name=name,
             iterations=iterations,
-            best_step=int(self.best_step.numpy()),
-            best_score=float(self.best_score.numpy()) if validated else None,
+            best_step=int(self.selection.best_step.numpy()),
+            best_score=float(self.selection.best_score.numpy()) if validated else None,
             history=self.history.numpy().tolist(),
             wall_time_s=float(self.elapsed.numpy()),
+            wide_best_step=wide_step if wide_step >= 0 else None,
+            wide_best_score=float(self.wide.best_score.numpy()) if wide_step >= 0 else None,
         )
 
 
@@ -319,10 +408,13 @@ class MetricsLog:
         append_jsonl(self.path, row)
 
 
-def load_best(keep: dict[str, keras.Model], stage_dir: Path) -> None:
-    """Load the best weights a finished stage kept into the given (built) sub-models."""
+def load_best(keep: dict[str, keras.Model], stage_dir: Path, kept: str = "best") -> None:
+    """Load weights a finished stage kept into the given (built) sub-models.
+
+    ``kept`` names the folder: ``"best"`` (the chosen step), ``"last"`` or ``"best_wide"``.
+    """
     for stem, sub_model in keep.items():
-        sub_model.load_weights(Path(stage_dir) / "best" / f"{stem}.weights.h5")
+        sub_model.load_weights(Path(stage_dir) / kept / f"{stem}.weights.h5")
 
 
 def save_weights_atomic(model: keras.Model, path: Path) -> None:
@@ -331,9 +423,11 @@ def save_weights_atomic(model: keras.Model, path: Path) -> None:
         model.save_weights(temporary)
 
 
-def _save_best(keep: dict[str, keras.Model], stage_dir: Path) -> None:
+def _save_weights(keep: dict[str, keras.Model], folder: Path) -> None:
+    """Save every kept sub-model as ``folder/<stem>.weights.h5`` (atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
     for stem, sub_model in keep.items():
-        save_weights_atomic(sub_model, stage_dir / "best" / f"{stem}.weights.h5")
+        save_weights_atomic(sub_model, folder / f"{stem}.weights.h5")
 
 
 def _write_summaries(

@@ -38,6 +38,9 @@ class StageContext:
         strategy: the ``tf.distribute`` strategy models are created under.
         progress: show progress bars.
         results: every stage run so far, by name (filled by :meth:`run_stage`).
+        extra_validation: the extra validation volumes (``split.n_extra_validation``), in
+            memory; with them every validated stage also keeps ``best_wide/``, its best step
+            on ``validation + extra_validation``.
     """
 
     cfg: Config
@@ -49,6 +52,7 @@ class StageContext:
     strategy: tf.distribute.Strategy
     progress: bool = True
     results: dict[str, StageResult] = field(default_factory=dict)
+    extra_validation: list[VolumeSlices] = field(default_factory=list)
 
     def seed(self, offset: int) -> int:
         """The seed of a stage with seed offset ``offset`` (:data:`STAGE_SEED_OFFSETS`)."""
@@ -92,12 +96,18 @@ class StageContext:
             on_validation: called with the step after each validation.
         """
         train = self.cfg.train
-        validate = None
+        validate = validate_wide = None
         if validated is not None and self.selects_best:
             n_classes = self.cfg.data.n_classes
 
             def validate() -> float:
                 return validation_dice(validated, self.validation, n_classes)
+
+            if self.extra_validation:
+                wide = [*self.validation, *self.extra_validation]
+
+                def validate_wide() -> float:
+                    return validation_dice(validated, wide, n_classes)
 
         result = run_stage(
             name=name,
@@ -114,6 +124,7 @@ class StageContext:
             progress=self.progress,
             strategy=self.strategy,
             score_smoothing=train.validation_smoothing,
+            validate_wide=validate_wide,
         )
         self.results[name] = result
         return result
