@@ -459,3 +459,60 @@ def test_tiny_real_grid_then_report(tmp_path):
     assert "| none |" in report
     assert "gd vs rd: skipped" in report
     assert (out / "phantom-nl1-joint-box.png").is_file()
+
+
+def _add_final_stage(run: Path, chosen_step: int, kept: dict, curve: list[tuple]) -> None:
+    """Give a synthetic run a final stage (``segmenter``), its metrics.jsonl and its other
+    tested checkpoints: ``kept`` maps a checkpoint name to (step, Dice of every volume)."""
+    content = json.loads((run / "results.json").read_text())
+    content["stages"] = {
+        "segmenter": {"name": "segmenter", "iterations": 100, "best_step": chosen_step}
+    }
+    content["checkpoints"] = {
+        name: {"step": step, "test": [{"mean_dice": dice} for _ in CASES]}
+        for name, (step, dice) in kept.items()
+    }
+    (run / "results.json").write_text(json.dumps(content))
+    rows = [{"step": s, "validation_dice": v, "wide_validation_dice": w} for s, v, w in curve]
+    stage = run / "checkpoints" / "segmenter"
+    stage.mkdir(parents=True)
+    (stage / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _selection_row(report: str, method: str) -> list[str]:
+    section = report.split("### Budget and model selection", 1)[1]
+    return _row(section, method)
+
+
+def test_selection_section_checks_the_plateau_and_ranks_by_each_checkpoint(tmp_path):
+    runs = tmp_path / "runs"
+    flat = [(10 * i, 0.5, 0.6) for i in range(1, 11)]
+    rising = [(10 * i, 0.05 * i, 0.05 * i) for i in range(1, 11)]
+    for draw in range(2):
+        _write_run(runs, "aff", draw, 0, dice=lambda *_: dict.fromkeys(STRUCTURES, 0.6))
+        _write_run(runs, "rd", draw, 0, dice=lambda *_: dict.fromkeys(STRUCTURES, 0.5))
+        _add_final_stage(
+            runs / f"phantom-nl1-aff-split{draw}-seed0", 40, {"last": (100, 0.3)}, flat
+        )
+        _add_final_stage(
+            runs / f"phantom-nl1-rd-split{draw}-seed0",
+            90,
+            {"last": (100, 0.7), "best_wide": (100, 0.7)},
+            rising,
+        )
+    out = tmp_path / "out"
+    report = write_report(runs, out).read_text(encoding="utf-8")
+
+    aff = _selection_row(report, "aff")
+    rd = _selection_row(report, "rd")
+    assert aff[1:5] == ["2", "100", "40", "+0.000 ✓"]  # flat: the budget was enough
+    assert rd[1:5] == ["2", "100", "90", "+0.100"]  # last fifth 0.475 vs 0.375: still rising
+    assert aff[5:] == ["0.600 (1)", "0.300 (2)", "–"]  # the ranking flips with the last step
+    assert rd[5:] == ["0.500 (2)", "0.700 (1)", "0.700 (1)"]
+    assert "](phantom-nl1-joint-validation.png)" in report
+    assert matplotlib.image.imread(out / "phantom-nl1-joint-validation.png").ndim == 3
+
+
+def test_runs_without_final_stage_records_have_no_selection_section(runs_dir, tmp_path):
+    report = write_report(runs_dir, tmp_path / "out").read_text(encoding="utf-8")
+    assert "Budget and model selection" not in report

@@ -112,3 +112,36 @@ def save_dice_vs_nl_plot(
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return path
+
+
+def save_validation_curves(
+    curves: Mapping[str, tuple[Sequence[int], Sequence[float], Sequence[float] | None]],
+    path: Path,
+    title: str,
+) -> Path:
+    """Validation Dice against the final stage's step, one line per method.
+
+    Args:
+        curves: method → (steps, mean validation Dice, mean wide validation Dice or None);
+            the wide curve is drawn dashed in the same colour.
+        path: the PNG to write.
+        title: figure title.
+
+    Returns:
+        ``path``.
+    """
+    figure = Figure(figsize=(7.0, 4.0))
+    ax = figure.subplots()
+    for method, (steps, values, wide) in curves.items():
+        (line,) = ax.plot(steps, values, label=method)
+        if wide is not None:
+            ax.plot(steps, wide, linestyle="--", color=line.get_color())
+    ax.set_xlabel("step of the final stage")
+    ax.set_ylabel("validation Dice (solid; dashed: wide set)")
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path

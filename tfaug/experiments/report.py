@@ -14,6 +14,9 @@ computed over all runs × test volumes (docs/method.md §7 "Evaluation"):
   each of these pairs is also tested per run (the runs' mean foreground Dice, paired per
   (draw, seed)), the conservative check: the volumes of one run share one trained model;
 - box plots per structure (Fig. 2) and mean Dice per test subject (Fig. 9);
+- the budget and model-selection check (:mod:`tfaug.experiments.selection_report`): has
+  each method's validation curve flattened, and does the ranking change with the last or
+  the wide-validation checkpoint;
 - the runs missing from the grid inferred as methods × draws × seeds present.
 
 Across settings: Dice against N_L (Fig. 3c) when several N_L exist, and joint vs
@@ -52,6 +55,7 @@ from tfaug.experiments.results import (
     unfinished_runs,
     wilcoxon_test,
 )
+from tfaug.experiments.selection_report import selection_section
 
 # The paper's comparisons (Fig. 2): (proposed, baseline); None = the best related method,
 # i.e. the best method that does not use the learned generators.
@@ -254,6 +258,7 @@ def setting_section(
         f"![Mean Dice per test subject]({subject_path.name})",
         "",
     ]
+    lines += selection_section(runs, out_dir, _slug(setting))
     missing = missing_runs(runs)
     draws = sorted({r.draw for r in runs})
     seeds = sorted({r.seed for r in runs})

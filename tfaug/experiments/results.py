@@ -13,7 +13,7 @@ import itertools
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,13 @@ class RunResult:
         training_s: wall-clock seconds of every training stage the run used (shared
             generator stages included, summed over resumed sessions); ``None`` when
             results.json does not record them.
+        checkpoints: the final stage's kept segmenters that were tested, by name →
+            ``(step, mean over test volumes of the mean foreground Dice)``: ``"chosen"``
+            (the one ``dice`` holds), and when the run recorded them ``"last"`` (the last
+            step) and ``"best_wide"`` (chosen on the wider validation set).
+        curve: the final stage's validations, ``(step, validation Dice, wide validation
+            Dice or None)`` in step order (from its ``metrics.jsonl``; empty without it).
+        iterations: the final stage's number of steps (0 when not recorded).
     """
 
     name: str
@@ -55,6 +62,9 @@ class RunResult:
     dice: dict[str, dict[str, float]]
     tag: str = ""
     training_s: float | None = None
+    checkpoints: dict[str, tuple[int, float]] = field(default_factory=dict)
+    curve: tuple[tuple[int, float, float | None], ...] = ()
+    iterations: int = 0
 
     @property
     def setting(self) -> tuple[str, int, str]:
@@ -122,6 +132,7 @@ def _parse_results(path: Path) -> RunResult:
         dice[str(volume["case_id"])] = scores
     if not dice:
         raise ValueError("no test volumes")
+    final = _final_stage(content)
     return RunResult(
         name=path.parent.name,
         dataset=str(content["dataset"]),
@@ -133,6 +144,43 @@ def _parse_results(path: Path) -> RunResult:
         dice=dice,
         tag=_run_tag(path.parent / "config.yaml"),
         training_s=_training_seconds(content),
+        checkpoints=_checkpoints(content, dice, final),
+        curve=_curve(path.parent, final),
+        iterations=int(final.get("iterations", 0)),
+    )
+
+
+def _final_stage(content: dict) -> dict:
+    """The final stage's record in results.json (stages are written in training order, the
+    final one last); ``{}`` when the file has none."""
+    stages = content.get("stages") or {}
+    return stages[list(stages)[-1]] if stages else {}
+
+
+def _checkpoints(content: dict, dice: dict, final: dict) -> dict[str, tuple[int, float]]:
+    found = {}
+    if "best_step" in final:
+        found["chosen"] = (int(final["best_step"]), _mean_of(dice.values()))
+    for name, kept in (content.get("checkpoints") or {}).items():
+        volumes = [{MEAN: float(volume["mean_dice"])} for volume in kept["test"]]
+        found[name] = (int(kept["step"]), _mean_of(volumes))
+    return found
+
+
+def _mean_of(volumes: Iterable[dict[str, float]]) -> float:
+    return float(np.mean([volume[MEAN] for volume in volumes]))
+
+
+def _curve(run_dir: Path, final: dict) -> tuple[tuple[int, float, float | None], ...]:
+    """The final stage's validation rows from ``checkpoints/<stage>/metrics.jsonl``."""
+    metrics = run_dir / "checkpoints" / str(final.get("name", "")) / "metrics.jsonl"
+    if not final or not metrics.is_file():
+        return ()
+    rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
+    return tuple(
+        (int(row["step"]), float(row["validation_dice"]), row.get("wide_validation_dice"))
+        for row in rows
+        if row.get("validation_dice") is not None
     )
 
 
