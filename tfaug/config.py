@@ -360,10 +360,15 @@ class SslConfig:
         feature_weight: weight of ``unimatch``'s feature-perturbation stream.
         fixmatch_strong_weight: weight of ``fixmatch``'s single strong view (UniMatch's
             FixMatch: ``(L_x + L_s) / 2``).
-        supervised_loss: ``cross_entropy_dice`` (UniMatch's ``(CE + Dice) / 2``, with
-            ``train.class_weights`` in the CE), or ``cross_entropy`` (the loss of every other
-            method; pair it with ``unlabeled_loss: cross_entropy``: a Dice's gradients are
-            far larger than a pixel-mean CE's and drown it).
+        supervised_loss: ``cross_entropy_dice`` (UniMatch's ``(CE + Dice) / 2``), or
+            ``cross_entropy`` (the loss of every other method; pair it with
+            ``unlabeled_loss: cross_entropy``: a Dice's gradients are far larger than a
+            pixel-mean CE's and drown it).
+        class_weights: the cross-entropy's per-class weights, background first; ``null``:
+            unweighted, as UniMatch's ``nn.CrossEntropyLoss()`` (``train.class_weights``,
+            the paper's [0.1, 0.3, 0.3, 0.3], make a pixel confidently foreground long
+            before it is confidently background, and the pseudo-labels then drift to
+            foreground: docs/methods.md).
         unlabeled_loss: ``dice`` (UniMatch's medical code: soft Dice on the confident
             pixels) or ``cross_entropy`` (class-weighted, confident pixels, mean over all).
         cutmix_probability: chance that a strong view's slice gets a CutMix box.
@@ -381,6 +386,7 @@ class SslConfig:
     fixmatch_strong_weight: float = setting(0.5, read_by=READ_BY_FINAL)
     supervised_loss: str = setting("cross_entropy_dice", read_by=READ_BY_FINAL)
     unlabeled_loss: str = setting("dice", read_by=READ_BY_FINAL)
+    class_weights: list[float] | None = setting(None, read_by=READ_BY_FINAL)
     cutmix_probability: float = setting(0.5, read_by=READ_BY_FINAL)
     cutmix_area_range: list[float] = setting(factory=lambda: [0.02, 0.4], read_by=READ_BY_FINAL)
     cutmix_aspect_range: list[float] = setting(
@@ -397,8 +403,10 @@ class StrongConfig:
     intensity keys, same names). The defaults approximate UniMatch's strong view (colour
     jitter of brightness and contrast by ±50 % with probability 0.8, Gaussian blur with
     σ ~ U(0.1, 2) px with probability 0.5); noise, low resolution and the gammas, which
-    UniMatch does not use, are off (nnU-Net's ranges are kept for them). Only the final
-    stage reads them.
+    UniMatch does not use, are off (nnU-Net's ranges are kept for them). The result is
+    clipped to each slice's range before the perturbation (``clip_to_input_range``), as
+    UniMatch's 8-bit jitter keeps its [0, 1] images in [0, 1]. Only the final stage reads
+    them.
     """
 
     p_noise: float = setting(0.0, read_by=READ_BY_FINAL)
@@ -415,6 +423,7 @@ class StrongConfig:
     p_gamma: float = setting(0.0, read_by=READ_BY_FINAL)
     gamma_range: list[float] = setting(factory=lambda: [0.7, 1.5], read_by=READ_BY_FINAL)
     gamma_retain_stats: bool = setting(True, read_by=READ_BY_FINAL)
+    clip_to_input_range: bool = setting(True, read_by=READ_BY_FINAL)
 
 
 @dataclass

@@ -105,6 +105,9 @@ def _with_head(model: ConsistencyModel, bias: list[float]) -> ConsistencyModel:
 def test_confident_teacher_keeps_every_pixel_and_uniform_teacher_keeps_none():
     confident = _step(_with_head(_model(threshold=0.95), [8.0, -8.0]), _batch())
     assert confident["kept_fraction"] == 1.0 and confident["confidence"] > 0.99
+    assert confident["teacher_class_1"] == 0.0  # every pseudo-label is background
+    foreground = _step(_with_head(_model(threshold=0.95), [-8.0, 8.0]), _batch())
+    assert foreground["teacher_class_1"] == 1.0
     uniform = _step(_with_head(_model(threshold=0.95), [0.0, 0.0]), _batch())
     assert uniform["kept_fraction"] == 0.0
     assert uniform["confidence"] == pytest.approx(1 / N_CLASSES)
@@ -171,13 +174,15 @@ def test_methods_trackers_and_updates():
     logs = _step(model, _batch())
     assert set(logs) == {
         "seg_loss", "strong_loss", "strong_loss_1", "strong_loss_2", "fp_loss", "total_loss",
-        "confidence", "kept_fraction",
+        "confidence", "kept_fraction", "teacher_class_1",
     }  # fmt: skip
     expected = 0.5 * logs["seg_loss"] + 0.125 * (logs["strong_loss_1"] + logs["strong_loss_2"])
     assert logs["total_loss"] == pytest.approx(expected + 0.25 * logs["fp_loss"], rel=1e-5)
     before = [w.numpy().copy() for w in fixmatch.segmenter.trainable_weights]
     logs = _step(fixmatch, _batch())
-    assert set(logs) == {"seg_loss", "strong_loss", "total_loss", "confidence", "kept_fraction"}
+    assert set(logs) == {
+        "seg_loss", "strong_loss", "total_loss", "confidence", "kept_fraction", "teacher_class_1",
+    }  # fmt: skip
     assert logs["total_loss"] == pytest.approx(
         0.5 * logs["seg_loss"] + 0.5 * logs["strong_loss"], rel=1e-5
     )
@@ -248,6 +253,11 @@ def test_the_config_builds_each_method(tmp_path):
     )  # fmt: skip
     assert isinstance(unimatch.weak, RandomAffine)
     assert unimatch.strong.p_blur == 0.3 and unimatch.cutmix.probability == 0.7
+    assert unimatch.strong.clip_to_input_range  # UniMatch's 8-bit jitter stays in range
+    assert unimatch.class_weights == (1.0,) * 4  # UniMatch's unweighted cross-entropy
+    cfg.ssl.class_weights = cfg.train.class_weights
+    weighted = build_consistency_model(cfg, build_tiny_unet(4), seed=1)
+    assert weighted.class_weights == tuple(cfg.train.class_weights)
     assert consistency_batch_sizes(cfg) == (3, 2)  # round(5 · 0.5) = 2 unlabeled
     cfg.method = "fixmatch"
     fixmatch = build_consistency_model(cfg, build_tiny_unet(4), seed=1)

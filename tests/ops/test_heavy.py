@@ -253,6 +253,18 @@ def test_brightness_multiplies_each_slice_by_one_factor():
     assert np.all((ratio >= 0.75 - 1e-6) & (ratio <= 1.25 + 1e-6))
 
 
+def test_clip_to_input_range_keeps_a_brightened_slice_inside_its_range():
+    images = _noise_images() + 0.5
+    free = _only("brightness", brightness_range=(1.5, 1.5))({"images": images})["images"]
+    clipped = _only("brightness", brightness_range=(1.5, 1.5), clip_to_input_range=True)(
+        {"images": images}
+    )["images"]
+    assert np.all(_per_slice(np.max, free) > _per_slice(np.max, images) + 0.1)  # nnU-Net's
+    np.testing.assert_allclose(_per_slice(np.max, clipped), _per_slice(np.max, images))
+    maximum = _per_slice(np.max, images)[:, None, None, None]
+    np.testing.assert_allclose(clipped, np.minimum(free, maximum))
+
+
 @pytest.mark.parametrize(
     ("contrast_range", "std_grows"), [((1.2, 1.25), True), ((0.75, 0.8), False)]
 )
@@ -366,7 +378,10 @@ def test_compiles_with_xla_and_matches_eager_given_the_parameters():
 
 @pytest.mark.parametrize(
     "layer",
-    [_full_layer(seed=15), HeavyIntensity(p_gamma=0.9, gamma_retain_stats=False, seed=15)],
+    [
+        _full_layer(seed=15),
+        HeavyIntensity(p_gamma=0.9, gamma_retain_stats=False, clip_to_input_range=True, seed=15),
+    ],
     ids=["heavy", "intensity"],
 )
 def test_get_config_round_trip(layer):

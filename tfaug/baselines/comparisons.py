@@ -203,7 +203,7 @@ def build_consistency_model(cfg: Config, segmenter: keras.Model, seed: int) -> C
     model = ConsistencyModel(
         segmenter,
         n_classes=cfg.data.n_classes,
-        class_weights=cfg.train.class_weights,
+        class_weights=ssl.class_weights or [1.0] * cfg.data.n_classes,
         weak=build_labeled_augmentation(cfg, seed),
         strong=build_strong(cfg, seed + SUBSTREAM["strong_views"]),
         cutmix=build_cutmix(cfg, seed + SUBSTREAM["cutmix"]),

@@ -180,12 +180,15 @@ class ConsistencyModel(keras.Model):
     @property
     def tracker_names(self) -> tuple[str, ...]:
         """seg_loss, strong_loss (the mean over the views), strong_loss_<v> for each view
-        when there are several, fp_loss (with the perturbed stream), total_loss, confidence
-        and kept_fraction."""
+        when there are several, fp_loss (with the perturbed stream), total_loss, confidence,
+        kept_fraction, and teacher_class_<c> for each foreground class c: the share of the
+        unlabeled pixels whose pseudo-label is c (a teacher drifting to one class shows
+        there first)."""
         views = [f"strong_loss_{v}" for v in range(1, self.strong_views + 1)]
         names = ["seg_loss", "strong_loss", *(views if len(views) > 1 else [])]
         names += ["fp_loss"] if self.perturbs_features else []
-        return (*names, "total_loss", "confidence", "kept_fraction")
+        shares = [f"teacher_class_{c}" for c in range(1, self.n_classes)]
+        return (*names, "total_loss", "confidence", "kept_fraction", *shares)
 
     def compile(self, s_optimizer: keras.optimizers.Optimizer, **kwargs: Any) -> None:
         """Set S's optimiser and create its slots now (a checkpoint restores them).
@@ -370,6 +373,10 @@ class ConsistencyModel(keras.Model):
             total_loss=total,
             confidence=tf.reduce_mean(confidence),
             kept_fraction=tf.reduce_mean(kept),
+            **{
+                f"teacher_class_{c}": tf.reduce_mean(pseudo_labels[..., c])
+                for c in range(1, self.n_classes)
+            },
             pseudo_labels=pseudo_labels,
             confidence_map=confidence,
         )

@@ -424,6 +424,9 @@ class HeavyIntensity(PairedAugmentation):
         p_low_resolution: 0.25. low_resolution_range: (0.5, 1.0), the factor f, min > 0.
         p_inverted_gamma: 0.1. p_gamma: 0.3. gamma_range: (0.7, 1.5), min > 0, both gammas.
         gamma_retain_stats: True, restore each slice's mean and std after the gammas.
+        clip_to_input_range: False (nnU-Net); True: the result is clipped to each input
+            slice's [min, max] (the strong views of the consistency methods: UniMatch's
+            8-bit colour jitter keeps its [0, 1] images in [0, 1]).
         seed: see :class:`~tfaug.ops.augment.PairedAugmentation`.
 
     Every probability is in [0, 1]; every range is (min, max) with min <= max.
@@ -444,6 +447,7 @@ class HeavyIntensity(PairedAugmentation):
         "p_gamma",
         "gamma_range",
         "gamma_retain_stats",
+        "clip_to_input_range",
     )
 
     def __init__(
@@ -462,11 +466,13 @@ class HeavyIntensity(PairedAugmentation):
         p_gamma: float = 0.3,
         gamma_range: Sequence[float] = (0.7, 1.5),
         gamma_retain_stats: bool = True,
+        clip_to_input_range: bool = False,
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(seed=seed, **kwargs)
         owner = type(self).__name__
+        self.clip_to_input_range = bool(clip_to_input_range)
         probabilities = (p_noise, p_blur, p_brightness, p_contrast, p_low_resolution)
         probabilities += (p_inverted_gamma, p_gamma)
         self.intensity_probabilities = {
@@ -535,10 +541,13 @@ class HeavyIntensity(PairedAugmentation):
     ) -> tuple[tf.Tensor, tf.Tensor | None]:
         """Apply the steps in order, each only to the slices chosen for it; masks untouched."""
         images = tf.convert_to_tensor(images)
+        original = _slice_stats(images) if self.clip_to_input_range else None
         for step, probability in self.intensity_probabilities.items():
             if probability > 0:
                 changed = self._intensity_step(step, images, parameters)
                 images = _select_rows(parameters[f"apply_{step}"], changed, images)
+        if original is not None:
+            images = tf.clip_by_value(images, original["min"], original["max"])
         return images, masks
 
     def get_config(self) -> dict[str, Any]:
