@@ -18,6 +18,11 @@ RUNS=${RUNS:-runs-ssl}
 CACHE=${CACHE:-cache}
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../../.." && pwd)
+if ! python -c "import keras, tfaug.cli" 2>/dev/null; then
+    echo "run_benchmark.sh: 'python' cannot import tfaug and keras; activate the environment" \
+        "tfaug is installed in (pip install -e .) and start again" >&2
+    exit 1
+fi
 
 # The budget every method gets (equal iterations): a 3000-step final stage (5x the phantom
 # config's 600), validation every 25 steps on the config's 2 volumes, and 6 more validation
