@@ -14,18 +14,63 @@ import pytest  # noqa: E402
 TESTS = Path(__file__).resolve().parent
 SHARED_FIXTURE_FOLDERS = ("deploy",)
 """Folders whose test files share session fixtures (deploy: one trained, exported run)."""
+SLOW_FIRST = (
+    "training/test_distribute.py",
+    "deploy",
+    "training/test_joint.py",
+    "experiments/test_tuning.py",
+    "runs/test_algorithm.py",
+    "baselines/test_consistency.py",
+    "training/test_loop.py",
+    "experiments/test_report.py",
+    "training/test_retracing.py",
+    "training/test_precision.py",
+    "test_profile_step.py",
+    "baselines/test_adversarial.py",
+    "runs/test_shared.py",
+    "baselines/test_self_training.py",
+)
+"""Test files (or SHARED_FIXTURE_FOLDERS) that take longest, slowest first (measured with
+``--durations=0``): the workers start on them, so no long file is left for the end."""
+_SHARED_SCOPES = ("module", "package", "session")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep each test file, and each folder of :data:`SHARED_FIXTURE_FOLDERS`, on one pytest-
-    xdist worker (``--dist loadgroup``, set in pytest.ini), so module and session fixtures
-    (trained runs, caches) are built once, not once per worker."""
+    """Schedule for pytest-xdist (``--dist loadgroup``, set in pytest.ini).
+
+    A test that uses a module- or session-scoped fixture of its own file runs on the worker
+    of its file, and the tests of a :data:`SHARED_FIXTURE_FOLDERS` folder on one worker, so
+    those fixtures (trained runs, exports, subprocess results) are built once; every other
+    test is scheduled on its own. The :data:`SLOW_FIRST` files come first.
+    """
     for item in items:
-        path = Path(item.path).resolve()
-        folder = path.parent.name
-        group = folder if folder in SHARED_FIXTURE_FOLDERS else str(path.relative_to(TESTS))
-        item.add_marker(pytest.mark.xdist_group(group))
+        group = _xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    order = {name: rank for rank, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: order.get(_unit(item), len(order)))  # stable
+
+
+def _unit(item: pytest.Item) -> str:
+    """The item's file relative to tests/, or its folder for a shared-fixture folder."""
+    path = Path(item.path).resolve()
+    if path.parent.name in SHARED_FIXTURE_FOLDERS:
+        return path.parent.name
+    return path.relative_to(TESTS).as_posix()
+
+
+def _xdist_group(item: pytest.Item) -> str | None:
+    unit = _unit(item)
+    if unit in SHARED_FIXTURE_FOLDERS:
+        return unit
+    path = str(Path(item.path).resolve())
+    fixtures = getattr(item, "_fixtureinfo", None)
+    for definitions in fixtures.name2fixturedefs.values() if fixtures else ():
+        definition = definitions[-1]
+        if definition.scope in _SHARED_SCOPES and definition.func.__code__.co_filename == path:
+            return unit
+    return None
 
 
 @pytest.fixture(autouse=True)

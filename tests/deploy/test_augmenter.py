@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported from test_export are parameters here)
 """The exported augmenter as a Keras layer over tf.data pipelines."""
 
 from __future__ import annotations
@@ -7,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_export import export_dir, finished_run, phantom_slices  # noqa: F401 (session-scoped fixtures)
+from deploy_run import phantom_slices
 
 from tfaug.deploy.augmenter import LearnedAugmentation
 from tfaug.deploy.export import ExportError, run_savedmodel

@@ -1,27 +1,19 @@
 """Export of a finished run: SavedModel + ONNX signatures, parity, checker, export.json.
 
-The session builds ONE tiny finished run (phantom, 32x32 slices) and ONE export of it;
-the inference, augmenter and serving-client tests import the same fixtures.
+The finished run and its export are the session fixtures of tests/deploy/conftest.py.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
-import keras
 import numpy as np
 import onnx
 import pytest
 import tensorflow as tf
-from tiny import TINY as BASE_TINY
+from deploy_run import phantom_slices
 
-from tfaug.analysis.evaluation import evaluate_test, load_volumes, summarise
-from tfaug.config import load_config
-from tfaug.data.pipeline import labeled_dataset
-from tfaug.data.records import prepare_cache, resolve_data_root
-from tfaug.data.splits import make_split
 from tfaug.deploy.export import (
     EXPORT_JSON,
     ExportError,
@@ -31,92 +23,10 @@ from tfaug.deploy.export import (
     run_onnx,
     run_savedmodel,
 )
-from tfaug.io import write_json_atomic
-from tfaug.losses import weighted_cross_entropy
 from tfaug.ops.generated import apply_deformation, apply_intensity
-from tfaug.runs.rundir import open_run_directory
-from tfaug.training.builders import build_generator, build_segmenter
 
-# The shared tiny config with fewer subjects, a faster-adapting BN and a larger batch.
-TINY = {
-    **BASE_TINY,
-    "phantom": {"subjects": 8},
-    "split": {**BASE_TINY["split"], "draws": 1},
-    "model": {**BASE_TINY["model"], "bn_momentum": 0.5},
-    "train": {"batch_size": 8},
-}
 MODELS = ("segmenter", "generator_deformation", "generator_intensity", "augmenter")
 TOLERANCE = 1e-4
-
-
-def build_finished_run(base: Path):
-    """A finished gdgi run directory: config.yaml, best weights, results.json.
-
-    The segmenter is fitted for a few steps on the labeled slices so that its test Dice is not
-    trivially zero; the generators keep their initial weights. results.json is computed with
-    ``evaluate_test``, exactly as Algorithm 1 writes it. Reused if already built this session.
-    """
-    import yaml
-
-    config_file = base / "tiny.yaml"
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(yaml.safe_dump(TINY), encoding="utf-8")
-    cfg = load_config("phantom", config_file)
-    cfg.data.cache_dir = str(base / "cache")
-    cfg.runs_dir = str(base / "runs")
-    cache = prepare_cache(cfg, progress=False)
-    split = make_split(cache.case_ids, cfg.split, cache.groups)
-    run = open_run_directory(cfg)
-    keras.utils.set_random_seed(0)
-    segmenter = build_segmenter(cfg)
-    segmenter.compile(
-        optimizer=keras.optimizers.Adam(3e-3),
-        loss=lambda labels, logits: weighted_cross_entropy(
-            tf.one_hot(tf.cast(labels, tf.int32), cfg.data.n_classes),
-            logits,
-            cfg.train.class_weights,
-        ),
-    )
-    data = labeled_dataset(cache, split.labeled + split.unlabeled, cfg.train.batch_size, seed=0)
-    segmenter.fit(data, steps_per_epoch=80, epochs=1, verbose=0)
-    stages = {"segmenter": ("segmenter", segmenter)}
-    for kind in ("deformation", "intensity"):
-        stages[f"generator_{kind}"] = ("generator", build_generator(cfg, kind))
-    for stage, (stem, model) in stages.items():
-        (run.stage(stage) / "best").mkdir(parents=True, exist_ok=True)
-        model.save_weights(run.stage(stage) / "best" / f"{stem}.weights.h5")
-    test = evaluate_test(segmenter, cache, split.test, cfg.data, resolve_data_root(cfg))
-    results = {
-        "run": run.path.name,
-        "test": test,
-        "summary": summarise(test, cfg.data.class_names[1:]),
-    }
-    write_json_atomic(run.results_path, results)
-    return run.path, cfg, cache, split
-
-
-@pytest.fixture(scope="session")
-def finished_run(tmp_path_factory):
-    """``(run_dir, cfg, cache, split)`` of the one tiny finished run of the session."""
-    return build_finished_run(tmp_path_factory.mktemp("finished"))
-
-
-@pytest.fixture(scope="session")
-def export_dir(finished_run, tmp_path_factory) -> Path:
-    """The run exported in both formats."""
-    out = tmp_path_factory.mktemp("export") / "phantom"
-    export_run(finished_run[0], out)
-    return out
-
-
-def phantom_slices(finished_run, count: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Real preprocessed test slices: images (N,S,S,1) float32, one-hot labels (N,S,S,C)."""
-    _, cfg, cache, split = finished_run
-    volume = load_volumes(cache, split.test[:1])[0]
-    middle = len(volume.images) // 2
-    rows = slice(max(0, middle - count // 2), max(0, middle - count // 2) + count)
-    onehot = np.eye(cfg.data.n_classes, dtype=np.float32)[volume.labels[rows]]
-    return volume.images[rows].astype(np.float32), onehot
 
 
 def test_export_writes_every_model_in_both_formats_with_export_json(export_dir, finished_run):

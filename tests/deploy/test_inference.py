@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported from test_export are parameters here)
 """NIfTI inference with the exported segmenter (ONNX Runtime and SavedModel), and the CLI."""
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_export import export_dir, finished_run  # noqa: F401 (session-scoped fixtures)
 
 from tfaug.cli import main
 from tfaug.data.datasets import list_cases, load_case

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported from test_export are parameters here)
 """``tfaug segment`` on real-world inputs, with the tiny exported model of the session.
 
 A folder where some files are bad, outputs that exist (resume, ``--overwrite``), preprocessing
@@ -24,7 +23,6 @@ from data.scanner_fixtures import (
     write_dicom_series,
     write_multiframe_dicom,
 )
-from test_export import export_dir, finished_run  # noqa: F401 (session-scoped fixtures)
 
 from tfaug.cli import main
 from tfaug.data.datasets import list_cases

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 (pytest fixtures imported from test_export are parameters here)
 """The TF Serving client's REST contract, checked against the exported SavedModel.
 
 No TF Serving binary runs here: the requests the client builds are decoded the way TF
@@ -19,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_export import export_dir, finished_run, phantom_slices  # noqa: F401 (session-scoped fixtures)
+from deploy_run import phantom_slices
 
 from tfaug.data.datasets import list_cases
 from tfaug.data.records import resolve_data_root
