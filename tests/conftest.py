@@ -10,6 +10,13 @@ os.environ["PYTHONIOENCODING"] = "utf-8"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Grappler, TensorFlow's graph optimiser, spends ~10 s on the first call of every freshly
+# traced train step, half the time of a tiny stage test; it makes long runs faster, which no
+# test is. The graphs compute the same functions without it (the commands the tests start,
+# and every user run, keep it).
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 TESTS = Path(__file__).resolve().parent
 SHARED_FIXTURE_FOLDERS = ("deploy",)
