@@ -370,7 +370,7 @@ class SslConfig:
             before it is confidently background, and the pseudo-labels then drift to
             foreground: docs/methods.md).
         unlabeled_loss: ``dice`` (UniMatch's medical code: soft Dice on the confident
-            pixels) or ``cross_entropy`` (class-weighted, confident pixels, mean over all).
+            pixels) or ``cross_entropy`` (confident pixels, mean over all; ``class_weights``).
         cutmix_probability: chance that a strong view's slice gets a CutMix box.
         cutmix_area_range: [min, max] share of the slice's area a box covers.
         cutmix_aspect_range: [min, max] height/width of a box (min <= 1 <= max).

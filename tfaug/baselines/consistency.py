@@ -480,6 +480,6 @@ def _check_arguments(
         )
     if problems:
         raise ValueError(
-            "ConsistencyModel: " + "; ".join(problems) + ". Fix the config (ssl section, "
-            "train.class_weights)."
+            "ConsistencyModel: " + "; ".join(problems) + ". Fix the config's ssl section "
+            "(ssl.class_weights: one weight per class, or null)."
         )

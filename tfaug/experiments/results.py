@@ -20,6 +20,7 @@ import numpy as np
 import yaml
 from scipy import stats
 
+from tfaug.io import read_jsonl
 from tfaug.methods import GENERATOR_METHODS, METHODS
 
 MEAN = "mean"  # the column of the per-volume mean foreground Dice
@@ -160,23 +161,21 @@ def _final_stage(content: dict) -> dict:
 def _checkpoints(content: dict, dice: dict, final: dict) -> dict[str, tuple[int, float]]:
     found = {}
     if "best_step" in final:
-        found["chosen"] = (int(final["best_step"]), _mean_of(dice.values()))
+        found["chosen"] = (
+            int(final["best_step"]),
+            float(np.mean([d[MEAN] for d in dice.values()])),
+        )
     for name, kept in (content.get("checkpoints") or {}).items():
-        volumes = [{MEAN: float(volume["mean_dice"])} for volume in kept["test"]]
-        found[name] = (int(kept["step"]), _mean_of(volumes))
+        mean = float(np.mean([float(volume["mean_dice"]) for volume in kept["test"]]))
+        found[name] = (int(kept["step"]), mean)
     return found
-
-
-def _mean_of(volumes: Iterable[dict[str, float]]) -> float:
-    return float(np.mean([volume[MEAN] for volume in volumes]))
 
 
 def _curve(run_dir: Path, final: dict) -> tuple[tuple[int, float, float | None], ...]:
     """The final stage's validation rows from ``checkpoints/<stage>/metrics.jsonl``."""
-    metrics = run_dir / "checkpoints" / str(final.get("name", "")) / "metrics.jsonl"
-    if not final or not metrics.is_file():
+    if not final:
         return ()
-    rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
+    rows = read_jsonl(run_dir / "checkpoints" / str(final.get("name", "")) / "metrics.jsonl")
     return tuple(
         (int(row["step"]), float(row["validation_dice"]), row.get("wide_validation_dice"))
         for row in rows

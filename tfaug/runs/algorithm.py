@@ -258,7 +258,8 @@ class Algorithm:
 
         ``last`` (the stage's last step) and, with ``split.n_extra_validation``,
         ``best_wide`` (the best step on the wider validation set). A checkpoint at the chosen
-        step reuses ``test``; a stage finished before these were kept has none.
+        step reuses ``test``, and each distinct step is tested once; a stage finished before
+        these were kept has none.
 
         Returns:
             kept folder → ``{"step", "test", "summary"}``, shaped like results.json's
@@ -266,17 +267,16 @@ class Algorithm:
         """
         name = final_stage(self.cfg.method, self.cfg.train.self_training_rounds)
         stage, stage_dir = self.stages[name], self.run.stage(name)
-        found = {}
+        found, tested = {}, {stage.best_step: test}  # one evaluation per distinct step
         for kept, step in (("last", stage.iterations), ("best_wide", stage.wide_best_step)):
             if step is None or not (stage_dir / kept / "segmenter.weights.h5").is_file():
                 continue
-            scores = test
-            if step != stage.best_step:
+            if step not in tested:
                 segmenter = build_segmenter(self.cfg)
                 load_best({"segmenter": segmenter}, stage_dir, kept)
-                scores = self._test(segmenter)
-            summary = summarise(scores, self.cfg.data.class_names[1:])
-            found[kept] = {"step": step, "test": scores, "summary": summary}
+                tested[step] = self._test(segmenter)
+            summary = summarise(tested[step], self.cfg.data.class_names[1:])
+            found[kept] = {"step": step, "test": tested[step], "summary": summary}
         return found
 
     # -- the whole algorithm ------------------------------------------------------------

@@ -100,14 +100,20 @@ class StageContext:
         if validated is not None and self.selects_best:
             n_classes = self.cfg.data.n_classes
 
+            latest: dict[str, float] = {}
+
             def validate() -> float:
-                return validation_dice(validated, self.validation, n_classes)
+                latest["score"] = validation_dice(validated, self.validation, n_classes)
+                return latest["score"]
 
             if self.extra_validation:
-                wide = [*self.validation, *self.extra_validation]
+                n, k = len(self.validation), len(self.extra_validation)
 
                 def validate_wide() -> float:
-                    return validation_dice(validated, wide, n_classes)
+                    # The mean over all n + k volumes; run_stage calls validate() first, so
+                    # the n validation volumes are predicted once per validation.
+                    extra = validation_dice(validated, self.extra_validation, n_classes)
+                    return (n * latest["score"] + k * extra) / (n + k)
 
         result = run_stage(
             name=name,
