@@ -458,6 +458,11 @@ class TrainConfig:
             0.9 for one-sided label smoothing.
         validation_smoothing: α of the moving average of the validation score that picks
             each stage's best checkpoint (0: the raw score, the paper).
+        budget_marks: n > 1 splits the final stage into n equal parts; at the end of each
+            part but the last the stage keeps its chosen checkpoint as it stands then (the
+            checkpoint a run stopped there would have chosen), and the run reports its test
+            Dice: the method at a fraction of its budget, for comparisons at equal wall time
+            (``tfaug report``). 0: off.
         self_training_rounds: R, pseudo-label/retrain rounds of ``self_training``.
         self_training_iterations: iterations of each ``self_training`` round (round 0, S on
             labeled slices alone, uses ``segmenter_iterations``).
@@ -494,6 +499,7 @@ class TrainConfig:
     discriminator_update_every: int = setting(1, switch=True)
     real_label: float = setting(1.0, switch=True)
     validation_smoothing: float = setting(0.0, switch=True)
+    budget_marks: int = setting(0, switch=True, read_by=READ_BY_FINAL)
     self_training_rounds: int = 3
     self_training_iterations: int = 10000
     pseudo_label_confidence: float = 0.9
@@ -711,6 +717,8 @@ def _check_switches(config: Config) -> None:
     if not 0.0 <= train.validation_smoothing < 1.0:
         smoothing = train.validation_smoothing
         problems.append(f"train.validation_smoothing: {smoothing} must be in [0, 1)")
+    if train.budget_marks < 0 or train.budget_marks == 1:
+        problems.append(f"train.budget_marks: {train.budget_marks} must be 0 (off) or >= 2")
     if not train.lambda_diversity >= 0:
         problems.append(f"train.lambda_diversity: {train.lambda_diversity} must be >= 0")
     strength = augment.generated_strength

@@ -469,7 +469,7 @@ def _add_final_stage(run: Path, chosen_step: int, kept: dict, curve: list[tuple]
         "segmenter": {"name": "segmenter", "iterations": 100, "best_step": chosen_step}
     }
     content["checkpoints"] = {
-        name: {"step": step, "test": [{"mean_dice": dice} for _ in CASES]}
+        name: {"step": step, "test": [_volume(case, dice) for case in CASES]}
         for name, (step, dice) in kept.items()
     }
     (run / "results.json").write_text(json.dumps(content))
@@ -477,6 +477,11 @@ def _add_final_stage(run: Path, chosen_step: int, kept: dict, curve: list[tuple]
     stage = run / "checkpoints" / "segmenter"
     stage.mkdir(parents=True)
     (stage / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _volume(case: str, dice: float) -> dict:
+    """One test volume of results.json whose every structure scores ``dice``."""
+    return {"case_id": case, "dice": dict.fromkeys(STRUCTURES, dice), "mean_dice": dice}
 
 
 def _selection_row(report: str, method: str) -> list[str]:
@@ -516,3 +521,43 @@ def test_selection_section_checks_the_plateau_and_ranks_by_each_checkpoint(tmp_p
 def test_runs_without_final_stage_records_have_no_selection_section(runs_dir, tmp_path):
     report = write_report(runs_dir, tmp_path / "out").read_text(encoding="utf-8")
     assert "Budget and model selection" not in report
+
+
+def test_equal_wall_time_section_cuts_the_costlier_run_of_each_pair(tmp_path):
+    runs = tmp_path / "runs"
+    for draw in range(3):
+        # unimatch: 1000 s, 900 of them in its 100-step final stage; best_at_40 (reached at
+        # 460 s) scores 0.4, best_at_60 (640 s) 0.7. aff: 0.6 in 500 s.
+        times = {"segmenter": 900.0, "pretrain": 100.0, "this_session_total": 5.0}
+        _write_run(
+            runs,
+            "unimatch",
+            draw,
+            0,
+            dice=lambda *_: dict.fromkeys(STRUCTURES, 0.8),
+            wall_time_s=times,
+        )
+        _write_run(
+            runs,
+            "aff",
+            draw,
+            0,
+            dice=lambda *_: dict.fromkeys(STRUCTURES, 0.6),
+            wall_time_s={"segmenter": 500.0},
+        )
+        unimatch = runs / f"phantom-nl1-unimatch-split{draw}-seed0"
+        _add_final_stage(unimatch, 90, {"best_at_40": (30, 0.4), "best_at_60": (50, 0.7)}, [])
+        _add_final_stage(runs / f"phantom-nl1-aff-split{draw}-seed0", 90, {}, [])
+    report = write_report(runs, tmp_path / "out", [("unimatch", "aff")]).read_text("utf-8")
+
+    section = report.split("### Equal wall time", 1)[1]
+    row = _row(section, "unimatch vs aff")
+    # At equal iterations unimatch leads by 0.2; at aff's time it had reached mark 40: −0.2.
+    assert row[1:4] == ["3", "unimatch in 3, at 40%", "-0.200"]
+    assert row[5:7] == ["0", "-0.200"]
+    assert _row(report, "unimatch vs aff")[3] == "+0.200"
+
+
+def test_runs_without_budget_marks_have_no_equal_time_section(runs_dir, tmp_path):
+    report = write_report(runs_dir, tmp_path / "out").read_text(encoding="utf-8")
+    assert "### Equal wall time" not in report

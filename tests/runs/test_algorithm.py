@@ -200,6 +200,7 @@ def test_heavy_run_trains_the_segmenter_with_heavy_augmentation(command):
         *command,
         *("--method", "heavy", "--set", "heavy.p_rotation=1.0"),
         *("--set", "split.n_extra_validation=2", "--set", "train.segmenter_iterations=9"),
+        *("--set", "train.budget_marks=3"),
     ]
     _run(heavy)
     run = _runs_dir(command) / "phantom-nl1-heavy-split0-seed0"
@@ -212,6 +213,9 @@ def test_heavy_run_trains_the_segmenter_with_heavy_augmentation(command):
         9,
         stage["wide_best_step"],
     )
+    # budget_marks=3 of 9 steps validated every 3: the choice made by steps 3 and 6.
+    assert [checkpoints[f"best_at_{m}"]["mark"] for m in (3, 6)] == [3, 6]
+    assert [m for m, step in stage["budget_steps"] if step > m] == []
     assert len(results["split"]["extra_validation"]) == 2
     assert not set(results["split"]["extra_validation"]) & set(results["split"]["validation"])
     for kept in checkpoints.values():

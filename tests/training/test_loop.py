@@ -86,7 +86,14 @@ class Script:
 
 
 def _stage(
-    model, stage_dir, make_dataset, validate, iterations=9, score_smoothing=0.0, validate_wide=None
+    model,
+    stage_dir,
+    make_dataset,
+    validate,
+    iterations=9,
+    score_smoothing=0.0,
+    validate_wide=None,
+    budget_marks=(),
 ):
     return run_stage(
         name="tiny",
@@ -100,6 +107,7 @@ def _stage(
         progress=False,
         score_smoothing=score_smoothing,
         validate_wide=validate_wide,
+        budget_marks=budget_marks,
     )
 
 
@@ -364,3 +372,53 @@ def test_a_checkpoint_of_an_older_version_resumes(make_segmenter_model, tmp_path
     assert dataset.starts == [3]
     assert dataset.optimizer_iterations == [1]  # the legacy optimizer had taken one step
     assert (result.best_step, result.history) == (9, [[3.0, 0.4], [6.0, 0.3], [9.0, 0.5]])
+
+
+def _marked_stage(model, stage_dir, validate, marks=(3, 6)):
+    return _stage(model, stage_dir, Recorder(), validate, budget_marks=marks)
+
+
+def test_budget_marks_keep_the_choice_made_by_each_mark(make_segmenter_model, tmp_path):
+    model = make_segmenter_model()
+    validate = Script(model, [0.2, 0.1, 0.3])
+    result = _marked_stage(model, tmp_path, validate)
+
+    # By step 3 the choice was step 3; by step 6 still step 3 (0.1 < 0.2); the end: step 9.
+    assert result.budget_steps == [[3, 3], [6, 3]]
+    assert result.best_step == 9
+    for mark in (3, 6):
+        _assert_weights_equal(_kept(tmp_path, f"best_at/{mark}"), validate.weights[3])
+        chosen = json.loads((tmp_path / "best_at" / str(mark) / "chosen.json").read_text("utf-8"))
+        assert chosen == {"mark": mark, "step": 3}
+
+
+def test_a_resumed_stage_keeps_the_marks_its_best_still_holds(make_segmenter_model, tmp_path):
+    model = make_segmenter_model()
+    with pytest.raises(KeyboardInterrupt):  # killed after the step-6 checkpoint, without marks
+        _marked_stage(model, tmp_path, Script(model, [0.3, 0.1, KeyboardInterrupt()]), marks=())
+
+    resumed = make_segmenter_model()
+    result = _marked_stage(resumed, tmp_path, Script(resumed, [0.2]))
+    # best/ still holds step 3, the choice at both passed marks: both are recovered.
+    assert result.budget_steps == [[3, 3], [6, 3]]
+    _assert_weights_equal(_kept(tmp_path, "best_at/6"), _kept(tmp_path, "best"))
+
+
+def test_a_mark_whose_choice_was_overwritten_stays_missing(make_segmenter_model, tmp_path):
+    model = make_segmenter_model()
+    with pytest.raises(KeyboardInterrupt):  # step 6 became the best: the step-3 choice is gone
+        _marked_stage(model, tmp_path, Script(model, [0.1, 0.3, KeyboardInterrupt()]), marks=())
+    resumed = make_segmenter_model()
+    result = _marked_stage(resumed, tmp_path, Script(resumed, [0.2]))
+    assert result.budget_steps == [[6, 6]]
+    assert not (tmp_path / "best_at" / "3").exists()
+
+
+@pytest.mark.parametrize("marks", [(4,), (9,), (0,)])
+def test_budget_marks_must_be_validation_steps_inside_the_stage(
+    make_segmenter_model, tmp_path, marks
+):
+    with pytest.raises(ValueError, match="budget marks need validation and must be multiples"):
+        _marked_stage(make_segmenter_model(), tmp_path, Script(None, []), marks=marks)
+    with pytest.raises(ValueError, match="budget marks need validation"):
+        _marked_stage(make_segmenter_model(), tmp_path / "none", None, marks=(3,))

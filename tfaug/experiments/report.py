@@ -17,6 +17,8 @@ computed over all runs × test volumes (docs/method.md §7 "Evaluation"):
 - the budget and model-selection check (:mod:`tfaug.experiments.selection_report`): has
   each method's validation curve flattened, and does the ranking change with the last or
   the wide-validation checkpoint;
+- the compared pairs again at equal wall time (:mod:`tfaug.experiments.equal_time`), when
+  the runs kept budget marks: the costlier run of each pair as it stood at the other's time;
 - the runs missing from the grid inferred as methods × draws × seeds present.
 
 Across settings: Dice against N_L (Fig. 3c) when several N_L exist, and joint vs
@@ -36,6 +38,7 @@ import numpy as np
 from tfaug.analysis.diagnostics import DiagnosticsError
 from tfaug.experiments import plots
 from tfaug.experiments.diagnostics_report import diagnostics_section
+from tfaug.experiments.equal_time import equal_time_runs, marks
 from tfaug.experiments.results import (
     MEAN,
     ReportError,
@@ -213,6 +216,51 @@ def wilcoxon_section(
     return lines + notes
 
 
+def equal_time_section(
+    runs: Sequence[RunResult], compare: Sequence[tuple[str, str]] = ()
+) -> list[str]:
+    """Markdown of the tagged and ``compare`` pairs at equal wall time; no lines unless a
+    run kept budget marks (``train.budget_marks``)."""
+    if not any(marks(r) for r in runs):
+        return []
+    present = {r.label for r in runs}
+    rows, notes = [], []
+    for a, b in dict.fromkeys([*tagged_comparisons(runs), *compare]):
+        if a not in present or b not in present:
+            continue
+        paired, cuts, left_out = equal_time_runs(runs, a, b)
+        notes += [f"{a} vs {b}: pair left out, {note}." for note in left_out]
+        if not cuts:
+            continue
+        volumes = wilcoxon_test(paired, a, b, MEAN)
+        x, y = paired_arrays(run_means(paired, a), run_means(paired, b))
+        per_run = signed_rank(x, y, a, b, MEAN)
+        described = []
+        for label in dict.fromkeys(cut.label for cut in cuts):
+            shares = [cut.mark / cut.iterations for cut in cuts if cut.label == label]
+            described.append(f"{label} in {len(shares)}, at {np.median(shares):.0%}")
+        cells = [*_difference_and_p(volumes), str(int(np.sum(x > y))), *_difference_and_p(per_run)]
+        rows.append(
+            f"| {a} vs {b} | {per_run.n} | {'; '.join(described)} | " + " | ".join(cells) + " |"
+        )
+    lines = [
+        "### Equal wall time",
+        "",
+        "Each compared pair of runs (same draw and seed) again, with the costlier run as it "
+        "stood when it had trained as long as the other: the checkpoint it had chosen by its "
+        "latest budget mark within the other's training time (a mark's time: the stages "
+        "before the final one plus the final stage's time × mark / iterations). *cut* names "
+        "the runs replaced so, and the median share of their final stage they had used. Δ and "
+        "p as above, per (test volume, draw, seed), then per run.",
+        "",
+        "| comparison | runs | cut (median share of the final stage) | Δ | p | ahead "
+        "| Δ per run | p per run |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    return lines + [""] + notes + ([""] if notes else [])
+
+
 def _setting_title(setting: tuple[str, int, str]) -> str:
     dataset, n_labeled, mode = setting
     return f"{dataset}, N_L = {n_labeled}, {mode} generators"
@@ -259,6 +307,7 @@ def setting_section(
         "",
     ]
     lines += selection_section(runs, out_dir, _slug(setting))
+    lines += equal_time_section(runs, compare)
     missing = missing_runs(runs)
     draws = sorted({r.draw for r in runs})
     seeds = sorted({r.seed for r in runs})

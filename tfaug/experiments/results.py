@@ -47,7 +47,10 @@ class RunResult:
         checkpoints: the final stage's kept segmenters that were tested, by name →
             ``(step, mean over test volumes of the mean foreground Dice)``: ``"chosen"``
             (the one ``dice`` holds), and when the run recorded them ``"last"`` (the last
-            step) and ``"best_wide"`` (chosen on the wider validation set).
+            step), ``"best_wide"`` (chosen on the wider validation set) and
+            ``"best_at_<mark>"`` (the choice made by step ``mark``, ``train.budget_marks``).
+        kept_dice: the same checkpoints' test Dice, name → shaped like ``dice``.
+        final_s: wall-clock seconds of the final stage alone (``None`` when not recorded).
         curve: the final stage's validations, ``(step, validation Dice, wide validation
             Dice or None)`` in step order (from its ``metrics.jsonl``; empty without it).
         iterations: the final stage's number of steps (0 when not recorded).
@@ -66,6 +69,8 @@ class RunResult:
     checkpoints: dict[str, tuple[int, float]] = field(default_factory=dict)
     curve: tuple[tuple[int, float, float | None], ...] = ()
     iterations: int = 0
+    kept_dice: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    final_s: float | None = None
 
     @property
     def setting(self) -> tuple[str, int, str]:
@@ -126,14 +131,12 @@ def load_runs(runs_dir: Path) -> list[RunResult]:
 
 def _parse_results(path: Path) -> RunResult:
     content = json.loads(path.read_text(encoding="utf-8"))
-    dice = {}
-    for volume in content["test"]:
-        scores = {name: float(value) for name, value in volume["dice"].items()}
-        scores[MEAN] = float(volume["mean_dice"])
-        dice[str(volume["case_id"])] = scores
+    dice = _volume_dice(content["test"])
     if not dice:
         raise ValueError("no test volumes")
     final = _final_stage(content)
+    kept = content.get("checkpoints") or {}
+    final_s = (content.get("wall_time_s") or {}).get(str(final.get("name")))
     return RunResult(
         name=path.parent.name,
         dataset=str(content["dataset"]),
@@ -148,7 +151,19 @@ def _parse_results(path: Path) -> RunResult:
         checkpoints=_checkpoints(content, dice, final),
         curve=_curve(path.parent, final),
         iterations=int(final.get("iterations", 0)),
+        kept_dice={name: _volume_dice(checkpoint["test"]) for name, checkpoint in kept.items()},
+        final_s=None if final_s is None else float(final_s),
     )
+
+
+def _volume_dice(test: list[dict]) -> dict[str, dict[str, float]]:
+    """A results.json ``test`` list as test case id → structure → Dice (with :data:`MEAN`)."""
+    dice = {}
+    for volume in test:
+        scores = {name: float(value) for name, value in volume["dice"].items()}
+        scores[MEAN] = float(volume["mean_dice"])
+        dice[str(volume["case_id"])] = scores
+    return dice
 
 
 def _final_stage(content: dict) -> dict:

@@ -256,27 +256,35 @@ class Algorithm:
     def _evaluate_other_checkpoints(self, test: list[dict]) -> dict:
         """The test scores of the final stage's other kept segmenters.
 
-        ``last`` (the stage's last step) and, with ``split.n_extra_validation``,
-        ``best_wide`` (the best step on the wider validation set). A checkpoint at the chosen
-        step reuses ``test``, and each distinct step is tested once; a stage finished before
-        these were kept has none.
+        ``last`` (the stage's last step), with ``split.n_extra_validation`` ``best_wide``
+        (the best step on the wider validation set), and with ``train.budget_marks``
+        ``best_at_<mark>`` (the choice the stage had made at step ``mark``). A checkpoint at
+        the chosen step reuses ``test``, and each distinct step is tested once; a stage
+        finished before these were kept has none.
 
         Returns:
-            kept folder → ``{"step", "test", "summary"}``, shaped like results.json's
-            ``test`` and ``summary``.
+            name → ``{"step", "test", "summary"}`` (and ``"mark"`` for ``best_at_<mark>``),
+            shaped like results.json's ``test`` and ``summary``.
         """
         name = final_stage(self.cfg.method, self.cfg.train.self_training_rounds)
         stage, stage_dir = self.stages[name], self.run.stage(name)
+        kept = [
+            ("last", "last", stage.iterations),
+            ("best_wide", "best_wide", stage.wide_best_step),
+        ]
+        kept += [(f"best_at_{m}", f"best_at/{m}", step) for m, step in stage.budget_steps]
         found, tested = {}, {stage.best_step: test}  # one evaluation per distinct step
-        for kept, step in (("last", stage.iterations), ("best_wide", stage.wide_best_step)):
-            if step is None or not (stage_dir / kept / "segmenter.weights.h5").is_file():
+        for key, folder, step in kept:
+            if step is None or not (stage_dir / folder / "segmenter.weights.h5").is_file():
                 continue
             if step not in tested:
                 segmenter = build_segmenter(self.cfg)
-                load_best({"segmenter": segmenter}, stage_dir, kept)
+                load_best({"segmenter": segmenter}, stage_dir, folder)
                 tested[step] = self._test(segmenter)
             summary = summarise(tested[step], self.cfg.data.class_names[1:])
-            found[kept] = {"step": step, "test": tested[step], "summary": summary}
+            found[key] = {"step": step, "test": tested[step], "summary": summary}
+            if folder.startswith("best_at/"):
+                found[key]["mark"] = int(folder.split("/")[1])
         return found
 
     # -- the whole algorithm ------------------------------------------------------------

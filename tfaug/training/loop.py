@@ -13,6 +13,9 @@ runs through :func:`run_stage`. The stage folder holds
   stage ends (what the run would keep without model selection);
 - ``best_wide/<name>.weights.h5`` (only with a wide validation): the sub-models at the best
   score on the wider validation set, chosen by the same rule; it never changes ``best/``;
+- ``best_at/<mark>/`` (only with budget marks): ``best/`` as it stood at step ``mark``, the
+  checkpoint a stage stopped there would have kept, with ``chosen.json`` ``{"mark",
+  "step"}`` (written last);
 - ``metrics.jsonl``: one JSON object per validation, ``{"step", <every logged scalar>,
   "validation_dice", "selection_score"}`` and, with a wide validation,
   ``"wide_validation_dice"`` (the scalars are means over the last ``validate_every``
@@ -26,9 +29,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
@@ -64,6 +68,8 @@ class StageResult:
         wide_best_step: step of the ``best_wide/`` weights (``None`` without a wide
             validation, and in stages finished before it existed).
         wide_best_score: its selection score on the wide validation set.
+        budget_steps: ``[[mark, step], ...]``: at each budget mark, the step ``best/`` held
+            (its weights in ``best_at/<mark>/``); empty without marks.
     """
 
     name: str
@@ -74,6 +80,7 @@ class StageResult:
     wall_time_s: float
     wide_best_step: int | None = None
     wide_best_score: float | None = None
+    budget_steps: list[list[int]] = field(default_factory=list)
 
 
 def _seed_states(model: keras.Model) -> list[tf.Variable]:
@@ -156,6 +163,7 @@ def run_stage(
     strategy: tf.distribute.Strategy | None = None,
     score_smoothing: float = 0.0,
     validate_wide: Callable[[], float] | None = None,
+    budget_marks: Sequence[int] = (),
 ) -> StageResult:
     """Train ``model`` for ``iterations`` steps of its ``train_step``, resumably.
 
@@ -186,6 +194,8 @@ def run_stage(
             computed at every validation, logged as ``wide_validation_dice`` and used only to
             keep a second checkpoint, ``best_wide/``, by the same rule (needs ``validate``).
             It measures how much model selection depends on the validation volumes.
+        budget_marks: validation steps at which ``best/`` is copied to ``best_at/<mark>/``
+            (needs ``validate``): the stage's choice had it stopped there.
 
     Returns:
         The :class:`StageResult` (read back from ``done.json`` if the stage was finished).
@@ -200,12 +210,19 @@ def run_stage(
         )
     if validate_wide is not None and validate is None:
         raise ValueError(f"stage {name!r}: a wide validation needs the validation it widens")
+    unaligned = [m for m in budget_marks if m % validate_every or not 0 < m < iterations]
+    if budget_marks and (validate is None or unaligned):
+        raise ValueError(
+            f"stage {name!r}: budget marks need validation and must be multiples of "
+            f"validate_every ({validate_every}) inside the stage's {iterations} steps; "
+            f"found {list(budget_marks)}"
+        )
     strategy = strategy or tf.distribute.get_strategy()
     stage_dir = worker_directory(Path(stage_dir), strategy)
     done_path = stage_dir / "done.json"
     if done_path.is_file():
         return StageResult(**json.loads(done_path.read_text(encoding="utf-8")))
-    state = StageState(model, stage_dir, keep)
+    state = StageState(model, stage_dir, keep, budget_marks)
 
     if distributes(strategy):
         train_function = distributed_train_function(strategy, model.train_step, jit_compile)
@@ -243,6 +260,8 @@ def run_stage(
         # which the resumed stage drops and writes again.
         metrics_log.append(row)
         state.save(improved, time.perf_counter() - session_start, wide_improved)
+        if current in state.budget_marks:
+            state.keep_budget_mark(current)
         session_start = time.perf_counter()
         _write_summaries(writer, name, current, logs, score)
         if on_validation is not None:
@@ -301,11 +320,19 @@ class StageState:
         model: the compiled training model (its optimisers are found by attribute name).
         stage_dir: the stage's folder (``ckpt/`` and ``best/`` are created in it).
         keep: sub-models whose weights are saved at the best step, by file stem.
+        budget_marks: steps at which ``best/`` is copied to ``best_at/<mark>/``.
     """
 
-    def __init__(self, model: keras.Model, stage_dir: Path, keep: dict[str, keras.Model]) -> None:
+    def __init__(
+        self,
+        model: keras.Model,
+        stage_dir: Path,
+        keep: dict[str, keras.Model],
+        budget_marks: Sequence[int] = (),
+    ) -> None:
         self.stage_dir = stage_dir
         self.keep = keep
+        self.budget_marks = sorted(budget_marks)
         (stage_dir / "best").mkdir(parents=True, exist_ok=True)
         self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.selection = Selection()
@@ -337,6 +364,7 @@ class StageState:
                 _save_weights(keep, stage_dir / "best")
             if int(self.wide.best_step.numpy()) == self.step:
                 _save_weights(keep, stage_dir / "best_wide")
+            self._recover_budget_marks()
 
     @property
     def step(self) -> int:
@@ -374,6 +402,34 @@ class StageState:
         if wide_improved:
             _save_weights(self.keep, self.stage_dir / "best_wide")
 
+    def keep_budget_mark(self, mark: int) -> None:
+        """Copy ``best/`` to ``best_at/<mark>/``; ``chosen.json`` is written last."""
+        folder = self.stage_dir / "best_at" / str(mark)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stem in self.keep:
+            with atomic_path(folder / f"{stem}.weights.h5", suffix=".weights.h5") as temporary:
+                shutil.copyfile(self.stage_dir / "best" / f"{stem}.weights.h5", temporary)
+        chosen = {"mark": mark, "step": int(self.selection.best_step.numpy())}
+        write_json_atomic(folder / "chosen.json", chosen)
+
+    def _recover_budget_marks(self) -> None:
+        """Keep the passed marks a resumed stage lacks (a kill after the checkpoint, or marks
+        switched on mid-stage) where ``best/`` still holds the choice of that mark: its step
+        is at or before the mark. Other passed marks stay missing."""
+        best_step = int(self.selection.best_step.numpy())
+        for mark in self.budget_marks:
+            kept = (self.stage_dir / "best_at" / str(mark) / "chosen.json").is_file()
+            if mark <= self.step and not kept and 0 <= best_step <= mark:
+                self.keep_budget_mark(mark)
+
+    def budget_steps(self) -> list[list[int]]:
+        """``[[mark, step], ...]`` of every kept ``best_at/<mark>/``, by mark."""
+        found = [
+            json.loads(path.read_text(encoding="utf-8"))
+            for path in (self.stage_dir / "best_at").glob("*/chosen.json")
+        ]
+        return sorted([int(c["mark"]), int(c["step"])] for c in found)
+
     def result(self, name: str, iterations: int, validated: bool) -> StageResult:
         """The finished stage's :class:`StageResult`."""
         wide_step = int(self.wide.best_step.numpy())
@@ -386,6 +442,7 @@ class StageState:
             wall_time_s=float(self.elapsed.numpy()),
             wide_best_step=wide_step if wide_step >= 0 else None,
             wide_best_score=float(self.wide.best_score.numpy()) if wide_step >= 0 else None,
+            budget_steps=self.budget_steps(),
         )
 
 
@@ -411,7 +468,8 @@ class MetricsLog:
 def load_best(keep: dict[str, keras.Model], stage_dir: Path, kept: str = "best") -> None:
     """Load weights a finished stage kept into the given (built) sub-models.
 
-    ``kept`` names the folder: ``"best"`` (the chosen step), ``"last"`` or ``"best_wide"``.
+    ``kept`` names the folder: ``"best"`` (the chosen step), ``"last"``, ``"best_wide"`` or
+    ``"best_at/<mark>"``.
     """
     for stem, sub_model in keep.items():
         sub_model.load_weights(Path(stage_dir) / kept / f"{stem}.weights.h5")

@@ -20,7 +20,7 @@ from tfaug.config import Config
 from tfaug.data.pipeline import labeled_dataset, unlabeled_dataset
 from tfaug.data.records import Cache
 from tfaug.data.splits import Split
-from tfaug.methods import stage_seed
+from tfaug.methods import final_stage, stage_seed
 from tfaug.training.loop import StageResult, run_stage
 
 
@@ -97,6 +97,7 @@ class StageContext:
         """
         train = self.cfg.train
         validate = validate_wide = None
+        marks: list[int] = []
         if validated is not None and self.selects_best:
             n_classes = self.cfg.data.n_classes
 
@@ -115,6 +116,7 @@ class StageContext:
                     extra = validation_dice(validated, self.extra_validation, n_classes)
                     return (n * latest["score"] + k * extra) / (n + k)
 
+            marks = budget_marks(self.cfg, name, iterations)
         result = run_stage(
             name=name,
             model=model,
@@ -131,6 +133,22 @@ class StageContext:
             strategy=self.strategy,
             score_smoothing=train.validation_smoothing,
             validate_wide=validate_wide,
+            budget_marks=marks,
         )
         self.results[name] = result
         return result
+
+
+def budget_marks(cfg: Config, name: str, iterations: int) -> list[int]:
+    """The steps at which stage ``name`` of a ``cfg`` run keeps its choice so far.
+
+    ``train.budget_marks`` = n: the ends of the first n − 1 of n equal parts of the stage,
+    each rounded down to a validation step (``train.validate_every``); only the run's final
+    stage has marks (:func:`tfaug.methods.final_stage`).
+    """
+    train = cfg.train
+    if train.budget_marks < 2 or name != final_stage(cfg.method, train.self_training_rounds):
+        return []
+    every, n = train.validate_every, train.budget_marks
+    marks = {iterations * i // n // every * every for i in range(1, n)}
+    return sorted(m for m in marks if 0 < m < iterations)

@@ -1,0 +1,36 @@
+"""Tests for tfaug/training/stage.py: which steps of which stage keep budget marks."""
+
+from __future__ import annotations
+
+import pytest
+
+from tfaug.config import Config, ConfigError, config_from_dict
+from tfaug.training.stage import budget_marks
+
+
+def _config(method: str, marks: int, validate_every: int = 25) -> Config:
+    cfg = Config()
+    cfg.method = method
+    cfg.train.budget_marks = marks
+    cfg.train.validate_every = validate_every
+    return cfg
+
+
+def test_marks_split_the_final_stage_into_equal_parts_on_validation_steps():
+    assert budget_marks(_config("unimatch", 10), "consistency", 6000) == list(range(600, 6000, 600))
+    # 1000 / 3 = 333.3 → the validation step before it, 325; 666.7 → 650.
+    assert budget_marks(_config("rdri", 3), "segmenter", 1000) == [325, 650]
+    # More marks than validations: each validation step once.
+    assert budget_marks(_config("rdri", 10, validate_every=3), "segmenter", 9) == [3, 6]
+
+
+def test_only_the_final_stage_of_a_run_has_marks():
+    assert budget_marks(_config("gdgi", 4), "generator_deformation", 1000) == []
+    assert budget_marks(_config("gdgi", 4), "segmenter", 1000) == [250, 500, 750]
+    assert budget_marks(_config("rdri", 0), "segmenter", 1000) == []
+
+
+@pytest.mark.parametrize("marks", [1, -2])
+def test_one_or_a_negative_number_of_marks_is_a_config_error(marks):
+    with pytest.raises(ConfigError, match="train.budget_marks"):
+        config_from_dict({"train": {"budget_marks": marks}})
