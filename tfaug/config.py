@@ -376,6 +376,8 @@ class SslConfig:
         cutmix_aspect_range: [min, max] height/width of a box (min <= 1 <= max).
         unlabeled_fraction: share of ``train.batch_size`` that is unlabeled slices (the rest
             is labeled slices); UniMatch: as many of each.
+        rampup_iterations: T > 0 ramps the unlabeled terms' weight up over the first T
+            steps, exp(−5(1 − t/T)²) (SSL4MIS's sigmoid ramp-up); 0: off (UniMatch).
     """
 
     threshold: float = setting(0.95, read_by=READ_BY_FINAL)
@@ -393,6 +395,7 @@ class SslConfig:
         factory=lambda: [0.3, 1.0 / 0.3], read_by=READ_BY_FINAL
     )
     unlabeled_fraction: float = setting(0.5, read_by=READ_BY_FINAL)
+    rampup_iterations: int = setting(0, read_by=READ_BY_FINAL)
 
 
 @dataclass

@@ -240,6 +240,26 @@ def test_config_round_trip_and_bad_arguments():
         )  # fmt: skip
 
 
+def test_rampup_scales_the_unlabeled_terms_from_exp_minus_5_to_1():
+    model = _model(rampup_iterations=10)
+    (x_l, y_l), x_u = _batch()
+    x_l, y_onehot, x_u = model.weak_views(x_l, y_l, x_u)
+    strong, boxes = model.strong_batch(x_u)
+    for step, ramp in ((0, np.exp(-5.0)), (5, np.exp(-1.25)), (10, 1.0), (25, 1.0)):
+        model.s_optimizer.iterations.assign(step)
+        losses = model.compute_losses(x_l, y_onehot, x_u, strong, boxes)
+        unlabeled = 0.125 * (losses["strong_loss_1"] + losses["strong_loss_2"])
+        unlabeled += 0.25 * losses["fp_loss"]
+        expected = 0.5 * losses["seg_loss"] + ramp * unlabeled
+        np.testing.assert_allclose(float(losses["unlabeled_ramp"]), ramp, rtol=1e-6)
+        np.testing.assert_allclose(float(losses["total_loss"]), float(expected), rtol=1e-5)
+    assert "unlabeled_ramp" in _step(model, _batch())
+    assert "unlabeled_ramp" not in _model().tracker_names  # off by default (UniMatch)
+    assert ConsistencyModel.from_config(model.get_config()).rampup_iterations == 10
+    with pytest.raises(ValueError, match="rampup_iterations must be an integer >= 0"):
+        _model(rampup_iterations=-1)
+
+
 # ----------------------------------------------------------------------- from the config
 
 
@@ -255,9 +275,11 @@ def test_the_config_builds_each_method(tmp_path):
     assert unimatch.strong.p_blur == 0.3 and unimatch.cutmix.probability == 0.7
     assert unimatch.strong.clip_to_input_range  # UniMatch's 8-bit jitter stays in range
     assert unimatch.class_weights == (1.0,) * 4  # UniMatch's unweighted cross-entropy
-    cfg.ssl.class_weights = cfg.train.class_weights
+    assert unimatch.rampup_iterations == 0  # no ramp-up, as UniMatch
+    cfg.ssl.class_weights, cfg.ssl.rampup_iterations = cfg.train.class_weights, 40
     weighted = build_consistency_model(cfg, build_tiny_unet(4), seed=1)
     assert weighted.class_weights == tuple(cfg.train.class_weights)
+    assert weighted.rampup_iterations == 40
     assert consistency_batch_sizes(cfg) == (3, 2)  # round(5 · 0.5) = 2 unlabeled
     cfg.method = "fixmatch"
     fixmatch = build_consistency_model(cfg, build_tiny_unet(4), seed=1)

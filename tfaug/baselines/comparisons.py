@@ -215,6 +215,7 @@ def build_consistency_model(cfg: Config, segmenter: keras.Model, seed: int) -> C
         feature_weight=ssl.feature_weight if unimatch else 0.0,
         supervised_loss=ssl.supervised_loss,
         unlabeled_loss=ssl.unlabeled_loss,
+        rampup_iterations=ssl.rampup_iterations,
         seed=seed + SUBSTREAM["feature_dropout"],
     )
     model.compile(s_optimizer=build_adam(cfg))

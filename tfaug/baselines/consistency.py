@@ -82,7 +82,9 @@ class ConsistencyModel(keras.Model):
           = ``unlabeled_loss`` on the pixels whose (mixed) confidence >= ``threshold``;
        e. ``fp_loss`` (``unimatch``): the same loss of the perturbed stream against the
           unmixed pseudo-labels;
-       f. total = supervised_weight·seg + strong_weight·Σ_v strong_v + feature_weight·fp.
+       f. total = supervised_weight·seg + r·(strong_weight·Σ_v strong_v + feature_weight·fp),
+          r = 1, or with ``rampup_iterations`` = T > 0 the ramp-up r = exp(−5(1 − t/T)²) for
+          the t < T updates made so far (``unlabeled_ramp``);
        Every term reaches S's weights (through the labeled rows, the strong views and the
        perturbed stream); no term reaches the pseudo-labels;
     4. update and return the trackers (:attr:`metrics`).
@@ -109,6 +111,10 @@ class ConsistencyModel(keras.Model):
             ``"cross_entropy"`` unlabeled loss, whose gradients are of its scale).
         unlabeled_loss: ``"dice"`` (UniMatch's medical code: soft Dice over the kept pixels)
             or ``"cross_entropy"`` (class-weighted, zero on the other pixels, mean over all).
+        rampup_iterations: T > 0: the unlabeled terms are ramped up over the first T updates
+            by r(t) = exp(−5(1 − t/T)²) (Laine & Aila 2017, the ramp-up of SSL4MIS's
+            consistency weight), so the teacher learns from the labeled slices before its
+            pseudo-labels count; 0: off (UniMatch).
         seed: seed of the channel-dropout draws; ``None``: random.
 
     Distribution and precision: the step runs per replica under
@@ -138,6 +144,7 @@ class ConsistencyModel(keras.Model):
         feature_weight: float = 0.25,
         supervised_loss: str = "cross_entropy_dice",
         unlabeled_loss: str = "dice",
+        rampup_iterations: int = 0,
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -151,6 +158,7 @@ class ConsistencyModel(keras.Model):
             weights=(supervised_weight, strong_weight, feature_weight),
             supervised_loss=supervised_loss,
             unlabeled_loss=unlabeled_loss,
+            rampup_iterations=rampup_iterations,
         )
         self.segmenter = segmenter
         self.weak = weak
@@ -166,6 +174,7 @@ class ConsistencyModel(keras.Model):
         self.feature_weight = float(feature_weight)
         self.supervised_loss = supervised_loss
         self.unlabeled_loss = unlabeled_loss
+        self.rampup_iterations = int(rampup_iterations)
         self.seed = seed
         # Dropout masks for the global batch, identical on every replica (then sliced).
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -181,14 +190,25 @@ class ConsistencyModel(keras.Model):
     def tracker_names(self) -> tuple[str, ...]:
         """seg_loss, strong_loss (the mean over the views), strong_loss_<v> for each view
         when there are several, fp_loss (with the perturbed stream), total_loss, confidence,
-        kept_fraction, and teacher_class_<c> for each foreground class c: the share of the
+        kept_fraction, teacher_class_<c> for each foreground class c: the share of the
         unlabeled pixels whose pseudo-label is c (a teacher drifting to one class shows
-        there first)."""
+        there first), and unlabeled_ramp (with a ramp-up)."""
         views = [f"strong_loss_{v}" for v in range(1, self.strong_views + 1)]
         names = ["seg_loss", "strong_loss", *(views if len(views) > 1 else [])]
         names += ["fp_loss"] if self.perturbs_features else []
         shares = [f"teacher_class_{c}" for c in range(1, self.n_classes)]
-        return (*names, "total_loss", "confidence", "kept_fraction", *shares)
+        ramp = ["unlabeled_ramp"] if self.rampup_iterations > 0 else []
+        return (*names, "total_loss", "confidence", "kept_fraction", *shares, *ramp)
+
+    def unlabeled_ramp(self) -> tf.Tensor:
+        """r(t) = exp(−5(1 − t/T)²) for the t updates S's optimiser has made, 1 from t = T on
+        or without a ramp-up: float32 scalar."""
+        if self.rampup_iterations <= 0:
+            return tf.constant(1.0)
+        if self.s_optimizer is None:
+            raise RuntimeError("ConsistencyModel: a ramp-up needs compile(s_optimizer=...) first.")
+        progress = tf.cast(self.s_optimizer.iterations, tf.float32) / self.rampup_iterations
+        return tf.exp(-5.0 * tf.square(1.0 - tf.minimum(progress, 1.0)))
 
     def compile(self, s_optimizer: keras.optimizers.Optimizer, **kwargs: Any) -> None:
         """Set S's optimiser and create its slots now (a checkpoint restores them).
@@ -364,11 +384,14 @@ class ConsistencyModel(keras.Model):
         losses["strong_loss"] = tf.add_n(view_losses) / len(view_losses)
         if len(view_losses) > 1:
             losses.update({f"strong_loss_{v}": loss for v, loss in enumerate(view_losses, 1)})
-        total = self.supervised_weight * losses["seg_loss"]
-        total += self.strong_weight * tf.add_n(view_losses)
+        unlabeled = self.strong_weight * tf.add_n(view_losses)
         if perturbed is not None:
             losses["fp_loss"] = self.consistency_loss(pseudo_labels, kept, perturbed)
-            total += self.feature_weight * losses["fp_loss"]
+            unlabeled += self.feature_weight * losses["fp_loss"]
+        ramp = self.unlabeled_ramp()
+        total = self.supervised_weight * losses["seg_loss"] + ramp * unlabeled
+        if self.rampup_iterations > 0:
+            losses["unlabeled_ramp"] = ramp
         losses.update(
             total_loss=total,
             confidence=tf.reduce_mean(confidence),
@@ -433,6 +456,7 @@ class ConsistencyModel(keras.Model):
             feature_weight=self.feature_weight,
             supervised_loss=self.supervised_loss,
             unlabeled_loss=self.unlabeled_loss,
+            rampup_iterations=self.rampup_iterations,
             seed=self.seed,
         )
         return config
@@ -455,6 +479,7 @@ def _check_arguments(
     weights: Sequence[float],
     supervised_loss: str,
     unlabeled_loss: str,
+    rampup_iterations: int,
 ) -> None:
     """Collect every problem with the constructor arguments and raise once."""
     problems = []
@@ -468,6 +493,8 @@ def _check_arguments(
         problems.append(f"strong_views must be an integer >= 1, found {strong_views}")
     if not 0.0 <= feature_dropout < 1.0:
         problems.append(f"feature_dropout must be in [0, 1), found {feature_dropout}")
+    if int(rampup_iterations) != rampup_iterations or rampup_iterations < 0:
+        problems.append(f"rampup_iterations must be an integer >= 0, found {rampup_iterations}")
     if any(not weight >= 0 for weight in weights):
         problems.append(f"the loss weights must be >= 0, found {list(weights)}")
     if supervised_loss not in SUPERVISED_LOSSES:
