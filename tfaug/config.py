@@ -28,6 +28,7 @@ from tfaug.methods import (
     DEFAULT_METHOD,
     GENERATED_COMPOSITIONS,
     GENERATOR_MODES,
+    LABELED_AUGMENTATIONS,
     PHANTOM_VARIANT_NAMES,
     SUPERVISED_LOSSES,
     UNLABELED_LOSSES,
@@ -376,6 +377,11 @@ class SslConfig:
         cutmix_aspect_range: [min, max] height/width of a box (min <= 1 <= max).
         unlabeled_fraction: share of ``train.batch_size`` that is unlabeled slices (the rest
             is labeled slices); UniMatch: as many of each.
+        labeled_augmentation: what the labeled slices get: ``weak`` (the weak view, the
+            random affine augmentation, as UniMatch), ``heavy`` (the ``heavy:`` section's
+            nnU-Net augmentation) or ``rdri`` (the affine augmentation, then RD and RI of the
+            ``augment:`` section, on every labeled slice). The unlabeled slices' weak view is
+            the affine augmentation in every case.
         rampup_iterations: T > 0 ramps the unlabeled terms' weight up over the first T
             steps, exp(−5(1 − t/T)²) (SSL4MIS's sigmoid ramp-up); 0: off (UniMatch).
     """
@@ -395,6 +401,7 @@ class SslConfig:
         factory=lambda: [0.3, 1.0 / 0.3], read_by=READ_BY_FINAL
     )
     unlabeled_fraction: float = setting(0.5, read_by=READ_BY_FINAL)
+    labeled_augmentation: str = setting("weak", read_by=READ_BY_FINAL)
     rampup_iterations: int = setting(0, read_by=READ_BY_FINAL)
 
 
@@ -671,6 +678,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "phantom.variant": PHANTOM_VARIANT_NAMES,
     "ssl.supervised_loss": SUPERVISED_LOSSES,
     "ssl.unlabeled_loss": UNLABELED_LOSSES,
+    "ssl.labeled_augmentation": LABELED_AUGMENTATIONS,
 }
 
 

@@ -39,6 +39,7 @@ TUNERS = ("random", "bayesian", "grid")
 # The losses of the consistency methods (config ssl.supervised_loss, ssl.unlabeled_loss).
 SUPERVISED_LOSSES = ("cross_entropy_dice", "cross_entropy")
 UNLABELED_LOSSES = ("dice", "cross_entropy")
+LABELED_AUGMENTATIONS = ("weak", "heavy", "rdri")  # ssl.labeled_augmentation
 
 # -- data ---------------------------------------------------------------------------------
 # The synthetic phantom's variants (``phantom.variant``; parameters in tfaug.data.phantom).
@@ -98,6 +99,8 @@ SUBSTREAM = {
     "strong_views": 3,  # the intensity perturbation of the consistency methods' strong views
     "cutmix": 4,  # their CutMix boxes
     "feature_dropout": 5,  # unimatch's channel dropout of the encoder features
+    "ssl_labeled": 6,  # the consistency methods' labeled augmentation (ssl.labeled_augmentation)
+    "random_after_affine": 2,  # RD+RI after the affine augmentation in that one layer (rdri)
 }
 
 

@@ -19,7 +19,8 @@ from tfaug.deploy.export import export_run
 from tfaug.methods import METHODS, final_stage
 from tfaug.ops.augment import RandomAffine
 from tfaug.ops.cutmix import CutMixBoxes
-from tfaug.ops.heavy import HeavyIntensity
+from tfaug.ops.generated import ChainAugmentation
+from tfaug.ops.heavy import HeavyAugmentation, HeavyIntensity
 from tfaug.runs.algorithm import Algorithm
 from tfaug.runs.rundir import open_run_directory
 from tfaug.training import loop
@@ -240,6 +241,22 @@ def test_config_round_trip_and_bad_arguments():
         )  # fmt: skip
 
 
+class _Doubling(keras.layers.Layer):
+    """A paired layer that doubles the images and keeps the masks (a visible 'augmentation')."""
+
+    def call(self, inputs, training=None):
+        return {**inputs, "images": 2.0 * inputs["images"]}
+
+
+def test_a_labeled_augmentation_replaces_the_weak_view_of_the_labeled_pair_only():
+    model = _model(weak=None, labeled=_Doubling())
+    (x_l, y_l), x_u = _batch()
+    weak_l, onehot, weak_u = model.weak_views(x_l, y_l, x_u)
+    np.testing.assert_allclose(weak_l, 2.0 * x_l.numpy())
+    np.testing.assert_array_equal(onehot, tf.one_hot(y_l, N_CLASSES))
+    np.testing.assert_array_equal(weak_u, x_u)  # the unlabeled slices keep the weak view
+
+
 def test_rampup_scales_the_unlabeled_terms_from_exp_minus_5_to_1():
     model = _model(rampup_iterations=10)
     (x_l, y_l), x_u = _batch()
@@ -280,6 +297,13 @@ def test_the_config_builds_each_method(tmp_path):
     weighted = build_consistency_model(cfg, build_tiny_unet(4), seed=1)
     assert weighted.class_weights == tuple(cfg.train.class_weights)
     assert weighted.rampup_iterations == 40
+    assert unimatch.labeled is None  # the weak view, as UniMatch
+    for choice, kind in (("heavy", HeavyAugmentation), ("rdri", ChainAugmentation)):
+        cfg.ssl.labeled_augmentation = choice
+        model = build_consistency_model(cfg, build_tiny_unet(4), seed=1)
+        assert isinstance(model.labeled, kind) and isinstance(model.weak, RandomAffine)
+    clone = ConsistencyModel.from_config(model.get_config())
+    assert isinstance(clone.labeled, ChainAugmentation) and len(clone.labeled.stages) == 3
     assert consistency_batch_sizes(cfg) == (3, 2)  # round(5 · 0.5) = 2 unlabeled
     cfg.method = "fixmatch"
     fixmatch = build_consistency_model(cfg, build_tiny_unet(4), seed=1)

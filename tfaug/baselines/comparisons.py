@@ -52,6 +52,7 @@ from tfaug.training.builders import (
     build_cutmix,
     build_labeled_augmentation,
     build_segmenter,
+    build_ssl_labeled_augmentation,
     build_strong,
 )
 from tfaug.training.loop import load_best
@@ -205,6 +206,7 @@ def build_consistency_model(cfg: Config, segmenter: keras.Model, seed: int) -> C
         n_classes=cfg.data.n_classes,
         class_weights=ssl.class_weights or [1.0] * cfg.data.n_classes,
         weak=build_labeled_augmentation(cfg, seed),
+        labeled=build_ssl_labeled_augmentation(cfg, seed + SUBSTREAM["ssl_labeled"]),
         strong=build_strong(cfg, seed + SUBSTREAM["strong_views"]),
         cutmix=build_cutmix(cfg, seed + SUBSTREAM["cutmix"]),
         threshold=ssl.threshold,

@@ -96,6 +96,9 @@ class ConsistencyModel(keras.Model):
         class_weights: n_classes cross-entropy weights, background first.
         weak: a ``{"images", "segmentation_masks"}`` layer (masks optional), the weak view
             (e.g. :class:`tfaug.ops.augment.RandomAffine`); ``None``: the slices as they are.
+        labeled: a ``{"images", "segmentation_masks"}`` layer the labeled pair gets instead
+            of ``weak`` (e.g. the ``heavy`` augmentation, so the teacher learns the labeled
+            slices under stronger augmentation than its weak view); ``None``: ``weak``.
         strong: an images-only layer applied to the weak unlabeled view for each strong view
             (e.g. :class:`tfaug.ops.heavy.HeavyIntensity`); ``None``: no perturbation.
         cutmix: a :class:`tfaug.ops.cutmix.CutMixBoxes`; ``None``: no CutMix.
@@ -134,6 +137,7 @@ class ConsistencyModel(keras.Model):
         n_classes: int,
         class_weights: Sequence[float],
         weak: keras.layers.Layer | None = None,
+        labeled: keras.layers.Layer | None = None,
         strong: keras.layers.Layer | None = None,
         cutmix: keras.layers.Layer | None = None,
         threshold: float = 0.95,
@@ -162,6 +166,7 @@ class ConsistencyModel(keras.Model):
         )
         self.segmenter = segmenter
         self.weak = weak
+        self.labeled = labeled
         self.strong = strong
         self.cutmix = cutmix
         self.n_classes = int(n_classes)
@@ -228,15 +233,18 @@ class ConsistencyModel(keras.Model):
     # ----------------------------------------------------------------------- the views
 
     def weak_views(self, x_l: Any, y_l: Any, x_u: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """Step 1: ``(x_l (B_l,H,W,1), one-hot y_l (B_l,H,W,C), x_u (B_u,H,W,1))`` float32,
-        after ``weak`` (the labeled pair together, the unlabeled images alone)."""
+        """Step 1: ``(x_l (B_l,H,W,1), one-hot y_l (B_l,H,W,C), x_u (B_u,H,W,1))`` float32:
+        the labeled pair after ``labeled`` (or ``weak``), together; the unlabeled images
+        after ``weak``."""
         x_l, x_u = tf.cast(x_l, tf.float32), tf.cast(x_u, tf.float32)
         y_onehot = tf.one_hot(tf.cast(y_l, tf.int32), self.n_classes)
-        if self.weak is None:
-            return x_l, y_onehot, x_u
-        labeled = self.weak({IMAGES: x_l, MASKS: y_onehot}, training=True)
-        x_u = self.weak({IMAGES: x_u}, training=True)[IMAGES]
-        return labeled[IMAGES], labeled[MASKS], x_u
+        labeled_view = self.labeled or self.weak
+        if labeled_view is not None:
+            pair = labeled_view({IMAGES: x_l, MASKS: y_onehot}, training=True)
+            x_l, y_onehot = tf.cast(pair[IMAGES], tf.float32), tf.cast(pair[MASKS], tf.float32)
+        if self.weak is not None:
+            x_u = self.weak({IMAGES: x_u}, training=True)[IMAGES]
+        return x_l, y_onehot, x_u
 
     def strong_batch(self, x_u: tf.Tensor) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
         """Step 2: the V strong views of the weak unlabeled view and their CutMix boxes.
@@ -444,6 +452,7 @@ class ConsistencyModel(keras.Model):
         config.update(
             segmenter=keras.saving.serialize_keras_object(self.segmenter),
             weak=keras.saving.serialize_keras_object(self.weak),
+            labeled=keras.saving.serialize_keras_object(self.labeled),
             strong=keras.saving.serialize_keras_object(self.strong),
             cutmix=keras.saving.serialize_keras_object(self.cutmix),
             n_classes=self.n_classes,
@@ -464,7 +473,7 @@ class ConsistencyModel(keras.Model):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ConsistencyModel:
         config = dict(config)
-        for key in ("segmenter", "weak", "strong", "cutmix"):
+        for key in ("segmenter", "weak", "labeled", "strong", "cutmix"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
 

@@ -183,3 +183,13 @@ class ChainAugmentation(keras.layers.Layer):
         for stage in self.stages:
             inputs = stage(inputs, training=training)
         return inputs
+
+    def get_config(self) -> dict[str, Any]:
+        stages = [keras.saving.serialize_keras_object(stage) for stage in self.stages]
+        return {**super().get_config(), "stages": stages}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ChainAugmentation:
+        config = dict(config)
+        config["stages"] = [keras.saving.deserialize_keras_object(s) for s in config["stages"]]
+        return cls(**config)

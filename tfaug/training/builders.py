@@ -165,6 +165,19 @@ def build_labeled_augmentation(cfg: Config, seed: int) -> keras.layers.Layer | N
     return build_affine(cfg, seed)
 
 
+def build_ssl_labeled_augmentation(cfg: Config, seed: int) -> keras.layers.Layer | None:
+    """What the consistency methods' labeled slices get instead of the weak view
+    (``ssl.labeled_augmentation``): ``None`` for ``weak``, the ``heavy`` augmentation, or
+    the affine augmentation then RD and RI (``rdri``, on every slice)."""
+    choice = cfg.ssl.labeled_augmentation
+    if choice == "weak":
+        return None
+    if choice == "heavy":
+        return build_heavy(cfg, seed)
+    random = build_random(cfg, seed + SUBSTREAM["random_after_affine"])
+    return ChainAugmentation([build_affine(cfg, seed), *random])
+
+
 def build_strong(cfg: Config, seed: int) -> HeavyIntensity:
     """The intensity perturbation of the consistency methods' strong views (``cfg.strong``).
 
