@@ -4,8 +4,8 @@
 #   bash docs/results/phantom-ssl/run_benchmark.sh [SHARD] [N_SHARDS]
 #
 # runs shard SHARD of N_SHARDS (default: 0 of 1, everything) of every grid below, in
-# priority order: three labeled draws of the decisive methods on every variant (draw by
-# draw), then three of the other methods, the extra draws of the decisive methods, then
+# priority order: three labeled draws of the decisive methods (and of unimatch [lrdri]) on
+# every variant (draw by draw), then three of the other methods, the extra draws of the decisive methods, then
 # N_L = 3 on the default variant.
 # Start one process per shard (e.g. `... 0 2` and `... 1 2` on two cores); they share the
 # runs folders and never run the same run. Stopping and starting again resumes every run
@@ -46,6 +46,10 @@ BDV3R=(
     --set augment.random_before_generators=true
 )
 
+# unimatch [lrdri]: unimatch whose labeled slices get rdri's augmentation instead of the
+# weak view (the remedy for its teacher's drift on wide, README.md), beside plain unimatch.
+LRDRI=(--set tag=lrdri --set ssl.labeled_augmentation=rdri)
+
 grid() {  # grid VARIANT N_L DRAWS METHODS [extra arguments...]
     local variant=$1 nl=$2 draws=$3 methods=$4
     shift 4
@@ -58,6 +62,7 @@ for draws in 1 2 3; do
     for variant in wide hard default; do
         grid "$variant" 1 "$draws" "$DECISIVE"
         grid "$variant" 1 "$draws" gdgi "${BDV3R[@]}"
+        grid "$variant" 1 "$draws" unimatch "${LRDRI[@]}"
     done
 done
 for draws in 1 2 3; do
