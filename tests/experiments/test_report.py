@@ -417,7 +417,10 @@ train: {batch_size: 4, pretrain_iterations: 2, generator_iterations: 2,
 """
 
 
-def test_tiny_real_grid_then_report(tmp_path):
+def test_tiny_real_grid_then_report(tiny_cache, tmp_path):
+    # The session's tiny phantom cache: TINY_CONFIG's phantom and preprocessing are the same
+    # (the split is not part of the cache), so the runs reuse it instead of generating it.
+    cache_dir = tiny_cache[0].data.cache_dir
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_CONFIG)
     runs = tmp_path / "runs"
@@ -427,7 +430,7 @@ def test_tiny_real_grid_then_report(tmp_path):
         "--config",
         str(config),
         "--cache-dir",
-        str(tmp_path / "cache"),
+        str(cache_dir),
         "--runs-dir",
         str(runs),
         "--methods",

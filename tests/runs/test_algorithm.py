@@ -2,7 +2,9 @@
 
 One ``gdgi`` run is killed (SIGKILL) in the middle of its first generator stage and re-run:
 it must resume and produce every artifact. A third run is a no-op; ``aff`` runs have only
-the segmenter stage, and ``--force`` moves a finished run aside.
+the segmenter stage, and ``--force`` moves a finished run aside. The ``aff`` and ``heavy`` runs
+call the same command in-process (``tfaug.cli.main``, which ``train/run.py`` calls): the
+process boundary is what the killed ``gdgi`` run tests, and each run saves a TensorFlow start.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import pytest
 import tensorflow as tf
 import yaml
 from tiny import TINY, prepare_tiny_cache, write_tiny_yaml
+
+from tfaug.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 GDGI_STAGES = ["pretrain", "generator_deformation", "generator_intensity", "segmenter"]
@@ -55,6 +59,18 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def _run_in_process(command: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``command`` (a :func:`command` list) through ``tfaug.cli.main`` in this process.
+
+    Returns its stdout; it must exit 0, as :func:`_run` requires of the subprocess.
+    """
+    assert command[1] == str(REPO / "train" / "run.py")
+    code = main(["train", *command[2:]])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    return captured.out
 
 
 def _env() -> dict[str, str]:
@@ -176,9 +192,9 @@ def test_finished_run_is_skipped(gdgi, command):
     assert _snapshot(run) == before
 
 
-def test_aff_run_has_only_the_segmenter_stage_and_force_moves_it_aside(command):
+def test_aff_run_has_only_the_segmenter_stage_and_force_moves_it_aside(command, capsys):
     aff = [*command, "--method", "aff"]
-    _run(aff)
+    _run_in_process(aff, capsys)
     run = _runs_dir(command) / "phantom-nl1-aff-split0-seed0"
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["segmenter"]
     assert json.loads((run / "results.json").read_text(encoding="utf-8"))["stages"].keys() == {
@@ -187,7 +203,7 @@ def test_aff_run_has_only_the_segmenter_stage_and_force_moves_it_aside(command):
     assert [p.name for p in (run / "figures").iterdir()] == ["test_predictions.png"]
     first_results = (run / "results.json").read_text(encoding="utf-8")
 
-    _run([*aff, "--force"])
+    _run_in_process([*aff, "--force"], capsys)
 
     aside = list(run.parent.glob(f"{run.name}.replaced-*"))
     assert len(aside) == 1
@@ -195,14 +211,14 @@ def test_aff_run_has_only_the_segmenter_stage_and_force_moves_it_aside(command):
     assert (run / "results.json").is_file()
 
 
-def test_heavy_run_trains_the_segmenter_with_heavy_augmentation(command):
+def test_heavy_run_trains_the_segmenter_with_heavy_augmentation(command, capsys):
     heavy = [
         *command,
         *("--method", "heavy", "--set", "heavy.p_rotation=1.0"),
         *("--set", "split.n_extra_validation=2", "--set", "train.segmenter_iterations=9"),
         *("--set", "train.budget_marks=3"),
     ]
-    _run(heavy)
+    _run_in_process(heavy, capsys)
     run = _runs_dir(command) / "phantom-nl1-heavy-split0-seed0"
     results = json.loads((run / "results.json").read_text(encoding="utf-8"))
     assert results["stages"].keys() == {"segmenter"}

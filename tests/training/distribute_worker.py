@@ -134,6 +134,12 @@ def run_stage_once(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str]) -> None:
+    import tensorflow as tf
+
+    # As in the test process (tests/conftest.py): Grappler's first-call graph optimisation is
+    # a fifth of this worker's time and changes no value the steps compute. Both strategies
+    # run without it, so the comparison is unchanged.
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=("steps", "stage"))
     parser.add_argument("output", type=Path)
