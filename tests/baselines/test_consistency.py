@@ -207,8 +207,10 @@ def test_loss_on_a_fixed_batch_falls(views, feature_weight, losses):
     assert step.experimental_get_tracing_count() == 1
 
 
-def test_mixed_precision_step(tmp_path):
+@pytest.mark.parametrize("labeled", ["weak", "heavy"])
+def test_mixed_precision_step(tmp_path, labeled):
     cfg = tiny_config(tmp_path / "cache", tmp_path / "runs", method="unimatch")
+    cfg.ssl.labeled_augmentation = labeled  # heavy computes in float32, the weak view not
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:  # built as a run builds it: after the policy is set
         model = build_consistency_model(cfg, build_tiny_unet(cfg.data.n_classes), seed=1)

@@ -241,10 +241,12 @@ class ConsistencyModel(keras.Model):
         labeled_view = self.labeled or self.weak
         if labeled_view is not None:
             pair = labeled_view({IMAGES: x_l, MASKS: y_onehot}, training=True)
-            x_l, y_onehot = tf.cast(pair[IMAGES], tf.float32), tf.cast(pair[MASKS], tf.float32)
+            x_l, y_onehot = pair[IMAGES], pair[MASKS]
         if self.weak is not None:
             x_u = self.weak({IMAGES: x_u}, training=True)[IMAGES]
-        return x_l, y_onehot, x_u
+        # One dtype for the weak pass's concat (the layers may compute in different ones
+        # under mixed precision).
+        return tf.cast(x_l, x_u.dtype), y_onehot, x_u
 
     def strong_batch(self, x_u: tf.Tensor) -> tuple[list[tf.Tensor], list[tf.Tensor]]:
         """Step 2: the V strong views of the weak unlabeled view and their CutMix boxes.
