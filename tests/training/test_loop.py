@@ -414,11 +414,22 @@ def test_a_mark_whose_choice_was_overwritten_stays_missing(make_segmenter_model,
     assert not (tmp_path / "best_at" / "3").exists()
 
 
-@pytest.mark.parametrize("marks", [(4,), (9,), (0,)])
-def test_budget_marks_must_be_validation_steps_inside_the_stage(
-    make_segmenter_model, tmp_path, marks
-):
+@pytest.mark.parametrize(
+    ("marks", "validate"), [((4,), 0.5), ((9,), 0.5), ((0,), 0.5), ((3,), None)]
+)
+def test_budget_marks_must_be_validation_steps_inside_the_stage(tmp_path, marks, validate):
+    # Refused before anything is built or trained (no model needed).
     with pytest.raises(ValueError, match="budget marks need validation and must be multiples"):
-        _marked_stage(make_segmenter_model(), tmp_path, Script(None, []), marks=marks)
-    with pytest.raises(ValueError, match="budget marks need validation"):
-        _marked_stage(make_segmenter_model(), tmp_path / "none", None, marks=(3,))
+        run_stage(
+            name="tiny",
+            model=None,
+            make_dataset=Recorder(),
+            iterations=9,
+            stage_dir=tmp_path,
+            keep={},
+            validate=None if validate is None else (lambda: validate),
+            validate_every=3,
+            progress=False,
+            budget_marks=marks,
+        )
+    assert not any(tmp_path.iterdir())

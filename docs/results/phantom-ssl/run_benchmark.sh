@@ -50,12 +50,18 @@ BDV3R=(
 # weak view (the remedy for its teacher's drift on wide, README.md), beside plain unimatch.
 LRDRI=(--set tag=lrdri --set ssl.labeled_augmentation=rdri)
 
+# Every shard makes the same grid calls in the same order; call c gives shard s the part
+# (s + c) mod N_SHARDS of that grid's runs, so the parts of one call are disjoint and a grid
+# of a single run does not always fall to shard 0.
+CALL=0
 grid() {  # grid VARIANT N_L DRAWS METHODS [extra arguments...]
     local variant=$1 nl=$2 draws=$3 methods=$4
     shift 4
+    local part=$(( (SHARD + CALL) % N_SHARDS ))
+    CALL=$((CALL + 1))
     python "$REPO/train/grid.py" --dataset phantom --nl "$nl" --methods "$methods" \
         --draws "$draws" --seeds 1 --set "phantom.variant=$variant" "${BUDGET[@]}" "$@" \
-        --runs-dir "$RUNS/$variant" --cache-dir "$CACHE" --shard "$SHARD/$N_SHARDS"
+        --runs-dir "$RUNS/$variant" --cache-dir "$CACHE" --shard "$part/$N_SHARDS"
 }
 
 for draws in 1 2 3; do
