@@ -49,13 +49,18 @@ def marks(run: RunResult) -> list[int]:
     )
 
 
+def _timed(run: RunResult) -> bool:
+    """Whether ``run``'s results.json records its training and final-stage times and steps."""
+    return run.training_s is not None and run.final_s is not None and run.iterations > 0
+
+
 def mark_seconds(run: RunResult, mark: int) -> float:
     """Training seconds ``run`` had spent at final-stage step ``mark``.
 
     Raises:
         ValueError: the run records no training or final-stage time, or no iterations.
     """
-    if run.training_s is None or run.final_s is None or run.iterations <= 0:
+    if not _timed(run):
         raise ValueError(f"{run.name}: results.json records no stage times or iterations")
     return run.training_s - run.final_s + run.final_s * mark / run.iterations
 
@@ -63,7 +68,7 @@ def mark_seconds(run: RunResult, mark: int) -> float:
 def cut_to(run: RunResult, seconds: float) -> tuple[RunResult, Cut] | None:
     """``run`` with the test Dice of its latest budget mark reached within ``seconds``;
     ``None`` when it has no such mark (or no times)."""
-    if run.training_s is None or run.final_s is None or run.iterations <= 0:
+    if not _timed(run):
         return None
     reached = [m for m in marks(run) if mark_seconds(run, m) <= seconds]
     if not reached:

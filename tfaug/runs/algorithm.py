@@ -269,12 +269,12 @@ class Algorithm:
         name = final_stage(self.cfg.method, self.cfg.train.self_training_rounds)
         stage, stage_dir = self.stages[name], self.run.stage(name)
         kept = [
-            ("last", "last", stage.iterations),
-            ("best_wide", "best_wide", stage.wide_best_step),
+            ("last", "last", stage.iterations, None),
+            ("best_wide", "best_wide", stage.wide_best_step, None),
         ]
-        kept += [(f"best_at_{m}", f"best_at/{m}", step) for m, step in stage.budget_steps]
+        kept += [(f"best_at_{m}", f"best_at/{m}", step, m) for m, step in stage.budget_steps]
         found, tested = {}, {stage.best_step: test}  # one evaluation per distinct step
-        for key, folder, step in kept:
+        for key, folder, step, mark in kept:
             if step is None or not (stage_dir / folder / "segmenter.weights.h5").is_file():
                 continue
             if step not in tested:
@@ -283,8 +283,8 @@ class Algorithm:
                 tested[step] = self._test(segmenter)
             summary = summarise(tested[step], self.cfg.data.class_names[1:])
             found[key] = {"step": step, "test": tested[step], "summary": summary}
-            if folder.startswith("best_at/"):
-                found[key]["mark"] = int(folder.split("/")[1])
+            if mark is not None:
+                found[key]["mark"] = mark
         return found
 
     # -- the whole algorithm ------------------------------------------------------------
