@@ -20,16 +20,21 @@ from tfaug.models.unet import UNet
 
 SIDE = 32  # the tiny slice size (crop 32)
 POOL_SIZE = 6  # 12 subjects - 2 test - 1 validation - 3 unlabeled
+# Three-level networks: on 32x32 slices a step traces about a third faster than with the
+# default five levels, and every code path (skips, z-branch, strided convs) is still there.
+UNET_FILTERS = (4, 8, 8)
+GENERATOR_FILTERS = (8, 4, 4)
+DISCRIMINATOR_FILTERS = (4, 8, 8)
 
 TINY = {
     "phantom": {"subjects": 12},
     "preprocess": {"crop_size": 32, "spacing_mm": 5.0, "n4": False},
     "split": {"n_unlabeled": 3, "n_test": 2, "n_validation": 1, "draws": 2},
     "model": {
-        "unet_filters": [4, 4, 8, 8, 8],
-        "generator_filters": [8, 8, 4, 4, 4],
+        "unet_filters": list(UNET_FILTERS),
+        "generator_filters": list(GENERATOR_FILTERS),
         "generator_image_filters": 4,
-        "discriminator_filters": [4, 4, 8, 8, 8],
+        "discriminator_filters": list(DISCRIMINATOR_FILTERS),
         "discriminator_units": 8,
         "z_dim": 8,
     },
@@ -39,6 +44,7 @@ TINY = {
         "generator_iterations": 9,
         "segmenter_iterations": 4,
         "validate_every": 3,
+        "graph_optimization": False,
     },
 }
 
@@ -86,7 +92,7 @@ def prepare_tiny_cache(base: Path) -> tuple[Config, Cache]:
 
 
 def build_tiny_unet(n_classes: int = 2) -> UNet:
-    """A built U-Net S with narrow filters (4, 4, 8, 8, 8) for (B,32,32,1) slices."""
-    unet = UNet(n_classes, filters=(4, 4, 8, 8, 8), bn_momentum=0.9)
+    """A built three-level U-Net S with narrow :data:`UNET_FILTERS` for (B,32,32,1) slices."""
+    unet = UNet(n_classes, filters=UNET_FILTERS, bn_momentum=0.9)
     unet(tf.zeros((1, SIDE, SIDE, 1)))
     return unet

@@ -215,17 +215,19 @@ class ModelConfig:
     """Network widths (docs/method.md §3).
 
     Attributes:
-        unet_filters: filters per U-Net level (five levels; the input side must be a
-            multiple of 32, as for the generator).
-        generator_filters: filters of the generator's five z-branch upsampling blocks.
+        unet_filters: filters per U-Net level; their number (2 to 6, five by default) is the
+            depth (the input side must be a multiple of 32, as for the generator).
+        generator_filters: filters of the generator's z-branch upsampling blocks (1 to 5,
+            five by default).
         generator_image_filters: filters of the generator's image branch and fusion convs.
         z_dim: size of the noise vector z.
         flow_kernel: kernel size of the deformation head (3 in the code, 1 in the paper).
-        discriminator_filters: filters of the five 5x5 stride-2 convs.
+        discriminator_filters: filters of the 5x5 stride-2 convs (1 to 5, five by default).
         discriminator_units: units of the two hidden dense layers.
-        discriminator_patch_levels: ``null``: the paper's image-level D; k in 1..5: a patch
-            discriminator of the first k strided convs and one logit per position, each
-            seeing ``1 + 4·(2^k − 1)`` pixels (docs/switches.md).
+        discriminator_patch_levels: ``null``: the paper's image-level D; k in
+            1..len(discriminator_filters): a patch discriminator of the first k strided convs
+            and one logit per position, each seeing ``1 + 4·(2^k − 1)`` pixels
+            (docs/switches.md).
         discriminator_spectral_norm: spectrally normalised D layers, without
             BatchNormalization (``false``: the paper).
         pixel_discriminator_filters: filters of the 4x4 stride-2 convs of the fully
@@ -488,6 +490,8 @@ class TrainConfig:
         cpu_replicas: with ``strategy: mirrored`` and no GPU, split the CPU into this many
             logical devices (to exercise the distributed path without GPUs; 0: do not split).
         jit_compile: compile train steps with XLA.
+        graph_optimization: TensorFlow's graph optimiser (Grappler); ``false`` saves about
+            10 s per traced step, worth it only for runs of a few minutes.
         seed: global seed of the run.
     """
 
@@ -520,6 +524,7 @@ class TrainConfig:
     mixed_precision: bool = False
     cpu_replicas: int = 0
     jit_compile: bool = False
+    graph_optimization: bool = True
     seed: int = 0
 
 

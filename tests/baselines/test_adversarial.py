@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tiny import SIDE, build_tiny_unet, tiny_config
+from tiny import DISCRIMINATOR_FILTERS, SIDE, build_tiny_unet, tiny_config
 
 from tfaug.baselines.adversarial import AdversarialSegmentationModel
 from tfaug.io import read_jsonl
@@ -37,7 +37,7 @@ def _discriminator(level: str) -> keras.Model:
         model = PixelDiscriminator(filters=(4, 8))
         model(tf.zeros((1, SIDE, SIDE, N_CLASSES)))
     else:
-        model = Discriminator(filters=(4, 4, 8, 8, 8), units=8, bn_momentum=0.9)
+        model = Discriminator(filters=DISCRIMINATOR_FILTERS, units=8, bn_momentum=0.9)
         model(tf.zeros((1, SIDE, SIDE, N_CLASSES + 1)))
     return model
 

@@ -406,14 +406,14 @@ phantom: {subjects: 12}
 preprocess: {crop_size: 32, spacing_mm: 5.0, n4: false}
 split: {n_unlabeled: 3, n_test: 2, n_validation: 1, draws: 1}
 model:
-  unet_filters: [4, 4, 8, 8, 8]
-  generator_filters: [8, 8, 4, 4, 4]
+  unet_filters: [4, 8, 8]
+  generator_filters: [8, 4, 4]
   generator_image_filters: 4
-  discriminator_filters: [4, 4, 8, 8, 8]
+  discriminator_filters: [4, 8, 8]
   discriminator_units: 8
   z_dim: 8
 train: {batch_size: 4, pretrain_iterations: 2, generator_iterations: 2,
-        segmenter_iterations: 4, validate_every: 2}
+        segmenter_iterations: 4, validate_every: 2, graph_optimization: false}
 """
 
 

@@ -78,10 +78,26 @@ def test_switched_discriminator_round_trips_through_its_config(switch):
     np.testing.assert_allclose(np.asarray(clone(images, training=False)), expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize("levels", [0, 6])
-def test_patch_levels_outside_one_to_five_is_a_clear_error(levels):
+@pytest.mark.parametrize(
+    ("filters", "levels"), [((4, 4, 8, 8, 8), 0), ((4, 4, 8, 8, 8), 6), ((4, 8, 8), 4)]
+)
+def test_patch_levels_outside_one_to_the_number_of_convs_is_a_clear_error(filters, levels):
     with pytest.raises(ValueError, match="model.discriminator_patch_levels"):
-        Discriminator(**SMALL, patch_levels=levels)
+        Discriminator(filters=filters, units=8, patch_levels=levels)
+
+
+@pytest.mark.parametrize("filters", [(), (4,) * 6])
+def test_more_than_five_or_no_convs_is_a_clear_error(filters):
+    with pytest.raises(ValueError, match="one to five conv filter counts"):
+        Discriminator(filters=filters)
+
+
+@pytest.mark.parametrize("filters", [(4,), (4, 8, 8)])
+def test_depth_is_the_number_of_filter_counts(filters):
+    model = Discriminator(filters=filters, units=8)
+    assert tuple(model(np.zeros((2, 64, 32, 1), "float32")).shape) == (2, 1)
+    flat = 64 * 32 // 4 ** len(filters) * filters[-1]  # each conv halves both sides
+    assert model.hidden[0].kernel.shape == (flat, 8)
 
 
 @pytest.mark.parametrize("patch_levels", [None, 2])

@@ -59,6 +59,17 @@ def test_parameter_count_matches_hand_count():
     assert intensity.count_params() == trunk + 1 * 1 * 2 * 1 == 434
 
 
+@pytest.mark.parametrize("filters", [(4,), (8, 4, 4)])
+def test_z_branch_depth_is_the_number_of_filter_counts(filters):
+    generator = Generator("deformation", filters=filters, image_filters=4, z_dim=6)
+    field = generator(_inputs((2, 64, 32, 1)))
+    assert tuple(field.shape) == (2, 64, 32, 2)
+    scale = 2 ** len(filters)  # each block doubles the z grid back to the image's size
+    assert generator.z_dense.kernel.shape == (6, (64 // scale) * (32 // scale) * filters[0])
+    with pytest.raises(ValueError, match="built for 64x32"):
+        generator(_inputs((2, 32, 32, 1)))
+
+
 def test_flow_kernel_sets_the_deformation_head():
     generator = Generator("deformation", flow_kernel=1, **SMALL)
     generator.build(((None, 32, 32, 1), (None, 6)))
@@ -88,7 +99,8 @@ def test_wrong_z_size_is_a_clear_error():
     ("kwargs", "match"),
     [
         ({"kind": "elastic"}, "kind must be"),
-        ({"kind": "intensity", "filters": (8,)}, "five"),
+        ({"kind": "intensity", "filters": ()}, "one to five"),
+        ({"kind": "intensity", "filters": (8,) * 6}, "one to five"),
         ({"kind": "deformation", "field_bound": 0.0}, "field_bound must be > 0"),
         ({"kind": "intensity", "field_grid": 0}, "field_grid must be an integer >= 1"),
     ],

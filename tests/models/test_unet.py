@@ -18,6 +18,18 @@ def test_logits_shape_and_dtype(shape):
     assert logits.dtype == "float32"
 
 
+@pytest.mark.parametrize("filters", [(4, 8), (4, 8, 8), (2, 2, 2, 2, 2, 4)])
+def test_depth_is_the_number_of_filter_counts(filters):
+    model = UNet(3, filters=filters)
+    images = np.zeros((2, 64, 32, 1), "float32")
+    features = model.encode(images)
+    assert [tuple(f.shape) for f in features] == [
+        (2, 64 // 2**level, 32 // 2**level, width) for level, width in enumerate(filters)
+    ]
+    assert tuple(model(images).shape) == (2, 64, 32, 3)
+    assert len(model.decoder) == len(filters) - 1
+
+
 def test_default_widths_forward_pass_at_224():
     model = UNet(4)
     logits = np.asarray(model(np.random.default_rng(0).random((1, 224, 224, 1), "float32")))
@@ -60,7 +72,11 @@ def test_side_not_multiple_of_32_is_a_clear_error(shape):
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"n_classes": 1}, "n_classes"), ({"n_classes": 2, "filters": (4, 8)}, "five filter")],
+    [
+        ({"n_classes": 1}, "n_classes"),
+        ({"n_classes": 2, "filters": (4,)}, "two to six filter"),
+        ({"n_classes": 2, "filters": (4,) * 7}, "two to six filter"),
+    ],
 )
 def test_bad_arguments_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -46,6 +46,7 @@ def _batches(paired: bool):
 
 def _model(name: str):
     import keras
+    from tiny import DISCRIMINATOR_FILTERS, GENERATOR_FILTERS, UNET_FILTERS
 
     from tfaug.baselines.consistency import ConsistencyModel
     from tfaug.models.discriminator import Discriminator
@@ -55,7 +56,7 @@ def _model(name: str):
     from tfaug.training.segmenter import SegmenterModel
 
     keras.utils.set_random_seed(0)
-    unet = UNet(2, filters=(4, 4, 8, 8, 8), bn_momentum=0.9)
+    unet = UNet(2, filters=UNET_FILTERS, bn_momentum=0.9)
     if name == "segmenter":
         unet.build((None, SIDE, SIDE, 1))
         model = SegmenterModel(unet, n_classes=2, class_weights=[0.1, 0.9])
@@ -77,8 +78,8 @@ def _model(name: str):
         return model
     model = JointAugmentationModel(
         unet,
-        Generator("deformation", filters=(8, 8, 4, 4, 4), image_filters=4, z_dim=8),
-        Discriminator(filters=(4, 4, 8, 8, 8), units=8),
+        Generator("deformation", filters=GENERATOR_FILTERS, image_filters=4, z_dim=8),
+        Discriminator(filters=DISCRIMINATOR_FILTERS, units=8),
         kind="deformation",
         n_classes=2,
         class_weights=[0.1, 0.9],

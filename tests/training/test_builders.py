@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tiny import SIDE, tiny_config
+from tiny import GENERATOR_FILTERS, SIDE, tiny_config
 
 from tfaug.methods import COMPARISON_METHODS, GENERATOR_METHODS, METHODS
 from tfaug.models.generator import Generator
@@ -26,7 +26,7 @@ N_CLASSES = 4
 
 
 def _generator(kind: str) -> Generator:
-    generator = Generator(kind, filters=(8, 8, 4, 4, 4), image_filters=4, z_dim=Z_DIM)
+    generator = Generator(kind, filters=GENERATOR_FILTERS, image_filters=4, z_dim=Z_DIM)
     generator((tf.zeros((1, SIDE, SIDE, 1)), tf.zeros((1, Z_DIM))))
     return generator
 

@@ -40,7 +40,8 @@ TIMEOUT_S = 480  # three step models per worker, on two cores shared by both wor
 
 
 def _start(args: list[str], output: Path, tf_config: dict | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    python_path = os.pathsep.join([str(ROOT), str(ROOT / "tests")])  # tfaug and tiny.py
+    env = {**os.environ, "PYTHONPATH": python_path, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("TF_CONFIG", None)
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)

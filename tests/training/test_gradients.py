@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from test_joint import SIDE, _batch, _make_model
-from tiny import build_tiny_unet
+from tiny import GENERATOR_FILTERS, build_tiny_unet
 
 from tfaug.models.generator import Generator
 from tfaug.training.gradients import DisconnectedWeightsError, step_gradients
@@ -59,7 +59,7 @@ def test_a_segmenter_step_with_a_cut_off_layer_raises_naming_its_weights():
 def test_a_joint_step_whose_generator_has_a_cut_off_head_raises_naming_it():
     model = _make_model(build=False)
     model.generator = GeneratorWithOrphan(
-        "deformation", filters=(8, 8, 4, 4, 4), image_filters=4, z_dim=8, bn_momentum=0.9
+        "deformation", filters=GENERATOR_FILTERS, image_filters=4, z_dim=8, bn_momentum=0.9
     )
     # Under tf.function (as run_stage calls it) autograph re-raises the error at trace time
     # with the same message.

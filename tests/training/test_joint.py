@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tiny import DISCRIMINATOR_FILTERS, GENERATOR_FILTERS, UNET_FILTERS
 
 from tfaug.config import load_config
 from tfaug.models.discriminator import Discriminator
@@ -40,9 +41,9 @@ def _make_model(
 ):
     """A tiny compiled joint model (narrow filters, 32x32 slices, 2 classes)."""
     model = JointAugmentationModel(
-        UNet(2, filters=(4, 4, 8, 8, 8), bn_momentum=0.9),
-        Generator(kind, filters=(8, 8, 4, 4, 4), image_filters=4, z_dim=Z_DIM, bn_momentum=0.9),
-        discriminator or Discriminator(filters=(4, 4, 8, 8, 8), units=8, bn_momentum=0.9),
+        UNet(2, filters=UNET_FILTERS, bn_momentum=0.9),
+        Generator(kind, filters=GENERATOR_FILTERS, image_filters=4, z_dim=Z_DIM, bn_momentum=0.9),
+        discriminator or Discriminator(filters=DISCRIMINATOR_FILTERS, units=8, bn_momentum=0.9),
         kind=kind,
         n_classes=2,
         class_weights=[0.1, 0.9],
@@ -161,8 +162,9 @@ def test_large_deviation_term_alone_enlarges_the_field(kind):
         kind=kind, lambda_seg=0.0, lambda_adv=0.0, lambda_ld=1.0, learning_rate=1e-2
     )
     data = _batch()
-    magnitudes = [_per_step(model.train_step, model, data)["field_magnitude"] for _ in range(6)]
-    assert magnitudes[-1] > 1.5 * magnitudes[0]
+    magnitudes = [_per_step(model.train_step, model, data)["field_magnitude"] for _ in range(8)]
+    assert all(np.diff(magnitudes) > 0)
+    assert magnitudes[-1] > 1.3 * magnitudes[0]  # GI's tanh slows its growth (about 1.5x)
 
 
 def _losses_of_fresh_model(seed, steps=2):
@@ -320,7 +322,7 @@ def test_fit_runs_with_a_switched_discriminator(switch):
     # are rescaled inside the traced step.
     model = _make_model(
         kind="intensity",
-        discriminator=Discriminator(filters=(4, 4, 8, 8, 8), bn_momentum=0.9, **switch),
+        discriminator=Discriminator(filters=DISCRIMINATOR_FILTERS, bn_momentum=0.9, **switch),
     )
     data = tf.data.Dataset.from_tensors(_batch()).repeat(3)
     history = model.fit(data, epochs=1, verbose=0).history

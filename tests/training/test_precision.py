@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tiny import DISCRIMINATOR_FILTERS, GENERATOR_FILTERS, UNET_FILTERS
 
 from tfaug.models.discriminator import Discriminator
 from tfaug.models.generator import Generator
@@ -47,7 +48,7 @@ def test_optimisers_are_wrapped_only_under_mixed_float16(mixed_float16):
 
 
 def test_segmenter_step_mixed_precision(mixed_float16):
-    unet = UNet(2, filters=(4, 4, 8, 8, 8), bn_momentum=0.9)
+    unet = UNet(2, filters=UNET_FILTERS, bn_momentum=0.9)
     unet.build((None, SIDE, SIDE, 1))
     model = SegmenterModel(unet, n_classes=2, class_weights=[0.1, 0.9])
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
@@ -68,9 +69,9 @@ def test_segmenter_step_mixed_precision(mixed_float16):
 @pytest.mark.parametrize("kind", ["deformation", "intensity"])
 def test_joint_step_mixed_precision(mixed_float16, kind):
     model = JointAugmentationModel(
-        UNet(2, filters=(4, 4, 8, 8, 8), bn_momentum=0.9),
-        Generator(kind, filters=(8, 8, 4, 4, 4), image_filters=4, z_dim=8),
-        Discriminator(filters=(4, 4, 8, 8, 8), units=8),
+        UNet(2, filters=UNET_FILTERS, bn_momentum=0.9),
+        Generator(kind, filters=GENERATOR_FILTERS, image_filters=4, z_dim=8),
+        Discriminator(filters=DISCRIMINATOR_FILTERS, units=8),
         kind=kind,
         n_classes=2,
         class_weights=[0.1, 0.9],
@@ -107,7 +108,7 @@ def test_heavy_method_step_mixed_precision(mixed_float16, tmp_path):
 
     cfg = tiny_config(tmp_path / "cache", tmp_path / "runs", method="heavy")
     cfg.heavy.p_blur = 1.0
-    unet = UNet(2, filters=(4, 4, 8, 8, 8), bn_momentum=0.9)
+    unet = UNet(2, filters=UNET_FILTERS, bn_momentum=0.9)
     unet.build((None, SIDE, SIDE, 1))
     model = SegmenterModel(
         unet,

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tiny import SIDE, build_tiny_unet
+from tiny import GENERATOR_FILTERS, SIDE, build_tiny_unet
 
 from tfaug.models.generator import Generator
 from tfaug.ops.generated import GeneratedAugmentation
@@ -74,7 +74,7 @@ def test_none_leaves_the_batch_unchanged(make_segmenter_model):
 
 def test_a_step_trains_only_the_segmenter(make_segmenter_model):
     generator = Generator(
-        "intensity", filters=(8, 8, 4, 4, 4), image_filters=4, z_dim=8, bn_momentum=0.9
+        "intensity", filters=GENERATOR_FILTERS, image_filters=4, z_dim=8, bn_momentum=0.9
     )
     generator((tf.zeros((1, SIDE, SIDE, 1)), tf.zeros((1, 8))))
     augmentation = GeneratedAugmentation(intensity=generator, z_dim=8, seed=0)

@@ -40,7 +40,7 @@ import yaml
 from tfaug.config import Config, ConfigError
 from tfaug.io import write_json_atomic, write_text_atomic
 from tfaug.methods import TUNED_METHODS, TUNERS, generator_stage
-from tfaug.runs.algorithm import Algorithm
+from tfaug.runs.algorithm import Algorithm, configure_tensorflow
 from tfaug.runs.rundir import RunDirectory
 from tfaug.training.loop import TrainingDivergedError
 
@@ -386,6 +386,7 @@ def run_search(
             f"train.model_selection={cfg.train.model_selection!r}: a trial is scored by its best "
             "validation Dice, so the search needs validation; set train.model_selection=best"
         )
+    configure_tensorflow(cfg)
     base = copy.deepcopy(cfg)
     base.method = TUNED_METHODS[kind]
     if iterations is not None:

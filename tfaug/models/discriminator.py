@@ -17,8 +17,9 @@ LEAKY_SLOPE = 0.2
 class Discriminator(keras.Model):
     """Scores whether an image slice looks like the unlabeled population.
 
-    Five 5x5 stride-2 convs, each conv → BN → LeakyReLU(0.2); flatten; two dense layers of
-    ``units`` with LeakyReLU(0.2); a dense layer to one logit, computed in float32.
+    ``len(filters)`` (five by default) 5x5 stride-2 convs, each conv → BN → LeakyReLU(0.2);
+    flatten; two dense layers of ``units`` with LeakyReLU(0.2); a dense layer to one logit,
+    computed in float32.
     The logit is for "real" (sigmoid cross-entropy, ``tfaug.losses``); no sigmoid is applied.
     D sees images only, never labels.
 
@@ -37,13 +38,13 @@ class Discriminator(keras.Model):
     Output shape: (B,1) float32 logits; with ``patch_levels = k``, (B,H/2^k,W/2^k,1).
 
     Args:
-        filters: filters of the five strided convs (the first k are used with
-            ``patch_levels``).
+        filters: filters of the strided convs, one to five of them (the first k are used
+            with ``patch_levels``).
         units: units of the two hidden dense layers (unused with ``patch_levels``).
         bn_momentum: BatchNormalization momentum.
         bn_epsilon: BatchNormalization epsilon.
-        patch_levels: ``None`` for the paper's image-level D, or the number k in 1..5 of
-            strided convs of a patch discriminator.
+        patch_levels: ``None`` for the paper's image-level D, or the number k in
+            1..len(filters) of strided convs of a patch discriminator.
         spectral_norm: spectrally normalised layers without BatchNormalization (``False``:
             the paper).
     """
@@ -59,15 +60,16 @@ class Discriminator(keras.Model):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if len(filters) != 5:
+        if not 1 <= len(filters) <= 5:
             raise ValueError(
-                f"Discriminator: expected five conv filter counts, found {list(filters)}. "
-                "Set model.discriminator_filters to five values, e.g. [16, 32, 64, 128, 128]."
+                f"Discriminator: expected one to five conv filter counts, found {list(filters)}."
+                " Set model.discriminator_filters to e.g. [16, 32, 64, 128, 128] (five convs)."
             )
-        if patch_levels is not None and not 1 <= patch_levels <= 5:
+        if patch_levels is not None and not 1 <= patch_levels <= len(filters):
             raise ValueError(
-                f"Discriminator: patch_levels {patch_levels} must be in 1..5 or None. "
-                "Set model.discriminator_patch_levels to null (the paper) or e.g. 2."
+                f"Discriminator: patch_levels {patch_levels} must be in 1..{len(filters)} (the "
+                "number of strided convs) or None. Set model.discriminator_patch_levels to "
+                "null (the paper) or e.g. 2."
             )
         self.filters = tuple(int(f) for f in filters)
         self.units = units

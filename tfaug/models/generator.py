@@ -9,16 +9,17 @@ import keras
 from keras import ops
 
 from tfaug.methods import GENERATOR_KINDS
-from tfaug.models.layers import SIZE_MULTIPLE, DoubleConv, UpConvBlock, check_spatial_size
+from tfaug.models.layers import DoubleConv, UpConvBlock, check_spatial_size
 
 
 @keras.saving.register_keras_serializable(package="tfaug")
 class Generator(keras.Model):
     """Maps an image slice and a noise vector to a transformation field.
 
-    z-branch: Dense z_dim → (H/32)(W/32)·filters[0] with ReLU, reshaped to
-    (H/32, W/32, filters[0]), then five [bilinear x2, 2x2 conv + BN + ReLU] blocks with
-    ``filters`` (the last is a linear conv with bias, no BN/ReLU, as in the original code).
+    z-branch: Dense z_dim → (H/2^n)(W/2^n)·filters[0] with ReLU, reshaped to
+    (H/2^n, W/2^n, filters[0]), then n = len(filters) [bilinear x2, 2x2 conv + BN + ReLU]
+    blocks with ``filters`` (the last is a linear conv with bias, no BN/ReLU, as in the
+    original code); n = 5 by default.
     x-branch: two 3x3 conv → BN → ReLU with ``image_filters``. The two branches are
     concatenated and fused by two more 3x3 conv → BN → ReLU, then the head:
 
@@ -46,7 +47,8 @@ class Generator(keras.Model):
 
     Args:
         kind: ``"deformation"`` or ``"intensity"``.
-        filters: filters of the five z-branch upsampling blocks.
+        filters: filters of the z-branch upsampling blocks; their number n (1 to 5) is the
+            branch's depth.
         image_filters: filters of the x-branch and of the fusion convolutions.
         z_dim: size of z.
         flow_kernel: kernel side of the deformation head (3 in the code, 1 in the paper);
@@ -87,10 +89,10 @@ class Generator(keras.Model):
                 f"Generator: kind must be one of {GENERATOR_KINDS}, found {kind!r}. "
                 "Use 'deformation' for GV or 'intensity' for GI."
             )
-        if len(filters) != 5:
+        if not 1 <= len(filters) <= 5:
             raise ValueError(
-                f"Generator: expected five z-branch filter counts, found {list(filters)}. "
-                "Set model.generator_filters to five values, e.g. [128, 64, 32, 16, 16]."
+                f"Generator: expected one to five z-branch filter counts, found {list(filters)}."
+                " Set model.generator_filters to e.g. [128, 64, 32, 16, 16] (five blocks)."
             )
         self.kind = kind
         self.filters = tuple(int(f) for f in filters)
@@ -140,7 +142,7 @@ class Generator(keras.Model):
                 f"{image_shape[1:3]}. Choose a grid that divides the crop size (e.g. 4 or 8)."
             )
         self._check_z_shape(z_shape)
-        height, width = image_shape[1] // SIZE_MULTIPLE, image_shape[2] // SIZE_MULTIPLE
+        height, width = image_shape[1] // self._z_scale, image_shape[2] // self._z_scale
         self.z_grid = (height, width)
         self.z_dense = keras.layers.Dense(
             height * width * self.filters[0], activation="relu", name="z_dense"
@@ -158,6 +160,11 @@ class Generator(keras.Model):
         if self.coarse is not None:
             self.coarse.build(self.head.compute_output_shape(head_input))
 
+    @property
+    def _z_scale(self) -> int:
+        """How many times the z-branch enlarges its grid: 2^n for n upsampling blocks."""
+        return 2 ** len(self.filters)
+
     def _check_z_shape(self, z_shape: tuple[int | None, ...]) -> None:
         if len(z_shape) != 2 or z_shape[-1] != self.z_dim:
             raise ValueError(
@@ -171,13 +178,13 @@ class Generator(keras.Model):
         self._check_z_shape(tuple(z.shape))
         height, width = self.z_grid
         sides = tuple(image.shape[1:3])
-        built_sides = (height * SIZE_MULTIPLE, width * SIZE_MULTIPLE)
+        built_sides = (height * self._z_scale, width * self._z_scale)
         if any(
             side is not None and side != built
             for side, built in zip(sides, built_sides, strict=True)
         ):
             raise ValueError(
-                f"Generator: built for {height * SIZE_MULTIPLE}x{width * SIZE_MULTIPLE} images,"
+                f"Generator: built for {built_sides[0]}x{built_sides[1]} images,"
                 f" called with sides {sides}. Build a new generator for this slice size."
             )
         h = ops.reshape(self.z_dense(z), (-1, height, width, self.filters[0]))

@@ -20,7 +20,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-#: Every network halves (or doubles) the image five times, so H and W must divide by 32.
+#: The networks halve (or double) the image at most five times (five with the default
+#: depths), so H and W must divide by 32.
 SIZE_MULTIPLE = 32
 
 
@@ -53,7 +54,7 @@ def check_spatial_size(shape: Sequence[int | None], owner: str, *, require_stati
         )
     if any(side is not None and side % SIZE_MULTIPLE for side in sides):
         raise ValueError(
-            f"{owner}: image height and width must be multiples of {SIZE_MULTIPLE} (five 2x "
+            f"{owner}: image height and width must be multiples of {SIZE_MULTIPLE} (up to five 2x "
             f"resolution steps), found shape {tuple(shape)}. Crop or pad the slices to a "
             f"multiple of {SIZE_MULTIPLE} (config preprocess.crop_size, e.g. 64 or 224)."
         )

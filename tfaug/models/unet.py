@@ -13,7 +13,7 @@ from tfaug.models.layers import DoubleConv, UpConvBlock, check_spatial_size
 
 @keras.saving.register_keras_serializable(package="tfaug")
 class UNet(keras.Model):
-    """Five-level U-Net that maps an image slice to per-pixel class logits.
+    """U-Net (five levels by default) that maps an image slice to per-pixel class logits.
 
     Encoder: per level two 3x3 conv → BN → ReLU (He-normal init), then a 2x2 max-pool
     between levels. Decoder: bilinear x2 resize, 2x2 conv + BN + ReLU, concatenation with
@@ -23,13 +23,13 @@ class UNet(keras.Model):
     No softmax is applied: apply ``softmax`` over the last axis for probabilities.
 
     Input shape: (B,H,W,1) float32 (intensities normalised to about [0, 1]); H and W
-    multiples of 32 (the U-Net itself halves four times; 32 keeps one slice size valid for
-    S, G and D). The model is fully convolutional: any such H, W works after building.
+    multiples of 32 (an L-level U-Net halves L − 1 ≤ 5 times; 32 keeps one slice size valid
+    for S, G and D). The model is fully convolutional: any such H, W works after building.
     Output shape: (B,H,W,n_classes) float32 logits.
 
     Args:
         n_classes: number of classes including background (≥ 2).
-        filters: filters per level, five values, shallowest first.
+        filters: filters per level, shallowest first; their number L (2 to 6) is the depth.
         bn_momentum: BatchNormalization momentum (0.99 in the paper; lower for short runs).
         bn_epsilon: BatchNormalization epsilon.
     """
@@ -48,10 +48,10 @@ class UNet(keras.Model):
                 f"UNet: n_classes counts the background too and must be >= 2, found {n_classes}."
                 " Pass len(config.data.class_names)."
             )
-        if len(filters) != 5:
+        if not 2 <= len(filters) <= 6:
             raise ValueError(
-                f"UNet: expected five filter counts (one per level), found {list(filters)}. "
-                "Set model.unet_filters to five values, e.g. [16, 32, 64, 128, 256]."
+                f"UNet: expected two to six filter counts (one per level), found {list(filters)}."
+                " Set model.unet_filters to e.g. [16, 32, 64, 128, 256] (five levels)."
             )
         self.n_classes = n_classes
         self.filters = tuple(int(f) for f in filters)
@@ -93,8 +93,9 @@ class UNet(keras.Model):
             training: BatchNormalization mode.
 
         Returns:
-            Five maps, shallowest first: the four skips (B,H/2^l,W/2^l,filters[l]) of levels
-            l = 0..3 and the bottleneck (B,H/16,W/16,filters[4]), in the compute dtype.
+            L maps, shallowest first: the L − 1 skips (B,H/2^l,W/2^l,filters[l]) of levels
+            l = 0..L−2 and the bottleneck (B,H/2^(L−1),W/2^(L−1),filters[L−1]), in the
+            compute dtype.
         """
         check_spatial_size(tuple(inputs.shape), "UNet", require_static=False)
         if not self.built:
@@ -109,7 +110,7 @@ class UNet(keras.Model):
         return features
 
     def decode(self, features: Sequence[Any], training: bool | None = None) -> Any:
-        """Logits (B,H,W,n_classes) float32 from the five maps of :meth:`encode`.
+        """Logits (B,H,W,n_classes) float32 from the L maps of :meth:`encode`.
 
         The maps may be perturbed first (UniMatch's feature perturbation drops channels of
         each); ``call(x)`` is ``decode(encode(x))``.

@@ -358,11 +358,26 @@ def _to_unit(images: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 1.0)
 
 
+def configure_tensorflow(cfg: Config) -> None:
+    """Apply ``cfg``'s process-wide TensorFlow settings; call before building any model.
+
+    - ``train.mixed_precision: true``: the ``mixed_float16`` dtype policy.
+    - ``train.graph_optimization: false``: TensorFlow's graph optimiser (Grappler) off. It
+      spends about 10 s on the first call of every freshly traced step, which a short run
+      (the test suite's, a smoke test) never earns back.
+
+    Settings left at their defaults leave TensorFlow's own untouched.
+    """
+    if cfg.train.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    if not cfg.train.graph_optimization:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
+
 def run_algorithm(
     cfg: Config, run: RunDirectory, *, progress: bool = True, command: list[str] | None = None
 ) -> dict:
     """Run Algorithm 1 for ``cfg`` into ``run``; returns the content of results.json."""
     strategy = make_strategy(cfg.strategy, cfg.train.cpu_replicas)
-    if cfg.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    configure_tensorflow(cfg)
     return Algorithm(cfg, run, progress=progress, strategy=strategy).execute(command)
