@@ -756,6 +756,29 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return config
 
 
+def completed_config(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config (a run's or a search's), completed with today's defaults.
+
+    Keys added to tfaug since it was recorded take their defaults, so a run or search started
+    with an earlier version compares equal to today's same settings. A recorded dict that no
+    longer parses (a key since removed) is returned as it is, so a comparison reports it.
+    """
+    try:
+        return config_from_dict(recorded).to_dict()
+    except ConfigError:
+        return recorded
+
+
+def config_differences(old: object, new: object, prefix: str = "") -> list[str]:
+    """The dotted keys (``train.batch_size``) whose values differ between two config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += config_differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return found
+    return [] if old == new else [prefix.rstrip(".")]
+
+
 def load_config(
     dataset: str = "phantom",
     config_file: str | Path | None = None,

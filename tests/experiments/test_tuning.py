@@ -193,6 +193,23 @@ def test_other_settings_in_the_same_tuner_dir_are_refused(local_search, setup):
         )
 
 
+def test_a_search_recorded_before_a_config_key_existed_resumes(local_search, setup):
+    spec_path = local_search["dirs"].spec
+    spec_text = spec_path.read_text(encoding="utf-8")
+    recorded = yaml.safe_load(spec_text)
+    del recorded["config"]["train"]["budget_marks"]  # as written by a version without the key
+    spec_path.write_text(yaml.safe_dump(recorded, sort_keys=False), encoding="utf-8")
+    kwargs = {"kind": "deformation", "tuner_dir": spec_path.parent, "iterations": ITERATIONS}
+    try:
+        assert run_search(setup["cfg"], max_trials=2, progress=False, **kwargs).trials_run == []
+        changed = copy.deepcopy(setup["cfg"])
+        changed.train.budget_marks = 4
+        with pytest.raises(ConfigError, match=r"differs in config\.train\.budget_marks\)"):
+            run_search(changed, max_trials=2, progress=False, **kwargs)
+    finally:
+        spec_path.write_text(spec_text, encoding="utf-8")
+
+
 def test_a_search_without_validation_is_refused(setup, tmp_path):
     cfg = copy.deepcopy(setup["cfg"])
     cfg.train.model_selection = "last"

@@ -37,7 +37,7 @@ import keras
 import keras_tuner
 import yaml
 
-from tfaug.config import Config, ConfigError
+from tfaug.config import Config, ConfigError, completed_config, config_differences
 from tfaug.io import write_json_atomic, write_text_atomic
 from tfaug.methods import TUNED_METHODS, TUNERS, generator_stage
 from tfaug.runs.algorithm import Algorithm, configure_tensorflow
@@ -420,14 +420,10 @@ def _check_spec(dirs: TunerDirectory, spec: dict[str, Any]) -> None:
     """Record the search's settings, or check them against those recorded."""
     if dirs.spec.is_file():
         recorded = yaml.safe_load(dirs.spec.read_text(encoding="utf-8"))
+        # A search recorded by an earlier tfaug lacks the config keys added since.
+        recorded["config"] = completed_config(recorded.get("config") or {})
         if recorded != spec:
-            changed = [key for key in spec if key != "config" and recorded.get(key) != spec[key]]
-            old_config = recorded.get("config") or {}
-            changed += [
-                f"config.{section}"
-                for section, values in spec["config"].items()
-                if old_config.get(section) != values
-            ]
+            changed = config_differences(recorded, spec)
             raise ConfigError(
                 f"{dirs.spec}: this tuner directory holds a search with other settings "
                 f"(differs in {', '.join(changed)}). Re-run with the same settings to resume "

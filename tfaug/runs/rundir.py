@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from tfaug.config import Config, ConfigError, config_from_dict
+from tfaug.config import Config, completed_config, config_differences
 from tfaug.io import write_text_atomic
 
 
@@ -105,9 +105,9 @@ def open_run_directory(cfg: Config, *, force: bool = False) -> RunDirectory:
             "Pass --force to move it aside and train again."
         )
     if run.config_path.is_file():
-        recorded = _recorded_config(run.config_path)
+        recorded = completed_config(yaml.safe_load(run.config_path.read_text(encoding="utf-8")))
         if recorded != cfg.to_dict():
-            changed = sorted(_differences(recorded, cfg.to_dict()))
+            changed = config_differences(recorded, cfg.to_dict())
             raise RunDirectoryError(
                 f"{run.config_path}: an unfinished run with a different config is here "
                 f"(differs in {', '.join(changed)}). Re-run with the same settings to resume, "
@@ -127,24 +127,3 @@ def _aside_path(path: Path) -> Path:
         number += 1
         aside = path.with_name(f"{stem}-{number}")
     return aside
-
-
-def _recorded_config(path: Path) -> dict:
-    """The config recorded in ``path``, completed with today's defaults for keys added since.
-
-    A key that no longer exists keeps the recorded dict as it is, so the comparison reports it.
-    """
-    recorded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    try:
-        return config_from_dict(recorded).to_dict()
-    except ConfigError:
-        return recorded
-
-
-def _differences(old: object, new: object, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        found = []
-        for key in sorted(set(old) | set(new), key=str):
-            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return found
-    return [] if old == new else [prefix.rstrip(".")]
