@@ -386,6 +386,8 @@ class SslConfig:
             the affine augmentation in every case.
         rampup_iterations: T > 0 ramps the unlabeled terms' weight up over the first T
             steps, exp(−5(1 − t/T)²) (SSL4MIS's sigmoid ramp-up); 0: off (UniMatch).
+        learned_weight: weight of ``unimatch_gdgi``'s learned strong view GI(GV(x_u));
+            ``null``: ``strong_weight``, as each generic strong view.
     """
 
     threshold: float = setting(0.95, read_by=READ_BY_FINAL)
@@ -405,6 +407,7 @@ class SslConfig:
     unlabeled_fraction: float = setting(0.5, read_by=READ_BY_FINAL)
     labeled_augmentation: str = setting("weak", read_by=READ_BY_FINAL)
     rampup_iterations: int = setting(0, read_by=READ_BY_FINAL)
+    learned_weight: float | None = setting(None, read_by=READ_BY_FINAL)
 
 
 @dataclass

@@ -23,15 +23,18 @@ GENERATOR_METHODS: dict[str, tuple[str, ...]] = {
     "gi": ("intensity",),
     "gdgi": ("deformation", "intensity"),
     "gdgi_mixup": ("deformation", "intensity"),
+    "unimatch_gdgi": ("deformation", "intensity"),  # frozen GV, GI: a learned strong view
 }
 # Semi-supervised comparisons that train S their own way (tfaug.baselines), not through
 # an augmentation layer in the segmenter stage.
 ADVERSARIAL_LEVELS = {"adv_pixel": "pixel", "adv_image": "image"}
-# Weak-to-strong consistency on the unlabeled slices: UniMatch (Yang et al. 2023) and its
-# ablation with one strong view and no feature-perturbation stream, FixMatch-style.
-CONSISTENCY_METHODS = ("fixmatch", "unimatch")
+# Weak-to-strong consistency on the unlabeled slices: UniMatch (Yang et al. 2023), its
+# ablation with one strong view and no feature-perturbation stream, FixMatch-style, and
+# UniMatch with a learned strong view GI(GV(x_u)) from the frozen generators.
+CONSISTENCY_METHODS = ("fixmatch", "unimatch", "unimatch_gdgi")
 COMPARISON_METHODS = ("self_training", *ADVERSARIAL_LEVELS, *CONSISTENCY_METHODS)
-METHODS = (*RANDOM_METHODS, *GENERATOR_METHODS, *COMPARISON_METHODS)
+_AUGMENTATION_METHODS = tuple(m for m in GENERATOR_METHODS if m not in COMPARISON_METHODS)
+METHODS = (*RANDOM_METHODS, *_AUGMENTATION_METHODS, *COMPARISON_METHODS)
 DEFAULT_METHOD = "gdgi"
 # The method each generator kind is tuned with (`tfaug tune --generator`).
 TUNED_METHODS = {"deformation": "gd", "intensity": "gi"}
@@ -101,6 +104,7 @@ SUBSTREAM = {
     "feature_dropout": 5,  # unimatch's channel dropout of the encoder features
     "ssl_labeled": 6,  # the consistency methods' labeled augmentation (ssl.labeled_augmentation)
     "random_after_affine": 2,  # RD+RI after the affine augmentation in that one layer (rdri)
+    "learned_view": 7,  # the z of unimatch_gdgi's learned strong view
 }
 
 

@@ -10,16 +10,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tiny import SIDE, build_tiny_unet, tiny_config
+from tiny import GENERATOR_FILTERS, SIDE, build_tiny_unet, tiny_config
 
 from tfaug.baselines.comparisons import build_consistency_model, consistency_batch_sizes
 from tfaug.baselines.consistency import ConsistencyModel, confident_pseudo_labels
 from tfaug.data.pipeline import labeled_dataset, unlabeled_dataset
 from tfaug.deploy.export import export_run
 from tfaug.methods import METHODS, final_stage
+from tfaug.models.generator import Generator
 from tfaug.ops.augment import RandomAffine
 from tfaug.ops.cutmix import CutMixBoxes
-from tfaug.ops.generated import ChainAugmentation
+from tfaug.ops.generated import ChainAugmentation, GeneratedAugmentation
 from tfaug.ops.heavy import HeavyAugmentation, HeavyIntensity
 from tfaug.runs.algorithm import Algorithm
 from tfaug.runs.rundir import open_run_directory
@@ -144,6 +145,56 @@ def test_cutmix_mixes_images_and_pseudo_labels_with_the_same_boxes():
     assert not np.array_equal(boxes[0], boxes[1])  # each view draws its own boxes
 
 
+def _learned(strength: float = 5.0) -> GeneratedAugmentation:
+    """GI(GV(x)) from untrained tiny generators, their fields scaled up to be visible."""
+    generators = [
+        Generator(kind, filters=GENERATOR_FILTERS, image_filters=4, z_dim=8)
+        for kind in ("deformation", "intensity")
+    ]
+    for generator in generators:
+        generator.build(((None, SIDE, SIDE, 1), (None, 8)))
+        generator.trainable = False  # frozen, as the method uses them
+    return GeneratedAugmentation(
+        *generators, z_dim=8, seed=9, composition="chain", strength=(strength, strength)
+    )
+
+
+def test_learned_view_warps_the_pseudo_labels_by_exactly_the_field_applied_to_the_image():
+    learned = _learned()
+    learned.intensity = None  # GV alone: the image is only warped, so it can be compared
+    model = _model(learned=learned, threshold=0.95)
+    x, y = _discs(2)
+    disc = tf.cast(y, tf.float32)
+    x_u = disc[..., None]  # the image is the foreground mask itself
+    pseudo_labels = tf.one_hot(y, N_CLASSES)
+    confidence = 0.5 + 0.5 * disc  # certain inside the disc, 0.5 outside
+    images, labels, kept = model.learned_view(x_u, pseudo_labels, confidence)
+    images, labels, kept = (np.asarray(t) for t in (images, labels, kept))
+    assert np.abs(images - np.asarray(x_u)).max() > 0.5  # the field moved the disc's edge
+    np.testing.assert_allclose(labels[..., 1], images[..., 0], atol=1e-5)  # the same warp
+    np.testing.assert_allclose(labels.sum(axis=-1), 1.0, atol=1e-5)  # still a soft label map
+    # The confidence is warped alike and checked again: edge pixels fall below 0.95.
+    np.testing.assert_array_equal(kept, (0.5 + 0.5 * images[..., 0] >= 0.95).astype(np.float32))
+    assert 0 < kept.sum() < (confidence.numpy() >= 0.95).sum()
+
+
+def test_learned_view_loss_reaches_s_only_and_is_tracked():
+    learned = _learned()
+    model = _model(learned=learned)
+    assert "learned_loss" in model.tracker_names and model.learned_weight == model.strong_weight
+    (x_l, y_l), x_u = _batch()
+    x_l, y_onehot, x_u = model.weak_views(x_l, y_l, x_u)
+    strong, boxes = model.strong_batch(x_u)
+    with tf.GradientTape(persistent=True) as tape:
+        losses = model.compute_losses(x_l, y_onehot, x_u, strong, boxes)
+    gradients = tape.gradient(losses["learned_loss"], model.segmenter.trainable_weights)
+    assert any(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in gradients)
+    frozen = learned.deformation.weights + learned.intensity.weights
+    assert all(g is None for g in tape.gradient(losses["total_loss"], frozen))
+    values = _step(model, _batch())
+    assert 0.0 <= values["learned_kept_fraction"] <= 1.0 and np.isfinite(values["learned_loss"])
+
+
 def test_feature_dropout_acts_only_on_the_perturbed_stream():
     model = _model(feature_dropout=0.5)
     x, _ = _discs()
@@ -234,6 +285,12 @@ def test_config_round_trip_and_bad_arguments():
     clone = ConsistencyModel.from_config(config)
     assert clone.get_config() == config
     assert isinstance(clone.strong, HeavyIntensity) and isinstance(clone.cutmix, CutMixBoxes)
+    with_learned = _model(learned=_learned(), learned_weight=0.3).get_config()
+    clone = ConsistencyModel.from_config(with_learned)
+    assert clone.learned_weight == 0.3 and clone.learned.composition == "chain"
+    assert isinstance(clone.learned.deformation, Generator) and clone.learned.intensity.kind == (
+        "intensity"
+    )
     defaults = ConsistencyModel(build_tiny_unet(), n_classes=2, class_weights=[0.5, 0.5])
     assert defaults.get_config()["threshold"] == 0.95 and defaults.strong_views == 2
     with pytest.raises(ValueError, match="threshold must be in .*feature_dropout must be in"):
@@ -312,6 +369,15 @@ def test_the_config_builds_each_method(tmp_path):
     assert (fixmatch.strong_views, fixmatch.strong_weight, fixmatch.feature_weight) == (
         1, 0.5, 0.0,
     )  # fmt: skip
+    cfg.method, cfg.ssl.learned_weight = "unimatch_gdgi", 0.2
+    learned = _learned(strength=1.0)
+    generators = {"deformation": learned.deformation, "intensity": learned.intensity}
+    with_view = build_consistency_model(cfg, build_tiny_unet(4), seed=1, generators=generators)
+    assert (with_view.strong_views, with_view.feature_weight, with_view.learned_weight) == (
+        2, 0.25, 0.2,
+    )  # fmt: skip
+    assert with_view.learned.composition == "chain"
+    assert with_view.learned.deformation is learned.deformation
     cfg.ssl.unlabeled_fraction = 0.05
     with pytest.raises(ValueError, match="ssl.unlabeled_fraction"):
         consistency_batch_sizes(cfg)
@@ -354,7 +420,7 @@ def test_step_compiles_with_xla_and_traces_once_in_run_stage(tiny_cache, tmp_pat
 # ----------------------------------------------------------------------- whole runs
 
 
-@pytest.fixture(scope="module", params=["fixmatch", "unimatch"])
+@pytest.fixture(scope="module", params=["fixmatch", "unimatch", "unimatch_gdgi"])
 def consistency_run(request, tiny_cache, tmp_path_factory):
     """A finished tiny run of each consistency method through Algorithm."""
     cfg, _ = tiny_cache
@@ -367,7 +433,9 @@ def consistency_run(request, tiny_cache, tmp_path_factory):
 def test_consistency_methods_run_export_and_resume(consistency_run, tmp_path):
     cfg, run, results = consistency_run
     assert cfg.method in METHODS and final_stage(cfg.method, 3) == "consistency"
-    assert list(results["stages"]) == ["consistency"]
+    learned = cfg.method == "unimatch_gdgi"
+    generator_stages = ["pretrain", "generator_deformation", "generator_intensity"]
+    assert list(results["stages"]) == [*(generator_stages if learned else []), "consistency"]
     assert json.loads(run.results_path.read_text(encoding="utf-8"))["method"] == cfg.method
     assert results["stages"]["consistency"]["iterations"] == cfg.train.segmenter_iterations
     assert results["summary"]["mean_dice"]["n"] == 2
@@ -379,10 +447,12 @@ def test_consistency_methods_run_export_and_resume(consistency_run, tmp_path):
         for line in (stage / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     ]
     assert {"kept_fraction", "confidence", "strong_loss", "seg_loss"} <= set(rows[-1])
-    assert ("fp_loss" in rows[-1]) == (cfg.method == "unimatch")
+    assert ("fp_loss" in rows[-1]) == (cfg.method != "fixmatch")
+    assert ("learned_kept_fraction" in rows[-1]) == learned
 
     exported = export_run(run.path, tmp_path / "export", formats=("savedmodel",))
-    assert list(exported["models"]) == ["segmenter"]
+    generators = ["generator_deformation", "generator_intensity", "augmenter"]  # and their chain
+    assert list(exported["models"]) == ["segmenter", *(generators if learned else [])]
     assert exported["run"]["method"] == cfg.method
 
     # A finished stage is skipped: re-running trains nothing and keeps the same S.
@@ -397,3 +467,4 @@ def test_every_methods_final_stage():
     assert final_stage("self_training", 2) == "self_training_round2"
     assert final_stage("adv_pixel", 3) == final_stage("adv_image", 3) == "adversarial"
     assert final_stage("fixmatch", 3) == final_stage("unimatch", 3) == "consistency"
+    assert final_stage("unimatch_gdgi", 3) == "consistency"

@@ -45,6 +45,7 @@ from tfaug.methods import (
     SUBSTREAM,
     self_training_stage,
 )
+from tfaug.ops.generated import GeneratedAugmentation
 from tfaug.training.builders import (
     build_adam,
     build_affine,
@@ -60,10 +61,13 @@ from tfaug.training.segmenter import SegmenterModel
 from tfaug.training.stage import StageContext
 
 
-def train_comparison(context: StageContext) -> keras.Model:
+def train_comparison(
+    context: StageContext, generators: dict[str, keras.Model] | None = None
+) -> keras.Model:
     """Run the stages of ``context.cfg.method`` (a comparison method); returns the kept S.
 
     Each finished stage's :class:`StageResult` is recorded in ``context.results``.
+    ``generators``: the frozen GV and GI of ``unimatch_gdgi`` (its learned strong view).
 
     Raises:
         ValueError: the method is not one of :data:`tfaug.methods.COMPARISON_METHODS`.
@@ -74,7 +78,7 @@ def train_comparison(context: StageContext) -> keras.Model:
     if method in ADVERSARIAL_LEVELS:
         return _adversarial(context, ADVERSARIAL_LEVELS[method])
     if method in CONSISTENCY_METHODS:
-        return _consistency(context)
+        return _consistency(context, generators or {})
     raise ValueError(
         f"train_comparison: {method!r} is not a comparison method; choose self_training, "
         "adv_pixel, adv_image, fixmatch or unimatch."
@@ -171,12 +175,12 @@ def _adversarial(context: StageContext, level: str) -> keras.Model:
     return segmenter
 
 
-def _consistency(context: StageContext) -> keras.Model:
+def _consistency(context: StageContext, generators: dict[str, keras.Model]) -> keras.Model:
     cfg = context.cfg
     seed = context.seed(STAGE_SEED_OFFSETS[CONSISTENCY_STAGE])
     keras.utils.set_random_seed(seed)
     segmenter = build_segmenter(cfg)
-    model = build_consistency_model(cfg, segmenter, seed)
+    model = build_consistency_model(cfg, segmenter, seed, generators)
     n_labeled, n_unlabeled = consistency_batch_sizes(cfg)
     _run(
         context,
@@ -189,18 +193,36 @@ def _consistency(context: StageContext) -> keras.Model:
     return segmenter
 
 
-def build_consistency_model(cfg: Config, segmenter: keras.Model, seed: int) -> ConsistencyModel:
-    """The compiled :class:`ConsistencyModel` of ``cfg.method`` (``fixmatch``/``unimatch``).
+def build_consistency_model(
+    cfg: Config,
+    segmenter: keras.Model,
+    seed: int,
+    generators: dict[str, keras.Model] | None = None,
+) -> ConsistencyModel:
+    """The compiled :class:`ConsistencyModel` of ``cfg.method`` (a consistency method).
 
     The weak view is the labeled branch's augmentation (``build_labeled_augmentation``: the
     random affine one); the strong views are ``cfg.strong``'s intensity perturbation and
     ``cfg.ssl``'s CutMix, each drawing from its own substream of ``seed``. ``unimatch``: two
     strong views, each of weight ``ssl.strong_weight``, and the feature-perturbation stream
     (``ssl.feature_weight``); ``fixmatch``: one strong view of weight
-    ``ssl.fixmatch_strong_weight`` and no stream. Adam at ``train.learning_rate``.
+    ``ssl.fixmatch_strong_weight`` and no stream. ``unimatch_gdgi``: ``unimatch`` plus the
+    learned strong view GI(GV(x_u)) of the frozen ``generators`` (``composition="chain"``,
+    ``augment.generated_strength``), of weight ``ssl.learned_weight``. Adam at
+    ``train.learning_rate``.
     """
     ssl = cfg.ssl
-    unimatch = cfg.method == "unimatch"
+    unimatch = cfg.method in ("unimatch", "unimatch_gdgi")
+    learned = None
+    if cfg.method == "unimatch_gdgi":
+        learned = GeneratedAugmentation(
+            deformation=(generators or {}).get("deformation"),
+            intensity=(generators or {}).get("intensity"),
+            z_dim=cfg.model.z_dim,
+            seed=seed + SUBSTREAM["learned_view"],
+            composition="chain",
+            strength=tuple(cfg.augment.generated_strength),
+        )
     model = ConsistencyModel(
         segmenter,
         n_classes=cfg.data.n_classes,
@@ -209,6 +231,8 @@ def build_consistency_model(cfg: Config, segmenter: keras.Model, seed: int) -> C
         labeled=build_ssl_labeled_augmentation(cfg, seed + SUBSTREAM["ssl_labeled"]),
         strong=build_strong(cfg, seed + SUBSTREAM["strong_views"]),
         cutmix=build_cutmix(cfg, seed + SUBSTREAM["cutmix"]),
+        learned=learned,
+        learned_weight=ssl.learned_weight,
         threshold=ssl.threshold,
         strong_views=2 if unimatch else 1,
         feature_dropout=ssl.feature_dropout,

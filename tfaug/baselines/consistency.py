@@ -77,12 +77,17 @@ class ConsistencyModel(keras.Model):
        c. the teacher: :func:`confident_pseudo_labels` of the unlabeled rows' clean logits
           (no gradient); ``confidence`` and ``kept_fraction`` are its mean maximum
           probability and the share of pixels at least ``threshold``;
-       d. the strong pass: S on the V strong views in one batch (training mode); per view,
-          the pseudo-labels and confidences mixed with that view's boxes, ``strong_loss_v``
-          = ``unlabeled_loss`` on the pixels whose (mixed) confidence >= ``threshold``;
-       e. ``fp_loss`` (``unimatch``): the same loss of the perturbed stream against the
+       d. with ``learned``, the learned strong view (:meth:`learned_view`): the weak x_u
+          transformed by ``learned``, with the pseudo-labels and confidence warped alike
+          and the confidence re-checked against ``threshold``;
+       e. the strong pass: S on the V strong views (and the learned view) in one batch
+          (training mode); per view, the pseudo-labels and confidences mixed with that
+          view's boxes, ``strong_loss_v`` = ``unlabeled_loss`` on the pixels whose (mixed)
+          confidence >= ``threshold``; ``learned_loss`` the same on the learned view;
+       f. ``fp_loss`` (``unimatch``): the same loss of the perturbed stream against the
           unmixed pseudo-labels;
-       f. total = supervised_weight·seg + r·(strong_weight·Σ_v strong_v + feature_weight·fp),
+       g. total = supervised_weight·seg + r·(strong_weight·Σ_v strong_v + feature_weight·fp
+          + learned_weight·learned),
           r = 1, or with ``rampup_iterations`` = T > 0 the ramp-up r = exp(−5(1 − t/T)²) for
           the t < T updates made so far (``unlabeled_ramp``);
        Every term reaches S's weights (through the labeled rows, the strong views and the
@@ -102,6 +107,11 @@ class ConsistencyModel(keras.Model):
         strong: an images-only layer applied to the weak unlabeled view for each strong view
             (e.g. :class:`tfaug.ops.heavy.HeavyIntensity`); ``None``: no perturbation.
         cutmix: a :class:`tfaug.ops.cutmix.CutMixBoxes`; ``None``: no CutMix.
+        learned: a ``{"images", "segmentation_masks"}`` layer that transforms an image and a
+            soft label map alike, the learned strong view (e.g.
+            :class:`tfaug.ops.generated.GeneratedAugmentation` of frozen GV and GI with
+            ``composition="chain"``: GI(GV(x_u))); ``None``: none.
+        learned_weight: weight of ``learned_loss``; ``None``: ``strong_weight``.
         threshold: confidence threshold of a kept pixel, in [0, 1] (UniMatch: 0.95).
         strong_views: V >= 1 (``unimatch``: 2, ``fixmatch``: 1).
         feature_dropout: channel dropout rate of the perturbed stream, in [0, 1) (0.5).
@@ -140,6 +150,8 @@ class ConsistencyModel(keras.Model):
         labeled: keras.layers.Layer | None = None,
         strong: keras.layers.Layer | None = None,
         cutmix: keras.layers.Layer | None = None,
+        learned: keras.layers.Layer | None = None,
+        learned_weight: float | None = None,
         threshold: float = 0.95,
         strong_views: int = 2,
         feature_dropout: float = 0.5,
@@ -159,7 +171,7 @@ class ConsistencyModel(keras.Model):
             threshold=threshold,
             strong_views=strong_views,
             feature_dropout=feature_dropout,
-            weights=(supervised_weight, strong_weight, feature_weight),
+            weights=(supervised_weight, strong_weight, feature_weight, learned_weight or 0.0),
             supervised_loss=supervised_loss,
             unlabeled_loss=unlabeled_loss,
             rampup_iterations=rampup_iterations,
@@ -169,6 +181,8 @@ class ConsistencyModel(keras.Model):
         self.labeled = labeled
         self.strong = strong
         self.cutmix = cutmix
+        self.learned = learned
+        self.learned_weight = float(strong_weight if learned_weight is None else learned_weight)
         self.n_classes = int(n_classes)
         self.class_weights = tuple(float(w) for w in class_weights)
         self.threshold = float(threshold)
@@ -197,10 +211,12 @@ class ConsistencyModel(keras.Model):
         when there are several, fp_loss (with the perturbed stream), total_loss, confidence,
         kept_fraction, teacher_class_<c> for each foreground class c: the share of the
         unlabeled pixels whose pseudo-label is c (a teacher drifting to one class shows
-        there first), and unlabeled_ramp (with a ramp-up)."""
+        there first), unlabeled_ramp (with a ramp-up), and with a learned view its loss and
+        the share of its pixels kept after the warp (learned_loss, learned_kept_fraction)."""
         views = [f"strong_loss_{v}" for v in range(1, self.strong_views + 1)]
         names = ["seg_loss", "strong_loss", *(views if len(views) > 1 else [])]
         names += ["fp_loss"] if self.perturbs_features else []
+        names += ["learned_loss", "learned_kept_fraction"] if self.learned is not None else []
         shares = [f"teacher_class_{c}" for c in range(1, self.n_classes)]
         ramp = ["unlabeled_ramp"] if self.rampup_iterations > 0 else []
         return (*names, "total_loss", "confidence", "kept_fraction", *shares, *ramp)
@@ -331,6 +347,31 @@ class ConsistencyModel(keras.Model):
         labels, confidence = mix_boxes(boxes, [pseudo_labels, confidence])
         return labels, tf.cast(confidence >= self.threshold, tf.float32)
 
+    def learned_view(
+        self, x_u: tf.Tensor, pseudo_labels: tf.Tensor, confidence: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Step 3d': the learned strong view of the weak unlabeled images and its targets.
+
+        ``learned`` transforms the images and, as a soft label map, the teacher's one-hot
+        pseudo-labels and confidence stacked together, so both are warped by exactly the
+        field applied to the image (an intensity change leaves them as they are).
+
+        Args:
+            x_u: (B_u,H,W,1) the weak unlabeled view.
+            pseudo_labels: (B_u,H,W,C) one-hot, no gradient. confidence: (B_u,H,W) float32.
+
+        Returns:
+            ``(images (B_u,H,W,1), labels (B_u,H,W,C) soft, kept (B_u,H,W) float32)``: kept
+            where the warped confidence is still >= ``threshold``. No gradient flows into
+            any of them.
+        """
+        targets = tf.concat([pseudo_labels, confidence[..., None]], axis=-1)
+        view = self.learned({IMAGES: x_u, MASKS: targets}, training=True)
+        images = tf.stop_gradient(tf.cast(view[IMAGES], x_u.dtype))
+        warped = tf.stop_gradient(tf.cast(view[MASKS], tf.float32))
+        kept = tf.cast(warped[..., -1] >= self.threshold, tf.float32)
+        return images, warped[..., :-1], kept
+
     # ----------------------------------------------------------------------- the losses
 
     def labeled_loss(self, y_onehot: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -384,9 +425,21 @@ class ConsistencyModel(keras.Model):
         clean, perturbed = self.weak_pass(tf.concat([x_l, x_u], axis=0), n_labeled)
         losses = {"seg_loss": self.labeled_loss(y_onehot, clean[:n_labeled])}
         pseudo_labels, confidence, kept = confident_pseudo_labels(clean[n_labeled:], self.threshold)
+        views = list(strong)
+        if self.learned is not None:
+            learned_image, learned_labels, learned_kept = self.learned_view(
+                x_u, pseudo_labels, confidence
+            )
+            views.append(learned_image)
         strong_logits = tf.split(
-            self.segmenter(tf.concat(list(strong), axis=0), training=True), len(strong)
+            self.segmenter(tf.concat(views, axis=0), training=True), len(views)
         )
+        if self.learned is not None:
+            learned_logits = strong_logits.pop()
+            losses["learned_loss"] = self.consistency_loss(
+                learned_labels, learned_kept, learned_logits
+            )
+            losses["learned_kept_fraction"] = tf.reduce_mean(learned_kept)
         view_losses = []
         for logits, box in zip(strong_logits, boxes, strict=True):
             labels, view_kept = self.view_targets(pseudo_labels, confidence, box)
@@ -395,6 +448,8 @@ class ConsistencyModel(keras.Model):
         if len(view_losses) > 1:
             losses.update({f"strong_loss_{v}": loss for v, loss in enumerate(view_losses, 1)})
         unlabeled = self.strong_weight * tf.add_n(view_losses)
+        if self.learned is not None:
+            unlabeled += self.learned_weight * losses["learned_loss"]
         if perturbed is not None:
             losses["fp_loss"] = self.consistency_loss(pseudo_labels, kept, perturbed)
             unlabeled += self.feature_weight * losses["fp_loss"]
@@ -457,6 +512,8 @@ class ConsistencyModel(keras.Model):
             labeled=keras.saving.serialize_keras_object(self.labeled),
             strong=keras.saving.serialize_keras_object(self.strong),
             cutmix=keras.saving.serialize_keras_object(self.cutmix),
+            learned=keras.saving.serialize_keras_object(self.learned),
+            learned_weight=self.learned_weight,
             n_classes=self.n_classes,
             class_weights=list(self.class_weights),
             threshold=self.threshold,
@@ -475,7 +532,7 @@ class ConsistencyModel(keras.Model):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ConsistencyModel:
         config = dict(config)
-        for key in ("segmenter", "weak", "labeled", "strong", "cutmix"):
+        for key in ("segmenter", "weak", "labeled", "strong", "cutmix", "learned"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
 

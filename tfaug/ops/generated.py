@@ -160,11 +160,21 @@ class GeneratedAugmentation(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
+            "deformation": keras.saving.serialize_keras_object(self.deformation),
+            "intensity": keras.saving.serialize_keras_object(self.intensity),
             "z_dim": self.z_dim,
             "seed": self.seed,
             "composition": self.composition,
             "strength": list(self.strength),
         }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> GeneratedAugmentation:
+        """The layer with its generators rebuilt from their configs (weights not included)."""
+        config = dict(config)
+        for key in ("deformation", "intensity"):
+            config[key] = keras.saving.deserialize_keras_object(config.get(key))
+        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="tfaug")

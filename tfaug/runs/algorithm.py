@@ -295,7 +295,8 @@ class Algorithm:
         with self.strategy.scope():
             generators = self.train_generators(GENERATOR_METHODS.get(self.cfg.method, ()))
             if self.cfg.method in COMPARISON_METHODS:
-                segmenter = train_comparison(self.context)  # self_training, adv_*
+                # self_training, adv_*, the consistency methods (unimatch_gdgi's generators)
+                segmenter = train_comparison(self.context, generators)
             else:
                 segmenter = self.train_segmenter(generators)
         if not is_chief(self.strategy):
