@@ -426,6 +426,7 @@ def consistency_run(request, tiny_cache, tmp_path_factory):
     cfg, _ = tiny_cache
     cfg = tiny_config(cfg.data.cache_dir, tmp_path_factory.mktemp("ssl-runs"), request.param)
     cfg.ssl.threshold = 0.5  # the tiny run's S is far from confident
+    cfg.train.generator_iterations = cfg.train.validate_every  # unimatch_gdgi: short G stages
     run = open_run_directory(cfg)
     return cfg, run, Algorithm(cfg, run, progress=False).execute(command=["test"])
 
