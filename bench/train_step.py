@@ -68,13 +68,15 @@ from tfaug.training.segmenter import SegmenterModel  # noqa: E402
 
 CONFIGS = {"phantom": "phantom", "paper": "acdc"}  # bench name → configs/<dataset>.yaml
 GENERATOR_KINDS = {"GV": "deformation", "GI": "intensity"}  # joint step → generator kind
-CONSISTENCY_METHODS = {"UM": "unimatch", "FM": "fixmatch"}  # consistency step → cfg.method
+# consistency step → cfg.method
+CONSISTENCY_METHODS = {"UM": "unimatch", "FM": "fixmatch", "UMG": "unimatch_gdgi"}
 STEP_NAMES = {
     "S": "S",
     "GV": "joint (S, GV, DV)",
     "GI": "joint (S, GI, DI)",
     "UM": "unimatch",
     "FM": "fixmatch",
+    "UMG": "unimatch_gdgi",
 }
 STEPS = tuple(STEP_NAMES)
 MODES = {"eager": None, "tf.function": False, "xla": True}  # mode → jit_compile
@@ -105,7 +107,8 @@ def build_step(cfg: Config, step: str) -> tuple[keras.Model, int]:
       update, B_u = B here (:func:`build_joint_step`);
     - ``UM``/``FM``: S's encoder and decoder on B_l + B_u rows, the decoder again on the B_u
       feature-perturbed rows (UM only), then S on V·B_u strong rows, V = 2 (UM) or 1 (FM);
-      B_l + B_u = B (:func:`build_consistency_step`).
+      B_l + B_u = B; ``UMG`` as UM, plus S on the B_u learned-view rows and, forward only
+      (frozen, no training factor), GV and GI on the B_u rows (:func:`build_consistency_step`).
 
     Every row is counted with the training factor, including those whose output gets no
     gradient (the teacher rows of the consistency steps): they are rows of the same
@@ -167,17 +170,24 @@ def build_consistency_step(cfg: Config, method: str) -> tuple[keras.Model, int]:
     ``cfg`` is not changed: the model is built from a copy whose ``method`` is ``method``.
     FLOPs: 3 · ((B_l + B_u)·(E + D) + [stream]·B_u·D + V·B_u·(E + D)), with E and D the
     forward FLOPs per slice of S's encoder and decoder (:func:`segmenter_flops`), V the
-    strong views and [stream] 1 with the feature-perturbation stream (``unimatch``), else 0.
+    strong views and [stream] 1 with the feature-perturbation stream (``unimatch``), else 0;
+    ``unimatch_gdgi`` adds 3 · B_u·(E + D) for its learned view and B_u·(GV + GI) for the
+    frozen (untrained here) generators that make it.
     """
     cfg = dataclasses.replace(cfg, method=method)
     segmenter = build_segmenter(cfg)
-    model = build_consistency_model(cfg, segmenter, SEED)
+    generators = {}
+    if method == "unimatch_gdgi":
+        generators = {kind: build_generator(cfg, kind) for kind in ("deformation", "intensity")}
+    model = build_consistency_model(cfg, segmenter, SEED, generators)
     n_labeled, n_unlabeled = consistency_batch_sizes(cfg)
     encoder, decoder = segmenter_flops(segmenter)
     weak = (n_labeled + n_unlabeled) * (encoder + decoder)
     perturbed = n_unlabeled * decoder if model.perturbs_features else 0
-    strong = model.strong_views * n_unlabeled * (encoder + decoder)
-    return model, TRAINING_FACTOR * (weak + perturbed + strong)
+    views = model.strong_views + (model.learned is not None)
+    strong = views * n_unlabeled * (encoder + decoder)
+    frozen = n_unlabeled * sum(model_flops(generator) for generator in generators.values())
+    return model, TRAINING_FACTOR * (weak + perturbed + strong) + frozen
 
 
 def segmenter_flops(segmenter: UNet) -> tuple[int, int]:

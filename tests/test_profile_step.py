@@ -26,6 +26,7 @@ from tfaug.training.loop import compile_train_step
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import profile_step  # noqa: E402
+from flops import model_flops  # noqa: E402
 from profile_step import (  # noqa: E402
     CATEGORIES,
     IDLE,
@@ -172,7 +173,7 @@ def test_missing_trace_names_the_folder(tmp_path):
         profile_step.load_xspace(tmp_path)
 
 
-@pytest.mark.parametrize("step", ["UM", "FM"])
+@pytest.mark.parametrize("step", ["UM", "FM", "UMG"])
 def test_consistency_step_builds_runs_and_counts_its_passes(step):
     cfg = load_config("phantom", overrides=tiny_overrides())
     model, flops = build_step(cfg, step)
@@ -184,16 +185,21 @@ def test_consistency_step_builds_runs_and_counts_its_passes(step):
 
     result = compile_train_step(model, jit_compile=False)(batch)
     assert np.isfinite(float(result["total_loss"]))
-    unimatch = step == "UM"
+    unimatch, learned = step in ("UM", "UMG"), step == "UMG"
     assert model.strong_views == (2 if unimatch else 1)
     assert ("fp_loss" in result) == unimatch
+    assert ("learned_loss" in result) == learned
 
     # 3 × forward: S on B_l + B_u weak rows and V·B_u strong rows, the decoder on B_u more.
     encoder, decoder = segmenter_flops(model.segmenter)
     assert encoder > 0 and decoder > 0
-    s_rows = n_labeled + n_unlabeled + model.strong_views * n_unlabeled
+    s_rows = n_labeled + n_unlabeled + (model.strong_views + learned) * n_unlabeled
     decoder_rows = n_unlabeled if unimatch else 0
-    assert flops == 3 * (s_rows * (encoder + decoder) + decoder_rows * decoder)
+    # UMG: GV and GI forward only (frozen) on the B_u rows they transform.
+    generators = (model.learned.deformation, model.learned.intensity) if learned else ()
+    frozen = n_unlabeled * sum(model_flops(generator) for generator in generators)
+    assert flops == 3 * (s_rows * (encoder + decoder) + decoder_rows * decoder) + frozen
+    assert not learned or frozen > 0
 
 
 def test_unimatch_ratios_divide_by_the_rows_present():
