@@ -45,12 +45,12 @@ from tfaug.methods import (
     SUBSTREAM,
     self_training_stage,
 )
-from tfaug.ops.generated import GeneratedAugmentation
 from tfaug.training.builders import (
     build_adam,
     build_affine,
     build_comparison_discriminator,
     build_cutmix,
+    build_generated_augmentation,
     build_labeled_augmentation,
     build_segmenter,
     build_ssl_labeled_augmentation,
@@ -215,13 +215,8 @@ def build_consistency_model(
     unimatch = cfg.method in ("unimatch", "unimatch_gdgi")
     learned = None
     if cfg.method == "unimatch_gdgi":
-        learned = GeneratedAugmentation(
-            deformation=(generators or {}).get("deformation"),
-            intensity=(generators or {}).get("intensity"),
-            z_dim=cfg.model.z_dim,
-            seed=seed + SUBSTREAM["learned_view"],
-            composition="chain",
-            strength=tuple(cfg.augment.generated_strength),
+        learned = build_generated_augmentation(
+            cfg, generators or {}, seed + SUBSTREAM["learned_view"], composition="chain"
         )
     model = ConsistencyModel(
         segmenter,

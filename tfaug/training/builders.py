@@ -251,14 +251,7 @@ def build_method_augmentation(
     if method == "mixup":
         return Mixup(alpha=aug.mixup_alpha, seed=seed)
     if method in GENERATOR_METHODS:
-        generated = GeneratedAugmentation(
-            deformation=generators.get("deformation"),
-            intensity=generators.get("intensity"),
-            z_dim=cfg.model.z_dim,
-            seed=seed,
-            composition=aug.generated_composition,
-            strength=tuple(aug.generated_strength),
-        )
+        generated = build_generated_augmentation(cfg, generators, seed, aug.generated_composition)
         stages = [elastic, intensity, generated] if aug.generated_after_random else [generated]
         if method == "gdgi_mixup":
             stages.append(
@@ -266,6 +259,21 @@ def build_method_augmentation(
             )
         return stages[0] if len(stages) == 1 else ChainAugmentation(stages)
     raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def build_generated_augmentation(
+    cfg: Config, generators: dict[str, keras.Model], seed: int, composition: str
+) -> GeneratedAugmentation:
+    """The layer that draws transformations from the frozen ``generators`` (by kind), with
+    ``cfg``'s z size and ``augment.generated_strength``, combined by ``composition``."""
+    return GeneratedAugmentation(
+        deformation=generators.get("deformation"),
+        intensity=generators.get("intensity"),
+        z_dim=cfg.model.z_dim,
+        seed=seed,
+        composition=composition,
+        strength=tuple(cfg.augment.generated_strength),
+    )
 
 
 # -- training models ----------------------------------------------------------------------
