@@ -12,7 +12,7 @@ from tiny import GENERATOR_FILTERS, SIDE, tiny_config
 from tfaug.methods import COMPARISON_METHODS, GENERATOR_METHODS, METHODS
 from tfaug.models.generator import Generator
 from tfaug.ops.augment import RandomAffine
-from tfaug.ops.generated import ChainAugmentation, GeneratedAugmentation
+from tfaug.ops.generated import ChainAugmentation, GeneratedAugmentation, SecondHalfAugmentation
 from tfaug.ops.heavy import HeavyAugmentation
 from tfaug.training.builders import (
     build_generator,
@@ -141,6 +141,20 @@ def test_chain_applies_its_stages_in_order():
 
     np.testing.assert_allclose(out["images"], (inputs["images"] * 2 + 1) * 3 + 1)
     np.testing.assert_array_equal(out["segmentation_masks"], inputs["segmentation_masks"])
+
+
+@pytest.mark.parametrize("rows", [1, 4, 5])
+def test_second_half_transforms_the_last_rows_only(rows):
+    inputs = _pairs(rows)
+    out = SecondHalfAugmentation(_Scale(2.0))(inputs, training=True)
+    images, half = np.asarray(inputs["images"]), rows // 2
+    np.testing.assert_allclose(out["images"][:half], images[:half])
+    np.testing.assert_allclose(out["images"][half:], images[half:] * 2 + 1)
+    np.testing.assert_array_equal(out["segmentation_masks"], inputs["segmentation_masks"])
+    clone = SecondHalfAugmentation.from_config(
+        SecondHalfAugmentation(RandomAffine(seed=3)).get_config()
+    )
+    assert isinstance(clone.layer, RandomAffine) and clone.layer.seed == 3
 
 
 def test_generator_bounds_come_from_the_config_in_physical_units(tmp_path):

@@ -203,3 +203,54 @@ class ChainAugmentation(keras.layers.Layer):
         config = dict(config)
         config["stages"] = [keras.saving.deserialize_keras_object(s) for s in config["stages"]]
         return cls(**config)
+
+
+def augment_second_half(
+    layer: keras.layers.Layer, images: tf.Tensor, masks: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The batch composition of the augmentation methods: ``layer`` on the second half.
+
+    Args:
+        layer: a ``{"images", "segmentation_masks"}`` layer (called with ``training=True``).
+        images: (B,H,W,1) float. masks: (B,H,W,C) one-hot or soft labels.
+
+    Returns:
+        ``(images, masks)`` of the same shapes: rows [0, B // 2) as they are, rows
+        [B // 2, B) through ``layer`` (with B = 1, the one row is transformed). Under
+        ``tf.distribute`` B is the replica's share, so each replica mixes alike.
+    """
+    half = tf.shape(images)[0] // 2
+    out = layer({"images": images[half:], "segmentation_masks": masks[half:]}, training=True)
+    images = tf.concat([images[:half], tf.cast(out["images"], images.dtype)], axis=0)
+    masks = tf.concat([masks[:half], tf.cast(out["segmentation_masks"], masks.dtype)], axis=0)
+    return images, masks
+
+
+@keras.saving.register_keras_serializable(package="tfaug")
+class SecondHalfAugmentation(keras.layers.Layer):
+    """A ``{"images", "segmentation_masks"}`` layer that applies ``layer`` to the second half
+    of the batch's rows and passes the first half through (:func:`augment_second_half`), as
+    the final segmenter stage mixes generated pairs with the others (docs/method.md §6)."""
+
+    def __init__(self, layer: keras.layers.Layer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.layer = layer
+
+    def build(self, input_shape: Any) -> None:
+        """Nothing to create here: the wrapped layer builds itself on its first call."""
+        self.built = True
+
+    def call(self, inputs: dict[str, tf.Tensor], training: bool | None = None) -> dict:
+        images, masks = augment_second_half(
+            self.layer, inputs["images"], inputs["segmentation_masks"]
+        )
+        return {**inputs, "images": images, "segmentation_masks": masks}
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "layer": keras.saving.serialize_keras_object(self.layer)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SecondHalfAugmentation:
+        config = dict(config)
+        config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
+        return cls(**config)

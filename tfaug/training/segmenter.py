@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from tfaug.losses import weighted_cross_entropy
+from tfaug.ops.generated import augment_second_half
 from tfaug.training.distribute import scale_for_replicas
 from tfaug.training.gradients import step_gradients
 
@@ -86,13 +87,7 @@ class SegmenterModel(keras.Model):
             images, onehot = out["images"], out["segmentation_masks"]
         if self.augmentation is None:
             return images, onehot
-        half = tf.shape(images)[0] // 2
-        method = self.augmentation(
-            {"images": images[half:], "segmentation_masks": onehot[half:]}, training=True
-        )
-        images = tf.concat([images[:half], method["images"]], axis=0)
-        onehot = tf.concat([onehot[:half], method["segmentation_masks"]], axis=0)
-        return images, onehot
+        return augment_second_half(self.augmentation, images, onehot)
 
     def train_step(self, data):
         images, labels = data  # (B,H,W,1) float32, (B,H,W) int32
