@@ -1,12 +1,13 @@
-"""The unimatch and fixmatch steps' cost relative to the S and joint steps, on a busy machine.
+"""The consistency steps' cost relative to the S and joint steps, on a busy machine.
 
 Usage (from the repository root, tfaug installed): ``python bench/step_ratios.py
 [--configs phantom,paper] [--modes tf.function,xla] [--rounds N]``.
 
 ``bench/train_step.py`` times each step in its own block of steps; when the machine's load
-changes between blocks (another job starts), its ratios drift with it. Here the four steps
-S, joint (S, GV, DV), unimatch and fixmatch (built as in ``bench/train_step.py``) take turns,
-one step each per round, in one process, so a round's four times see the same load. Each
+changes between blocks (another job starts), its ratios drift with it. Here the five steps
+S, joint (S, GV, DV), unimatch, fixmatch and unimatch_gdgi (built as in
+``bench/train_step.py``) take turns, one step each per round, in one process, so a round's
+five times see the same load. Each
 ratio is the median over rounds of the per-round ratio. Prints one line per (config, mode)
 and, with ``--json``, writes them. Nothing is asserted.
 """
@@ -36,8 +37,14 @@ from train_step import (  # noqa: E402
 from tfaug.config import load_config  # noqa: E402
 from tfaug.training.loop import compile_train_step  # noqa: E402
 
-STEPS = ("S", "GV", "UM", "FM")
-RATIOS = {"UM/S": ("UM", "S"), "UM/GV": ("UM", "GV"), "FM/S": ("FM", "S")}
+STEPS = ("S", "GV", "UM", "FM", "UMG")
+RATIOS = {
+    "UM/S": ("UM", "S"),
+    "UM/GV": ("UM", "GV"),
+    "FM/S": ("FM", "S"),
+    "UMG/UM": ("UMG", "UM"),
+    "UMG/S": ("UMG", "S"),
+}
 """Printed ratio → (numerator step, denominator step)."""
 
 

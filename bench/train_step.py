@@ -108,7 +108,8 @@ def build_step(cfg: Config, step: str) -> tuple[keras.Model, int]:
     - ``UM``/``FM``: S's encoder and decoder on B_l + B_u rows, the decoder again on the B_u
       feature-perturbed rows (UM only), then S on V·B_u strong rows, V = 2 (UM) or 1 (FM);
       B_l + B_u = B; ``UMG`` as UM, plus S on the B_u learned-view rows and, forward only
-      (frozen, no training factor), GV and GI on the B_u rows (:func:`build_consistency_step`).
+      (frozen, no training factor), GV and GI on the B_u rows and on the generated half of
+      the labeled rows (:func:`build_consistency_step`).
 
     Every row is counted with the training factor, including those whose output gets no
     gradient (the teacher rows of the consistency steps): they are rows of the same
@@ -171,8 +172,10 @@ def build_consistency_step(cfg: Config, method: str) -> tuple[keras.Model, int]:
     FLOPs: 3 · ((B_l + B_u)·(E + D) + [stream]·B_u·D + V·B_u·(E + D)), with E and D the
     forward FLOPs per slice of S's encoder and decoder (:func:`segmenter_flops`), V the
     strong views and [stream] 1 with the feature-perturbation stream (``unimatch``), else 0;
-    ``unimatch_gdgi`` adds 3 · B_u·(E + D) for its learned view and B_u·(GV + GI) for the
-    frozen (untrained here) generators that make it.
+    ``unimatch_gdgi`` adds, for the frozen (untrained here) generators, forward only:
+    3 · B_u·(E + D) and B_u·(GV + GI) for its learned view, and (B_l − ⌊B_l/2⌋)·(GV + k·GI)
+    for the generated labeled rows, k = 2 with ``augment.generated_composition: choice`` (GI
+    runs on the image and on the warped image, then one is chosen) and 1 with ``chain``.
     """
     cfg = dataclasses.replace(cfg, method=method)
     segmenter = build_segmenter(cfg)
@@ -186,8 +189,26 @@ def build_consistency_step(cfg: Config, method: str) -> tuple[keras.Model, int]:
     perturbed = n_unlabeled * decoder if model.perturbs_features else 0
     views = model.strong_views + (model.learned is not None)
     strong = views * n_unlabeled * (encoder + decoder)
-    frozen = n_unlabeled * sum(model_flops(generator) for generator in generators.values())
-    return model, TRAINING_FACTOR * (weak + perturbed + strong) + frozen
+    return model, TRAINING_FACTOR * (weak + perturbed + strong) + frozen_generator_flops(
+        cfg, model, generators
+    )
+
+
+def frozen_generator_flops(
+    cfg: Config, model: keras.Model, generators: dict[str, keras.Model]
+) -> int:
+    """Forward FLOPs of ``unimatch_gdgi``'s frozen generators per step (0 without them):
+    GV and GI on the B_u learned-view rows, GV and k·GI on the B_l − ⌊B_l/2⌋ generated
+    labeled rows (see :func:`build_consistency_step`)."""
+    if not generators:
+        return 0
+    n_labeled, n_unlabeled = consistency_batch_sizes(cfg)
+    deformation, intensity = (model_flops(generators[k]) for k in ("deformation", "intensity"))
+    flops = n_unlabeled * (deformation + intensity) if model.learned is not None else 0
+    if cfg.ssl.learned_view != "unlabeled":
+        passes = 2 if cfg.augment.generated_composition == "choice" else 1
+        flops += (n_labeled - n_labeled // 2) * (deformation + passes * intensity)
+    return flops
 
 
 def segmenter_flops(segmenter: UNet) -> tuple[int, int]:

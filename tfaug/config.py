@@ -29,6 +29,7 @@ from tfaug.methods import (
     GENERATED_COMPOSITIONS,
     GENERATOR_MODES,
     LABELED_AUGMENTATIONS,
+    LEARNED_VIEWS,
     PHANTOM_VARIANT_NAMES,
     SUPERVISED_LOSSES,
     UNLABELED_LOSSES,
@@ -388,6 +389,14 @@ class SslConfig:
             steps, exp(−5(1 − t/T)²) (SSL4MIS's sigmoid ramp-up); 0: off (UniMatch).
         learned_weight: weight of ``unimatch_gdgi``'s learned strong view GI(GV(x_u));
             ``null``: ``strong_weight``, as each generic strong view.
+        learned_view: where ``unimatch_gdgi`` uses its generators: ``both`` (the generated
+            pairs mixed into the second half of the labeled batch, as ``gdgi`` mixes them,
+            and the learned strong view of the unlabeled slices), ``unlabeled`` (the
+            learned view only) or ``labeled`` (the generated pairs only).
+        strong_views: the number of generic strong views (intensity perturbation and
+            CutMix); ``null``: the method's (``unimatch``, ``unimatch_gdgi``: 2;
+            ``fixmatch``: 1). 0 is allowed for ``unimatch_gdgi`` with a learned view on the
+            unlabeled slices: the learned view then replaces the generic ones.
     """
 
     threshold: float = setting(0.95, read_by=READ_BY_FINAL)
@@ -408,6 +417,8 @@ class SslConfig:
     labeled_augmentation: str = setting("weak", read_by=READ_BY_FINAL)
     rampup_iterations: int = setting(0, read_by=READ_BY_FINAL)
     learned_weight: float | None = setting(None, read_by=READ_BY_FINAL)
+    learned_view: str = setting("both", read_by=READ_BY_FINAL)
+    strong_views: int | None = setting(None, read_by=READ_BY_FINAL)
 
 
 @dataclass
@@ -687,6 +698,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ssl.supervised_loss": SUPERVISED_LOSSES,
     "ssl.unlabeled_loss": UNLABELED_LOSSES,
     "ssl.labeled_augmentation": LABELED_AUGMENTATIONS,
+    "ssl.learned_view": LEARNED_VIEWS,
 }
 
 
@@ -743,8 +755,27 @@ def _check_switches(config: Config) -> None:
     strength = augment.generated_strength
     if len(strength) != 2 or not 0.0 <= strength[0] <= strength[1]:
         problems.append(f"augment.generated_strength: {strength} must be [min, max], 0<=min<=max")
+    problems += _strong_view_problems(config)
     if problems:
         raise ConfigError("; ".join(problems) + " (see docs/switches.md)")
+
+
+def _strong_view_problems(config: Config) -> list[str]:
+    """``ssl.strong_views`` is a count >= 0, and 0 only where a learned view replaces the
+    generic ones (``unimatch_gdgi`` with ``ssl.learned_view`` on the unlabeled slices)."""
+    views = config.ssl.strong_views
+    if views is None:
+        return []
+    if views < 0:
+        return [f"ssl.strong_views: {views} must be >= 0 or null (the method's)"]
+    replaced = config.method == "unimatch_gdgi" and config.ssl.learned_view != "labeled"
+    if views == 0 and not replaced:
+        return [
+            "ssl.strong_views: 0 leaves the unlabeled slices without a strong view; it is "
+            "allowed only for method unimatch_gdgi with ssl.learned_view both or unlabeled "
+            f"(found method {config.method}, ssl.learned_view {config.ssl.learned_view})"
+        ]
+    return []
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

@@ -43,6 +43,9 @@ TUNERS = ("random", "bayesian", "grid")
 SUPERVISED_LOSSES = ("cross_entropy_dice", "cross_entropy")
 UNLABELED_LOSSES = ("dice", "cross_entropy")
 LABELED_AUGMENTATIONS = ("weak", "heavy", "rdri")  # ssl.labeled_augmentation
+# Where unimatch_gdgi uses the generators (ssl.learned_view): the generated pairs mixed into
+# the labeled batch, the learned strong view of the unlabeled slices, or both.
+LEARNED_VIEWS = ("both", "unlabeled", "labeled")
 
 # -- data ---------------------------------------------------------------------------------
 # The synthetic phantom's variants (``phantom.variant``; parameters in tfaug.data.phantom).
@@ -105,6 +108,7 @@ SUBSTREAM = {
     "ssl_labeled": 6,  # the consistency methods' labeled augmentation (ssl.labeled_augmentation)
     "random_after_affine": 2,  # RD+RI after the affine augmentation in that one layer (rdri)
     "learned_view": 7,  # the z of unimatch_gdgi's learned strong view
+    "labeled_generated": 8,  # the z of unimatch_gdgi's generated pairs in the labeled batch
 }
 
 

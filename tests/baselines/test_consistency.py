@@ -14,13 +14,14 @@ from tiny import GENERATOR_FILTERS, SIDE, build_tiny_unet, tiny_config
 
 from tfaug.baselines.comparisons import build_consistency_model, consistency_batch_sizes
 from tfaug.baselines.consistency import ConsistencyModel, confident_pseudo_labels
+from tfaug.config import ConfigError, config_from_dict
 from tfaug.data.pipeline import labeled_dataset, unlabeled_dataset
 from tfaug.deploy.export import export_run
 from tfaug.methods import METHODS, final_stage
 from tfaug.models.generator import Generator
 from tfaug.ops.augment import RandomAffine
 from tfaug.ops.cutmix import CutMixBoxes
-from tfaug.ops.generated import ChainAugmentation, GeneratedAugmentation
+from tfaug.ops.generated import ChainAugmentation, GeneratedAugmentation, SecondHalfAugmentation
 from tfaug.ops.heavy import HeavyAugmentation, HeavyIntensity
 from tfaug.runs.algorithm import Algorithm
 from tfaug.runs.rundir import open_run_directory
@@ -193,6 +194,21 @@ def test_learned_view_loss_reaches_s_only_and_is_tracked():
     assert all(g is None for g in tape.gradient(losses["total_loss"], frozen))
     values = _step(model, _batch())
     assert 0.0 <= values["learned_kept_fraction"] <= 1.0 and np.isfinite(values["learned_loss"])
+
+
+def test_a_learned_view_can_replace_the_generic_strong_views():
+    model = _model(views=0, learned=_learned(), learned_weight=0.3)
+    assert "strong_loss" not in model.tracker_names and "learned_loss" in model.tracker_names
+    (x_l, y_l), x_u = _batch()
+    x_l, y_onehot, x_u = model.weak_views(x_l, y_l, x_u)
+    strong, boxes = model.strong_batch(x_u)
+    assert strong == boxes == []
+    losses = model.compute_losses(x_l, y_onehot, x_u, strong, boxes)
+    expected = 0.5 * losses["seg_loss"] + 0.3 * losses["learned_loss"] + 0.25 * losses["fp_loss"]
+    np.testing.assert_allclose(float(losses["total_loss"]), float(expected), rtol=1e-5)
+    assert np.isfinite(_step(model, _batch())["learned_loss"])
+    with pytest.raises(ValueError, match="strong_views must be an integer >= 1"):
+        _model(views=0)  # no strong view at all
 
 
 def test_feature_dropout_acts_only_on_the_perturbed_stream():
@@ -378,9 +394,57 @@ def test_the_config_builds_each_method(tmp_path):
     )  # fmt: skip
     assert with_view.learned.composition == "chain"
     assert with_view.learned.deformation is learned.deformation
+    # learned_view "both" (the default): the generated pairs join the labeled rows as well.
+    assert isinstance(with_view.labeled, ChainAugmentation)
+    assert isinstance(with_view.labeled.stages[-1], SecondHalfAugmentation)
+    assert with_view.labeled.stages[-1].layer.deformation is learned.deformation
+    cfg.ssl.learned_view = "labeled"
+    labeled_only = build_consistency_model(cfg, build_tiny_unet(4), seed=1, generators=generators)
+    assert labeled_only.learned is None and "learned_loss" not in labeled_only.tracker_names
+    assert isinstance(labeled_only.labeled.stages[-1], SecondHalfAugmentation)
+    cfg.ssl.learned_view, cfg.ssl.strong_views = "unlabeled", 0
+    replacing = build_consistency_model(cfg, build_tiny_unet(4), seed=1, generators=generators)
+    assert replacing.strong_views == 0 and replacing.learned is not None
+    assert isinstance(replacing.labeled, ChainAugmentation)  # ssl.labeled_augmentation: rdri
+    assert not any(isinstance(s, SecondHalfAugmentation) for s in replacing.labeled.stages)
+    cfg.ssl.strong_views = None
     cfg.ssl.unlabeled_fraction = 0.05
     with pytest.raises(ValueError, match="ssl.unlabeled_fraction"):
         consistency_batch_sizes(cfg)
+
+
+def test_generated_pairs_join_the_second_half_of_the_labeled_rows(tmp_path):
+    cfg = tiny_config(tmp_path / "cache", tmp_path / "runs", method="unimatch_gdgi")
+    cfg.augment.affine_probability = 0.0  # the affine augmentation leaves every slice as is
+    cfg.augment.generated_composition = "chain"  # GI(GV(x)) on every generated row
+    cfg.augment.generated_strength = [5.0, 5.0]  # the untrained fields made visible
+    learned = _learned(strength=5.0)
+    generators = {"deformation": learned.deformation, "intensity": learned.intensity}
+    n_classes = cfg.data.n_classes
+    model = build_consistency_model(cfg, build_tiny_unet(n_classes), seed=1, generators=generators)
+    x, y = _discs(4)
+    x_l, y_onehot, _ = model.weak_views(x, y, x[:1])
+    x_l, y_onehot = np.asarray(x_l), np.asarray(y_onehot)
+    np.testing.assert_allclose(x_l[:2], np.asarray(x)[:2], atol=1e-6)  # as they were
+    np.testing.assert_array_equal(y_onehot[:2], tf.one_hot(y[:2], n_classes))
+    assert np.abs(x_l[2:] - np.asarray(x)[2:]).max() > 0.1  # generated
+    assert not np.array_equal(y_onehot[2:], tf.one_hot(y[2:], n_classes))  # warped alike
+    np.testing.assert_allclose(y_onehot.sum(axis=-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("method", "view", "views", "message"),
+    [
+        ("unimatch", "both", 0, "allowed only for method unimatch_gdgi"),
+        ("unimatch_gdgi", "labeled", 0, "ssl.learned_view labeled"),
+        ("fixmatch", "both", -1, "must be >= 0"),
+        ("unimatch_gdgi", "everywhere", None, "ssl.learned_view: 'everywhere'"),
+    ],
+)
+def test_the_config_refuses_a_run_without_a_strong_view(method, view, views, message):
+    values = {"method": method, "ssl": {"learned_view": view, "strong_views": views}}
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(values)
 
 
 def test_step_compiles_with_xla_and_traces_once_in_run_stage(tiny_cache, tmp_path, monkeypatch):

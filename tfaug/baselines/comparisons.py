@@ -206,15 +206,17 @@ def build_consistency_model(
     ``cfg.ssl``'s CutMix, each drawing from its own substream of ``seed``. ``unimatch``: two
     strong views, each of weight ``ssl.strong_weight``, and the feature-perturbation stream
     (``ssl.feature_weight``); ``fixmatch``: one strong view of weight
-    ``ssl.fixmatch_strong_weight`` and no stream. ``unimatch_gdgi``: ``unimatch`` plus the
-    learned strong view GI(GV(x_u)) of the frozen ``generators`` (``composition="chain"``,
-    ``augment.generated_strength``), of weight ``ssl.learned_weight``. Adam at
-    ``train.learning_rate``.
+    ``ssl.fixmatch_strong_weight`` and no stream; ``ssl.strong_views`` overrides either
+    count. ``unimatch_gdgi``: ``unimatch`` with the frozen ``generators`` where
+    ``ssl.learned_view`` says: the learned strong view GI(GV(x_u)) (``composition="chain"``,
+    ``augment.generated_strength``) of weight ``ssl.learned_weight``, and ``gdgi``'s
+    generated pairs in the second half of the labeled rows
+    (:func:`build_ssl_labeled_augmentation`). Adam at ``train.learning_rate``.
     """
     ssl = cfg.ssl
     unimatch = cfg.method in ("unimatch", "unimatch_gdgi")
     learned = None
-    if cfg.method == "unimatch_gdgi":
+    if cfg.method == "unimatch_gdgi" and ssl.learned_view != "labeled":
         learned = build_generated_augmentation(
             cfg, generators or {}, seed + SUBSTREAM["learned_view"], composition="chain"
         )
@@ -223,13 +225,13 @@ def build_consistency_model(
         n_classes=cfg.data.n_classes,
         class_weights=ssl.class_weights or [1.0] * cfg.data.n_classes,
         weak=build_labeled_augmentation(cfg, seed),
-        labeled=build_ssl_labeled_augmentation(cfg, seed + SUBSTREAM["ssl_labeled"]),
+        labeled=build_ssl_labeled_augmentation(cfg, seed + SUBSTREAM["ssl_labeled"], generators),
         strong=build_strong(cfg, seed + SUBSTREAM["strong_views"]),
         cutmix=build_cutmix(cfg, seed + SUBSTREAM["cutmix"]),
         learned=learned,
         learned_weight=ssl.learned_weight,
         threshold=ssl.threshold,
-        strong_views=2 if unimatch else 1,
+        strong_views=(2 if unimatch else 1) if ssl.strong_views is None else ssl.strong_views,
         feature_dropout=ssl.feature_dropout,
         supervised_weight=ssl.supervised_weight,
         strong_weight=ssl.strong_weight if unimatch else ssl.fixmatch_strong_weight,

@@ -113,7 +113,8 @@ class ConsistencyModel(keras.Model):
             ``composition="chain"``: GI(GV(x_u))); ``None``: none.
         learned_weight: weight of ``learned_loss``; ``None``: ``strong_weight``.
         threshold: confidence threshold of a kept pixel, in [0, 1] (UniMatch: 0.95).
-        strong_views: V >= 1 (``unimatch``: 2, ``fixmatch``: 1).
+        strong_views: V >= 1 (``unimatch``: 2, ``fixmatch``: 1); V = 0 with ``learned``,
+            which then replaces the generic views.
         feature_dropout: channel dropout rate of the perturbed stream, in [0, 1) (0.5).
         supervised_weight: weight of ``seg_loss`` (UniMatch: 0.5).
         strong_weight: weight of each strong view's loss (``unimatch``: 0.125;
@@ -170,6 +171,7 @@ class ConsistencyModel(keras.Model):
             class_weights=class_weights,
             threshold=threshold,
             strong_views=strong_views,
+            learned=learned is not None,
             feature_dropout=feature_dropout,
             weights=(supervised_weight, strong_weight, feature_weight, learned_weight or 0.0),
             supervised_loss=supervised_loss,
@@ -207,14 +209,16 @@ class ConsistencyModel(keras.Model):
 
     @property
     def tracker_names(self) -> tuple[str, ...]:
-        """seg_loss, strong_loss (the mean over the views), strong_loss_<v> for each view
-        when there are several, fp_loss (with the perturbed stream), total_loss, confidence,
-        kept_fraction, teacher_class_<c> for each foreground class c: the share of the
-        unlabeled pixels whose pseudo-label is c (a teacher drifting to one class shows
-        there first), unlabeled_ramp (with a ramp-up), and with a learned view its loss and
-        the share of its pixels kept after the warp (learned_loss, learned_kept_fraction)."""
+        """seg_loss, strong_loss (the mean over the generic views, with at least one),
+        strong_loss_<v> for each view when there are several, fp_loss (with the perturbed
+        stream), total_loss, confidence, kept_fraction, teacher_class_<c> for each
+        foreground class c: the share of the unlabeled pixels whose pseudo-label is c (a
+        teacher drifting to one class shows there first), unlabeled_ramp (with a ramp-up),
+        and with a learned view its loss and the share of its pixels kept after the warp
+        (learned_loss, learned_kept_fraction)."""
         views = [f"strong_loss_{v}" for v in range(1, self.strong_views + 1)]
-        names = ["seg_loss", "strong_loss", *(views if len(views) > 1 else [])]
+        names = ["seg_loss", *(["strong_loss"] if views else [])]
+        names += views if len(views) > 1 else []
         names += ["fp_loss"] if self.perturbs_features else []
         names += ["learned_loss", "learned_kept_fraction"] if self.learned is not None else []
         shares = [f"teacher_class_{c}" for c in range(1, self.n_classes)]
@@ -444,10 +448,12 @@ class ConsistencyModel(keras.Model):
         for logits, box in zip(strong_logits, boxes, strict=True):
             labels, view_kept = self.view_targets(pseudo_labels, confidence, box)
             view_losses.append(self.consistency_loss(labels, view_kept, logits))
-        losses["strong_loss"] = tf.add_n(view_losses) / len(view_losses)
+        unlabeled = tf.constant(0.0)
+        if view_losses:
+            losses["strong_loss"] = tf.add_n(view_losses) / len(view_losses)
+            unlabeled += self.strong_weight * tf.add_n(view_losses)
         if len(view_losses) > 1:
             losses.update({f"strong_loss_{v}": loss for v, loss in enumerate(view_losses, 1)})
-        unlabeled = self.strong_weight * tf.add_n(view_losses)
         if self.learned is not None:
             unlabeled += self.learned_weight * losses["learned_loss"]
         if perturbed is not None:
@@ -543,6 +549,7 @@ def _check_arguments(
     class_weights: Sequence[float],
     threshold: float,
     strong_views: int,
+    learned: bool,
     feature_dropout: float,
     weights: Sequence[float],
     supervised_loss: str,
@@ -557,8 +564,11 @@ def _check_arguments(
         )
     if not 0.0 <= threshold <= 1.0:
         problems.append(f"threshold must be in [0, 1], found {threshold}")
-    if int(strong_views) != strong_views or strong_views < 1:
-        problems.append(f"strong_views must be an integer >= 1, found {strong_views}")
+    if int(strong_views) != strong_views or strong_views < (0 if learned else 1):
+        problems.append(
+            f"strong_views must be an integer >= {0 if learned else 1} (0 only with a "
+            f"learned view), found {strong_views}"
+        )
     if not 0.0 <= feature_dropout < 1.0:
         problems.append(f"feature_dropout must be in [0, 1), found {feature_dropout}")
     if int(rampup_iterations) != rampup_iterations or rampup_iterations < 0:

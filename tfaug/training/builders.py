@@ -22,7 +22,7 @@ from tfaug.models.pixel_discriminator import PixelDiscriminator
 from tfaug.models.unet import UNet
 from tfaug.ops.augment import Mixup, RandomAffine, RandomElastic, RandomIntensity, sigma_px_from_mm
 from tfaug.ops.cutmix import CutMixBoxes
-from tfaug.ops.generated import ChainAugmentation, GeneratedAugmentation
+from tfaug.ops.generated import ChainAugmentation, GeneratedAugmentation, SecondHalfAugmentation
 from tfaug.ops.heavy import HeavyAugmentation, HeavyIntensity
 from tfaug.training.joint import JointAugmentationModel
 
@@ -165,17 +165,32 @@ def build_labeled_augmentation(cfg: Config, seed: int) -> keras.layers.Layer | N
     return build_affine(cfg, seed)
 
 
-def build_ssl_labeled_augmentation(cfg: Config, seed: int) -> keras.layers.Layer | None:
-    """What the consistency methods' labeled slices get instead of the weak view
-    (``ssl.labeled_augmentation``): ``None`` for ``weak``, the ``heavy`` augmentation, or
-    the affine augmentation then RD and RI (``rdri``, on every slice)."""
+def build_ssl_labeled_augmentation(
+    cfg: Config, seed: int, generators: dict[str, keras.Model] | None = None
+) -> keras.layers.Layer | None:
+    """What the consistency methods' labeled slices get instead of the weak view.
+
+    ``ssl.labeled_augmentation``: ``None`` for ``weak``, the ``heavy`` augmentation, or the
+    affine augmentation then RD and RI (``rdri``, on every slice). For ``unimatch_gdgi``
+    with ``ssl.learned_view`` ``both`` or ``labeled``, that augmentation (the affine one for
+    ``weak``) is followed by ``gdgi``'s layer of the frozen ``generators`` on the second half
+    of the labeled rows (:class:`SecondHalfAugmentation`), as the ``gdgi`` segmenter stage
+    mixes its batch.
+    """
     choice = cfg.ssl.labeled_augmentation
     if choice == "weak":
-        return None
-    if choice == "heavy":
-        return build_heavy(cfg, seed)
-    random = build_random(cfg, seed + SUBSTREAM["random_after_affine"])
-    return ChainAugmentation([build_affine(cfg, seed), *random])
+        base = None
+    elif choice == "heavy":
+        base = build_heavy(cfg, seed)
+    else:
+        random = build_random(cfg, seed + SUBSTREAM["random_after_affine"])
+        base = ChainAugmentation([build_affine(cfg, seed), *random])
+    if cfg.method != "unimatch_gdgi" or cfg.ssl.learned_view == "unlabeled":
+        return base
+    generated = build_method_augmentation(
+        "gdgi", cfg, generators or {}, seed + SUBSTREAM["labeled_generated"]
+    )
+    return ChainAugmentation([base or build_affine(cfg, seed), SecondHalfAugmentation(generated)])
 
 
 def build_strong(cfg: Config, seed: int) -> HeavyIntensity:
