@@ -169,8 +169,8 @@ def test_learned_view_warps_the_pseudo_labels_by_exactly_the_field_applied_to_th
     x_u = disc[..., None]  # the image is the foreground mask itself
     pseudo_labels = tf.one_hot(y, N_CLASSES)
     confidence = 0.5 + 0.5 * disc  # certain inside the disc, 0.5 outside
-    images, labels, kept = model.learned_view(x_u, pseudo_labels, confidence)
-    images, labels, kept = (np.asarray(t) for t in (images, labels, kept))
+    view = model.learned_view(x_u, pseudo_labels, confidence)
+    images, labels, kept = (np.asarray(view[key]) for key in ("images", "labels", "kept"))
     assert np.abs(images - np.asarray(x_u)).max() > 0.5  # the field moved the disc's edge
     np.testing.assert_allclose(labels[..., 1], images[..., 0], atol=1e-5)  # the same warp
     np.testing.assert_allclose(labels.sum(axis=-1), 1.0, atol=1e-5)  # still a soft label map
@@ -435,7 +435,7 @@ def test_generated_pairs_join_the_second_half_of_the_labeled_rows(tmp_path):
 @pytest.mark.parametrize(
     ("method", "view", "views", "message"),
     [
-        ("unimatch", "both", 0, "allowed only for method unimatch_gdgi"),
+        ("unimatch", "both", 0, "allowed only for method"),
         ("unimatch_gdgi", "labeled", 0, "ssl.learned_view labeled"),
         ("fixmatch", "both", -1, "must be >= 0"),
         ("unimatch_gdgi", "everywhere", None, "ssl.learned_view: 'everywhere'"),
@@ -484,7 +484,9 @@ def test_step_compiles_with_xla_and_traces_once_in_run_stage(tiny_cache, tmp_pat
 # ----------------------------------------------------------------------- whole runs
 
 
-@pytest.fixture(scope="module", params=["fixmatch", "unimatch", "unimatch_gdgi"])
+@pytest.fixture(
+    scope="module", params=["fixmatch", "unimatch", "unimatch_gdgi", "unimatch_gdgi_joint"]
+)
 def consistency_run(request, tiny_cache, tmp_path_factory):
     """A finished tiny run of each consistency method through Algorithm."""
     cfg, _ = tiny_cache
@@ -498,15 +500,20 @@ def consistency_run(request, tiny_cache, tmp_path_factory):
 def test_consistency_methods_run_export_and_resume(consistency_run, tmp_path):
     cfg, run, results = consistency_run
     assert cfg.method in METHODS and final_stage(cfg.method, 3) == "consistency"
-    learned = cfg.method == "unimatch_gdgi"
+    learned = cfg.method in ("unimatch_gdgi", "unimatch_gdgi_joint")
+    joint = cfg.method == "unimatch_gdgi_joint"  # generators trained in the consistency stage
     generator_stages = ["pretrain", "generator_deformation", "generator_intensity"]
-    assert list(results["stages"]) == [*(generator_stages if learned else []), "consistency"]
+    shared = learned and not joint
+    assert list(results["stages"]) == [*(generator_stages if shared else []), "consistency"]
     assert json.loads(run.results_path.read_text(encoding="utf-8"))["method"] == cfg.method
     assert results["stages"]["consistency"]["iterations"] == cfg.train.segmenter_iterations
     assert results["summary"]["mean_dice"]["n"] == 2
     stage = run.stage("consistency")
     assert (stage / "done.json").is_file()
-    assert sorted(p.name for p in (stage / "best").iterdir()) == ["segmenter.weights.h5"]
+    kept = ["discriminator", "generator_deformation", "generator_intensity"] if joint else []
+    assert sorted(p.name for p in (stage / "best").iterdir()) == [
+        f"{name}.weights.h5" for name in sorted([*kept, "segmenter"])
+    ]
     rows = [
         json.loads(line)
         for line in (stage / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
@@ -514,6 +521,7 @@ def test_consistency_methods_run_export_and_resume(consistency_run, tmp_path):
     assert {"kept_fraction", "confidence", "strong_loss", "seg_loss"} <= set(rows[-1])
     assert ("fp_loss" in rows[-1]) == (cfg.method != "fixmatch")
     assert ("learned_kept_fraction" in rows[-1]) == learned
+    assert ("d_loss" in rows[-1]) == ("flow_norm" in rows[-1]) == joint
 
     exported = export_run(run.path, tmp_path / "export", formats=("savedmodel",))
     generators = ["generator_deformation", "generator_intensity", "augmenter"]  # and their chain

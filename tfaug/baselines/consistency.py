@@ -141,6 +141,9 @@ class ConsistencyModel(keras.Model):
     Does not validate or keep checkpoints (``tfaug.training.stage``).
     """
 
+    NESTED_OBJECTS = ("segmenter", "weak", "labeled", "strong", "cutmix", "learned")
+    """The constructor arguments that ``get_config`` serialises as Keras objects."""
+
     def __init__(
         self,
         segmenter: keras.Model,
@@ -166,12 +169,13 @@ class ConsistencyModel(keras.Model):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.learned = learned
         _check_arguments(
             n_classes=n_classes,
             class_weights=class_weights,
             threshold=threshold,
             strong_views=strong_views,
-            learned=learned is not None,
+            learned=self.has_learned_view,
             feature_dropout=feature_dropout,
             weights=(supervised_weight, strong_weight, feature_weight, learned_weight or 0.0),
             supervised_loss=supervised_loss,
@@ -183,7 +187,6 @@ class ConsistencyModel(keras.Model):
         self.labeled = labeled
         self.strong = strong
         self.cutmix = cutmix
-        self.learned = learned
         self.learned_weight = float(strong_weight if learned_weight is None else learned_weight)
         self.n_classes = int(n_classes)
         self.class_weights = tuple(float(w) for w in class_weights)
@@ -208,6 +211,16 @@ class ConsistencyModel(keras.Model):
         return self.feature_weight > 0
 
     @property
+    def has_learned_view(self) -> bool:
+        """Whether the step has a learned strong view (:meth:`learned_view`)."""
+        return self.learned is not None
+
+    @property
+    def trained_weights(self) -> list:
+        """The weights the step's optimiser updates: S's."""
+        return self.segmenter.trainable_weights
+
+    @property
     def tracker_names(self) -> tuple[str, ...]:
         """seg_loss, strong_loss (the mean over the generic views, with at least one),
         strong_loss_<v> for each view when there are several, fp_loss (with the perturbed
@@ -220,7 +233,7 @@ class ConsistencyModel(keras.Model):
         names = ["seg_loss", *(["strong_loss"] if views else [])]
         names += views if len(views) > 1 else []
         names += ["fp_loss"] if self.perturbs_features else []
-        names += ["learned_loss", "learned_kept_fraction"] if self.learned is not None else []
+        names += ["learned_loss", "learned_kept_fraction"] if self.has_learned_view else []
         shares = [f"teacher_class_{c}" for c in range(1, self.n_classes)]
         ramp = ["unlabeled_ramp"] if self.rampup_iterations > 0 else []
         return (*names, "total_loss", "confidence", "kept_fraction", *shares, *ramp)
@@ -243,7 +256,7 @@ class ConsistencyModel(keras.Model):
         """
         super().compile(optimizer=None, **kwargs)
         self.s_optimizer = with_loss_scaling(s_optimizer)
-        self.s_optimizer.build(self.segmenter.trainable_variables)
+        self.s_optimizer.build(self.trained_weights)
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
@@ -365,16 +378,17 @@ class ConsistencyModel(keras.Model):
             pseudo_labels: (B_u,H,W,C) one-hot, no gradient. confidence: (B_u,H,W) float32.
 
         Returns:
-            ``(images (B_u,H,W,1), labels (B_u,H,W,C) soft, kept (B_u,H,W) float32)``: kept
-            where the warped confidence is still >= ``threshold``. No gradient flows into
-            any of them.
+            ``{"images": (B_u,H,W,1), "labels": (B_u,H,W,C) soft, "kept": (B_u,H,W)
+            float32}``: kept where the warped confidence is still >= ``threshold``. No
+            gradient flows into any of them. (A subclass may add tensors; they reach
+            :meth:`compute_losses`' result prefixed ``learned_``.)
         """
         targets = tf.concat([pseudo_labels, confidence[..., None]], axis=-1)
         view = self.learned({IMAGES: x_u, MASKS: targets}, training=True)
         images = tf.stop_gradient(tf.cast(view[IMAGES], x_u.dtype))
         warped = tf.stop_gradient(tf.cast(view[MASKS], tf.float32))
         kept = tf.cast(warped[..., -1] >= self.threshold, tf.float32)
-        return images, warped[..., :-1], kept
+        return {"images": images, "labels": warped[..., :-1], "kept": kept}
 
     # ----------------------------------------------------------------------- the losses
 
@@ -430,20 +444,21 @@ class ConsistencyModel(keras.Model):
         losses = {"seg_loss": self.labeled_loss(y_onehot, clean[:n_labeled])}
         pseudo_labels, confidence, kept = confident_pseudo_labels(clean[n_labeled:], self.threshold)
         views = list(strong)
-        if self.learned is not None:
-            learned_image, learned_labels, learned_kept = self.learned_view(
-                x_u, pseudo_labels, confidence
-            )
-            views.append(learned_image)
+        if self.has_learned_view:
+            learned = self.learned_view(x_u, pseudo_labels, confidence)
+            views.append(learned["images"])
+        # One dtype for the strong pass's concat (the layers may compute in different ones
+        # under mixed precision).
+        views = [tf.cast(view, x_u.dtype) for view in views]
         strong_logits = tf.split(
             self.segmenter(tf.concat(views, axis=0), training=True), len(views)
         )
-        if self.learned is not None:
-            learned_logits = strong_logits.pop()
+        if self.has_learned_view:
+            losses.update({f"learned_{name}": value for name, value in learned.items()})
             losses["learned_loss"] = self.consistency_loss(
-                learned_labels, learned_kept, learned_logits
+                learned["labels"], learned["kept"], strong_logits.pop()
             )
-            losses["learned_kept_fraction"] = tf.reduce_mean(learned_kept)
+            losses["learned_kept_fraction"] = tf.reduce_mean(learned["kept"])
         view_losses = []
         for logits, box in zip(strong_logits, boxes, strict=True):
             labels, view_kept = self.view_targets(pseudo_labels, confidence, box)
@@ -454,7 +469,7 @@ class ConsistencyModel(keras.Model):
             unlabeled += self.strong_weight * tf.add_n(view_losses)
         if len(view_losses) > 1:
             losses.update({f"strong_loss_{v}": loss for v, loss in enumerate(view_losses, 1)})
-        if self.learned is not None:
+        if self.has_learned_view:
             unlabeled += self.learned_weight * losses["learned_loss"]
         if perturbed is not None:
             losses["fp_loss"] = self.consistency_loss(pseudo_labels, kept, perturbed)
@@ -491,13 +506,14 @@ class ConsistencyModel(keras.Model):
 
         # 3. One tape over S: the weak pass (+ perturbed stream), the teacher (cut from the
         #    gradient), the strong pass; every loss term reaches S's weights only.
-        weights = self.segmenter.trainable_weights
+        weights = self.trained_weights
         with tf.GradientTape() as tape:
             losses = self.compute_losses(x_l, y_onehot, x_u, strong, boxes)
             # Divided by the replicas (their gradients are summed), scaled for mixed precision.
             scaled = self.s_optimizer.scale_loss(scale_for_replicas(losses["total_loss"]))
         gradients = step_gradients(tape, scaled, weights, "consistency step, S")
         self.s_optimizer.apply(gradients, weights)
+        losses.update(self.after_update(x_u, losses))
 
         # 4. Trackers.
         for name, tracker in self.trackers.items():
@@ -505,6 +521,17 @@ class ConsistencyModel(keras.Model):
         result = {name: tracker.result() for name, tracker in self.trackers.items()}
         result["total_loss"] = losses["total_loss"]  # this step's loss (NaN check)
         return result
+
+    def after_update(self, x_u: tf.Tensor, losses: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """What a step does after S's update (a subclass's second network): nothing here.
+
+        Args:
+            x_u: (B_u,H,W,1) the weak unlabeled view. losses: :meth:`compute_losses`' result.
+
+        Returns:
+            More tracker values by name (none here).
+        """
+        return {}
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         """Segment ``inputs`` (B,H,W,1) with S: logits (B,H,W,n_classes), no softmax."""
@@ -538,7 +565,7 @@ class ConsistencyModel(keras.Model):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ConsistencyModel:
         config = dict(config)
-        for key in ("segmenter", "weak", "labeled", "strong", "cutmix", "learned"):
+        for key in cls.NESTED_OBJECTS:
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
 
