@@ -4,10 +4,10 @@ Usage (from the repository root, tfaug installed): ``python bench/step_ratios.py
 [--configs phantom,paper] [--modes tf.function,xla] [--rounds N]``.
 
 ``bench/train_step.py`` times each step in its own block of steps; when the machine's load
-changes between blocks (another job starts), its ratios drift with it. Here the five steps
-S, joint (S, GV, DV), unimatch, fixmatch and unimatch_gdgi (built as in
+changes between blocks (another job starts), its ratios drift with it. Here the six steps
+S, joint (S, GV, DV), unimatch, fixmatch, unimatch_gdgi and unimatch_gdgi_joint (built as in
 ``bench/train_step.py``) take turns, one step each per round, in one process, so a round's
-five times see the same load. Each
+six times see the same load. Each
 ratio is the median over rounds of the per-round ratio. Prints one line per (config, mode)
 and, with ``--json``, writes them. Nothing is asserted.
 """
@@ -37,13 +37,15 @@ from train_step import (  # noqa: E402
 from tfaug.config import load_config  # noqa: E402
 from tfaug.training.loop import compile_train_step  # noqa: E402
 
-STEPS = ("S", "GV", "UM", "FM", "UMG")
+STEPS = ("S", "GV", "UM", "FM", "UMG", "UMJ")
 RATIOS = {
     "UM/S": ("UM", "S"),
     "UM/GV": ("UM", "GV"),
     "FM/S": ("FM", "S"),
     "UMG/UM": ("UMG", "UM"),
     "UMG/S": ("UMG", "S"),
+    "UMJ/UM": ("UMJ", "UM"),
+    "UMJ/UMG": ("UMJ", "UMG"),
 }
 """Printed ratio → (numerator step, denominator step)."""
 

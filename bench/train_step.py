@@ -69,7 +69,12 @@ from tfaug.training.segmenter import SegmenterModel  # noqa: E402
 CONFIGS = {"phantom": "phantom", "paper": "acdc"}  # bench name → configs/<dataset>.yaml
 GENERATOR_KINDS = {"GV": "deformation", "GI": "intensity"}  # joint step → generator kind
 # consistency step → cfg.method
-CONSISTENCY_METHODS = {"UM": "unimatch", "FM": "fixmatch", "UMG": "unimatch_gdgi"}
+CONSISTENCY_METHODS = {
+    "UM": "unimatch",
+    "FM": "fixmatch",
+    "UMG": "unimatch_gdgi",
+    "UMJ": "unimatch_gdgi_joint",
+}
 STEP_NAMES = {
     "S": "S",
     "GV": "joint (S, GV, DV)",
@@ -77,6 +82,7 @@ STEP_NAMES = {
     "UM": "unimatch",
     "FM": "fixmatch",
     "UMG": "unimatch_gdgi",
+    "UMJ": "unimatch_gdgi_joint",
 }
 STEPS = tuple(STEP_NAMES)
 MODES = {"eager": None, "tf.function": False, "xla": True}  # mode → jit_compile
@@ -176,22 +182,32 @@ def build_consistency_step(cfg: Config, method: str) -> tuple[keras.Model, int]:
     3 · B_u·(E + D) and B_u·(GV + GI) for its learned view, and (B_l − ⌊B_l/2⌋)·(GV + k·GI)
     for the generated labeled rows, k = 2 with ``augment.generated_composition: choice`` (GI
     runs on the image and on the warped image, then one is chosen) and 1 with ``chain``.
+    ``unimatch_gdgi_joint`` adds the same 3 · B_u·(E + D) and, trained, 3 · N·(GV + GI + DI)
+    for its N = B_u + (B_l − ⌊B_l/2⌋) generated rows (G, and D judging them in the
+    objective) and 3 · (B_u + N)·DI for D's update, DI the forward FLOPs of D per slice.
     """
     cfg = dataclasses.replace(cfg, method=method)
     segmenter = build_segmenter(cfg)
-    generators = {}
-    if method == "unimatch_gdgi":
+    generators, discriminator = {}, None
+    if method in ("unimatch_gdgi", "unimatch_gdgi_joint"):
         generators = {kind: build_generator(cfg, kind) for kind in ("deformation", "intensity")}
-    model = build_consistency_model(cfg, segmenter, SEED, generators)
+    if method == "unimatch_gdgi_joint":
+        discriminator = build_discriminator(cfg)
+    model = build_consistency_model(cfg, segmenter, SEED, generators, discriminator)
     n_labeled, n_unlabeled = consistency_batch_sizes(cfg)
     encoder, decoder = segmenter_flops(segmenter)
     weak = (n_labeled + n_unlabeled) * (encoder + decoder)
     perturbed = n_unlabeled * decoder if model.perturbs_features else 0
-    views = model.strong_views + (model.learned is not None)
+    views = model.strong_views + model.has_learned_view
     strong = views * n_unlabeled * (encoder + decoder)
-    return model, TRAINING_FACTOR * (weak + perturbed + strong) + frozen_generator_flops(
-        cfg, model, generators
-    )
+    if discriminator is None:
+        generated = frozen_generator_flops(cfg, model, generators)
+    else:
+        rows = n_unlabeled + n_labeled - n_labeled // 2
+        per_row = sum(model_flops(g) for g in generators.values()) + model_flops(discriminator)
+        d_update = (n_unlabeled + rows) * model_flops(discriminator)
+        generated = TRAINING_FACTOR * (rows * per_row + d_update)
+    return model, TRAINING_FACTOR * (weak + perturbed + strong) + generated
 
 
 def frozen_generator_flops(

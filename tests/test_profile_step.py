@@ -173,7 +173,7 @@ def test_missing_trace_names_the_folder(tmp_path):
         profile_step.load_xspace(tmp_path)
 
 
-@pytest.mark.parametrize("step", ["UM", "FM", "UMG"])
+@pytest.mark.parametrize("step", ["UM", "FM", "UMG", "UMJ"])
 def test_consistency_step_builds_runs_and_counts_its_passes(step):
     cfg = load_config("phantom", overrides=tiny_overrides())
     model, flops = build_step(cfg, step)
@@ -185,28 +185,38 @@ def test_consistency_step_builds_runs_and_counts_its_passes(step):
 
     result = compile_train_step(model, jit_compile=False)(batch)
     assert np.isfinite(float(result["total_loss"]))
-    unimatch, learned = step in ("UM", "UMG"), step == "UMG"
+    unimatch, learned = step != "FM", step in ("UMG", "UMJ")
     assert model.strong_views == (2 if unimatch else 1)
     assert ("fp_loss" in result) == unimatch
     assert ("learned_loss" in result) == learned
+    assert ("d_loss" in result) == (step == "UMJ")
 
     # 3 × forward: S on B_l + B_u weak rows and V·B_u strong rows, the decoder on B_u more.
     encoder, decoder = segmenter_flops(model.segmenter)
     assert encoder > 0 and decoder > 0
     s_rows = n_labeled + n_unlabeled + (model.strong_views + learned) * n_unlabeled
     decoder_rows = n_unlabeled if unimatch else 0
-    # UMG: GV and GI forward only (frozen) on the B_u rows of the learned view, and on the
-    # generated half of the labeled rows GV once and GI twice (the "choice" composition
-    # transforms the image and the warped image, then picks one).
-    frozen = 0
-    if learned:
+    generated_rows = n_labeled - n_labeled // 2  # the generated half of the labeled rows
+    generated = 0
+    if step == "UMG":
+        # GV and GI forward only (frozen) on the B_u rows of the learned view, and on the
+        # generated labeled rows GV once and GI twice (the "choice" composition transforms
+        # the image and the warped image, then picks one).
         deformation = model_flops(model.learned.deformation)
         intensity = model_flops(model.learned.intensity)
-        generated_rows = n_labeled - n_labeled // 2
-        frozen = n_unlabeled * (deformation + intensity)
-        frozen += generated_rows * (deformation + 2 * intensity)
+        generated = n_unlabeled * (deformation + intensity)
+        generated += generated_rows * (deformation + 2 * intensity)
         assert generated_rows >= 1 and intensity > 0
-    assert flops == 3 * (s_rows * (encoder + decoder) + decoder_rows * decoder) + frozen
+    if step == "UMJ":
+        # Trained: GV, GI and D (judging them) on every generated row, D's update on the
+        # real unlabeled rows and the generated ones.
+        rows = n_unlabeled + generated_rows
+        networks = (model.deformation, model.intensity, model.discriminator)
+        discriminator = model_flops(model.discriminator)
+        generated = 3 * (rows * sum(model_flops(n) for n in networks))
+        generated += 3 * (n_unlabeled + rows) * discriminator
+        assert discriminator > 0
+    assert flops == 3 * (s_rows * (encoder + decoder) + decoder_rows * decoder) + generated
 
 
 def test_unimatch_ratios_divide_by_the_rows_present():

@@ -29,6 +29,7 @@ from tfaug.methods import (
     GENERATED_COMPOSITIONS,
     GENERATOR_MODES,
     LABELED_AUGMENTATIONS,
+    LEARNED_CONSISTENCY_METHODS,
     LEARNED_VIEWS,
     PHANTOM_VARIANT_NAMES,
     SUPERVISED_LOSSES,
@@ -387,16 +388,16 @@ class SslConfig:
             the affine augmentation in every case.
         rampup_iterations: T > 0 ramps the unlabeled terms' weight up over the first T
             steps, exp(−5(1 − t/T)²) (SSL4MIS's sigmoid ramp-up); 0: off (UniMatch).
-        learned_weight: weight of ``unimatch_gdgi``'s learned strong view GI(GV(x_u));
-            ``null``: ``strong_weight``, as each generic strong view.
-        learned_view: where ``unimatch_gdgi`` uses its generators: ``both`` (the generated
+        learned_weight: weight of the learned strong view GI(GV(x_u)) of ``unimatch_gdgi``
+            and ``unimatch_gdgi_joint``; ``null``: ``strong_weight``, as each generic view.
+        learned_view: where those two methods use the generators: ``both`` (the generated
             pairs mixed into the second half of the labeled batch, as ``gdgi`` mixes them,
             and the learned strong view of the unlabeled slices), ``unlabeled`` (the
             learned view only) or ``labeled`` (the generated pairs only).
         strong_views: the number of generic strong views (intensity perturbation and
-            CutMix); ``null``: the method's (``unimatch``, ``unimatch_gdgi``: 2;
-            ``fixmatch``: 1). 0 is allowed for ``unimatch_gdgi`` with a learned view on the
-            unlabeled slices: the learned view then replaces the generic ones.
+            CutMix); ``null``: the method's (``fixmatch``: 1, the others 2). 0 is allowed
+            for ``unimatch_gdgi[_joint]`` with a learned view on the unlabeled slices: the
+            learned view then replaces the generic ones.
     """
 
     threshold: float = setting(0.95, read_by=READ_BY_FINAL)
@@ -762,17 +763,19 @@ def _check_switches(config: Config) -> None:
 
 def _strong_view_problems(config: Config) -> list[str]:
     """``ssl.strong_views`` is a count >= 0, and 0 only where a learned view replaces the
-    generic ones (``unimatch_gdgi`` with ``ssl.learned_view`` on the unlabeled slices)."""
+    generic ones (``unimatch_gdgi[_joint]`` with ``ssl.learned_view`` on the unlabeled
+    slices)."""
     views = config.ssl.strong_views
     if views is None:
         return []
     if views < 0:
         return [f"ssl.strong_views: {views} must be >= 0 or null (the method's)"]
-    replaced = config.method == "unimatch_gdgi" and config.ssl.learned_view != "labeled"
-    if views == 0 and not replaced:
+    learned = config.method in LEARNED_CONSISTENCY_METHODS
+    if views == 0 and not (learned and config.ssl.learned_view != "labeled"):
         return [
             "ssl.strong_views: 0 leaves the unlabeled slices without a strong view; it is "
-            "allowed only for method unimatch_gdgi with ssl.learned_view both or unlabeled "
+            f"allowed only for methods {', '.join(LEARNED_CONSISTENCY_METHODS)} with "
+            "ssl.learned_view both or unlabeled "
             f"(found method {config.method}, ssl.learned_view {config.ssl.learned_view})"
         ]
     return []

@@ -30,8 +30,17 @@ GENERATOR_METHODS: dict[str, tuple[str, ...]] = {
 ADVERSARIAL_LEVELS = {"adv_pixel": "pixel", "adv_image": "image"}
 # Weak-to-strong consistency on the unlabeled slices: UniMatch (Yang et al. 2023), its
 # ablation with one strong view and no feature-perturbation stream, FixMatch-style, and
-# UniMatch with a learned strong view GI(GV(x_u)) from the frozen generators.
-CONSISTENCY_METHODS = ("fixmatch", "unimatch", "unimatch_gdgi")
+# UniMatch with the learned augmentation GI(GV(x)), from generators trained first and frozen
+# (unimatch_gdgi) or trained with the student in its own stage (unimatch_gdgi_joint).
+CONSISTENCY_METHODS = ("fixmatch", "unimatch", "unimatch_gdgi", "unimatch_gdgi_joint")
+# The consistency methods with the learned augmentation, and the methods whose final stage
+# trains (and keeps) generators itself instead of reusing the generator stages'.
+LEARNED_CONSISTENCY_METHODS = ("unimatch_gdgi", "unimatch_gdgi_joint")
+FINAL_STAGE_GENERATORS: dict[str, tuple[str, ...]] = {
+    "unimatch_gdgi_joint": ("deformation", "intensity"),
+}
+# Every method that uses learned transformations, whichever stage trains the generators.
+LEARNED_AUGMENTATION_METHODS = (*GENERATOR_METHODS, *FINAL_STAGE_GENERATORS)
 COMPARISON_METHODS = ("self_training", *ADVERSARIAL_LEVELS, *CONSISTENCY_METHODS)
 _AUGMENTATION_METHODS = tuple(m for m in GENERATOR_METHODS if m not in COMPARISON_METHODS)
 METHODS = (*RANDOM_METHODS, *_AUGMENTATION_METHODS, *COMPARISON_METHODS)

@@ -435,7 +435,7 @@ def test_generated_pairs_join_the_second_half_of_the_labeled_rows(tmp_path):
 @pytest.mark.parametrize(
     ("method", "view", "views", "message"),
     [
-        ("unimatch", "both", 0, "allowed only for method"),
+        ("unimatch", "both", 0, "allowed only for methods unimatch_gdgi, unimatch_gdgi_joint"),
         ("unimatch_gdgi", "labeled", 0, "ssl.learned_view labeled"),
         ("fixmatch", "both", -1, "must be >= 0"),
         ("unimatch_gdgi", "everywhere", None, "ssl.learned_view: 'everywhere'"),

@@ -9,9 +9,10 @@
 - ``adv_pixel`` / ``adv_image``: one stage ``adversarial`` trains a fresh S against a
   pixel-level or image-level discriminator on half labeled, half unlabeled batches
   (``segmenter_iterations``).
-- ``fixmatch`` / ``unimatch``: one stage ``consistency`` trains a fresh S with weak-to-strong
-  consistency on the unlabeled slices (:class:`ConsistencyModel`, the ``ssl`` and ``strong``
-  config sections; ``segmenter_iterations``).
+- ``fixmatch`` / ``unimatch`` / ``unimatch_gdgi``: one stage ``consistency`` trains a fresh S
+  with weak-to-strong consistency on the unlabeled slices (:class:`ConsistencyModel`, the
+  ``ssl`` and ``strong`` config sections; ``segmenter_iterations``); ``unimatch_gdgi_joint``
+  trains fresh GV, GI and D in the same stage (:class:`JointConsistencyModel`).
 
 Every stage runs through :meth:`tfaug.training.stage.StageContext.run_stage` (kill/resume,
 validation every k iterations, best checkpoint kept, the same schedule switches as every
@@ -28,6 +29,7 @@ import tensorflow as tf
 from tfaug.analysis.evaluation import load_volumes
 from tfaug.baselines.adversarial import AdversarialSegmentationModel
 from tfaug.baselines.consistency import ConsistencyModel
+from tfaug.baselines.joint_consistency import JointConsistencyModel
 from tfaug.baselines.self_training import (
     SelfTrainingModel,
     load_pseudo_labels,
@@ -41,8 +43,10 @@ from tfaug.methods import (
     ADVERSARIAL_STAGE,
     CONSISTENCY_METHODS,
     CONSISTENCY_STAGE,
+    FINAL_STAGE_GENERATORS,
     STAGE_SEED_OFFSETS,
     SUBSTREAM,
+    generator_stage,
     self_training_stage,
 )
 from tfaug.training.builders import (
@@ -50,7 +54,10 @@ from tfaug.training.builders import (
     build_affine,
     build_comparison_discriminator,
     build_cutmix,
+    build_discriminator,
+    build_discriminator_optimizer,
     build_generated_augmentation,
+    build_generator,
     build_labeled_augmentation,
     build_segmenter,
     build_ssl_labeled_augmentation,
@@ -176,11 +183,20 @@ def _adversarial(context: StageContext, level: str) -> keras.Model:
 
 
 def _consistency(context: StageContext, generators: dict[str, keras.Model]) -> keras.Model:
+    """The ``consistency`` stage. ``unimatch_gdgi_joint`` builds fresh GV, GI and D here and
+    keeps them with S (``generator_<kind>``, ``discriminator``), as the generator stages
+    keep theirs; the other methods keep S only."""
     cfg = context.cfg
     seed = context.seed(STAGE_SEED_OFFSETS[CONSISTENCY_STAGE])
     keras.utils.set_random_seed(seed)
     segmenter = build_segmenter(cfg)
-    model = build_consistency_model(cfg, segmenter, seed, generators)
+    trained = {}
+    if cfg.method in FINAL_STAGE_GENERATORS:
+        kinds = FINAL_STAGE_GENERATORS[cfg.method]
+        generators = {kind: build_generator(cfg, kind) for kind in kinds}
+        trained = {generator_stage(kind): model for kind, model in generators.items()}
+        trained["discriminator"] = build_discriminator(cfg)
+    model = build_consistency_model(cfg, segmenter, seed, generators, trained.get("discriminator"))
     n_labeled, n_unlabeled = consistency_batch_sizes(cfg)
     _run(
         context,
@@ -189,6 +205,7 @@ def _consistency(context: StageContext, generators: dict[str, keras.Model]) -> k
         _mixed_batches(context, n_labeled, n_unlabeled, seed),
         cfg.train.segmenter_iterations,
         segmenter,
+        also_keep=trained,
     )
     return segmenter
 
@@ -198,6 +215,7 @@ def build_consistency_model(
     segmenter: keras.Model,
     seed: int,
     generators: dict[str, keras.Model] | None = None,
+    discriminator: keras.Model | None = None,
 ) -> ConsistencyModel:
     """The compiled :class:`ConsistencyModel` of ``cfg.method`` (a consistency method).
 
@@ -211,16 +229,33 @@ def build_consistency_model(
     ``ssl.learned_view`` says: the learned strong view GI(GV(x_u)) (``composition="chain"``,
     ``augment.generated_strength``) of weight ``ssl.learned_weight``, and ``gdgi``'s
     generated pairs in the second half of the labeled rows
-    (:func:`build_ssl_labeled_augmentation`). Adam at ``train.learning_rate``.
+    (:func:`build_ssl_labeled_augmentation`). ``unimatch_gdgi_joint``: a
+    :class:`JointConsistencyModel` of the training ``generators`` and ``discriminator`` at
+    ``train.lambda_adv``, ``train.lambda_ld`` and ``train.real_label``, D with the generator
+    stages' optimiser (:func:`build_discriminator_optimizer`). Adam at
+    ``train.learning_rate``.
     """
     ssl = cfg.ssl
-    unimatch = cfg.method in ("unimatch", "unimatch_gdgi")
-    learned = None
+    options = {}
     if cfg.method == "unimatch_gdgi" and ssl.learned_view != "labeled":
-        learned = build_generated_augmentation(
+        options["learned"] = build_generated_augmentation(
             cfg, generators or {}, seed + SUBSTREAM["learned_view"], composition="chain"
         )
-    model = ConsistencyModel(
+    model_class = ConsistencyModel
+    if cfg.method in FINAL_STAGE_GENERATORS:
+        model_class = JointConsistencyModel
+        options.update(
+            deformation=(generators or {})["deformation"],
+            intensity=(generators or {})["intensity"],
+            discriminator=discriminator,
+            learned_view=ssl.learned_view,
+            lambda_adv=cfg.train.lambda_adv,
+            lambda_ld=cfg.train.lambda_ld,
+            real_label=cfg.train.real_label,
+            z_dim=cfg.model.z_dim,
+        )
+    unimatch = cfg.method != "fixmatch"
+    model = model_class(
         segmenter,
         n_classes=cfg.data.n_classes,
         class_weights=ssl.class_weights or [1.0] * cfg.data.n_classes,
@@ -228,7 +263,6 @@ def build_consistency_model(
         labeled=build_ssl_labeled_augmentation(cfg, seed + SUBSTREAM["ssl_labeled"], generators),
         strong=build_strong(cfg, seed + SUBSTREAM["strong_views"]),
         cutmix=build_cutmix(cfg, seed + SUBSTREAM["cutmix"]),
-        learned=learned,
         learned_weight=ssl.learned_weight,
         threshold=ssl.threshold,
         strong_views=(2 if unimatch else 1) if ssl.strong_views is None else ssl.strong_views,
@@ -240,8 +274,12 @@ def build_consistency_model(
         unlabeled_loss=ssl.unlabeled_loss,
         rampup_iterations=ssl.rampup_iterations,
         seed=seed + SUBSTREAM["feature_dropout"],
+        **options,
     )
-    model.compile(s_optimizer=build_adam(cfg))
+    if model_class is JointConsistencyModel:
+        model.compile(s_optimizer=build_adam(cfg), d_optimizer=build_discriminator_optimizer(cfg))
+    else:
+        model.compile(s_optimizer=build_adam(cfg))
     return model
 
 
@@ -286,9 +324,11 @@ def _run(
     iterations: int,
     segmenter: keras.Model,
     discriminator: keras.Model | None = None,
+    also_keep: dict[str, keras.Model] | None = None,
 ) -> None:
-    """One validated stage of S (and D); loads S's kept weights."""
-    keep = {"segmenter": segmenter}
+    """One validated stage of S (and D, and ``also_keep`` by file stem); loads S's kept
+    weights."""
+    keep = {"segmenter": segmenter, **(also_keep or {})}
     if discriminator is not None:
         keep["discriminator"] = discriminator
     context.run_stage(stage, model, make_dataset, iterations, keep, validated=segmenter)

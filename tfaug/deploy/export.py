@@ -39,7 +39,12 @@ import tensorflow as tf
 import yaml
 
 from tfaug.config import Config, config_from_dict
-from tfaug.methods import GENERATOR_METHODS, final_stage, generator_stage
+from tfaug.methods import (
+    FINAL_STAGE_GENERATORS,
+    GENERATOR_METHODS,
+    final_stage,
+    generator_stage,
+)
 from tfaug.ops.generated import apply_deformation, apply_intensity
 from tfaug.runs.rundir import RunDirectory
 from tfaug.training.builders import build_generator, build_segmenter
@@ -101,7 +106,9 @@ def load_run_models(run_dir: str | Path) -> tuple[Config, dict[str, keras.Model]
 
     Returns:
         ``(cfg, models)`` with ``models["segmenter"]`` (S: (B,S,S,1) → logits (B,S,S,C)) and,
-        for generator methods, ``models["deformation"]`` / ``models["intensity"]``.
+        for generator methods, ``models["deformation"]`` / ``models["intensity"]`` (from
+        their generator stages, or, for ``unimatch_gdgi_joint``, kept by the final stage
+        beside S).
 
     Raises:
         ExportError: see :func:`read_run_config`; or a best-weights file is missing.
@@ -117,6 +124,11 @@ def load_run_models(run_dir: str | Path) -> tuple[Config, dict[str, keras.Model]
         generator.load_weights(
             _weights(run.stage(generator_stage(kind)) / "best/generator.weights.h5", run)
         )
+        models[kind] = generator
+    for kind in FINAL_STAGE_GENERATORS.get(cfg.method, ()):  # trained beside S
+        generator = build_generator(cfg, kind)
+        kept = run.stage(stage) / f"best/{generator_stage(kind)}.weights.h5"
+        generator.load_weights(_weights(kept, run))
         models[kind] = generator
     return cfg, models
 

@@ -21,7 +21,7 @@ import yaml
 from scipy import stats
 
 from tfaug.io import read_jsonl
-from tfaug.methods import GENERATOR_METHODS, METHODS
+from tfaug.methods import LEARNED_AUGMENTATION_METHODS, METHODS
 
 MEAN = "mean"  # the column of the per-volume mean foreground Dice
 METHOD_ORDER = METHODS  # the order of a table's rows; unknown methods follow by name
@@ -319,8 +319,10 @@ def subject_means(runs: Sequence[RunResult], method: str) -> dict[str, float]:
 
 
 def best_other_method(runs: Sequence[RunResult]) -> str | None:
-    """The related method label (no :data:`GENERATOR_METHODS`) with the best mean fg Dice."""
-    others = ordered_methods({r.label for r in runs if r.method not in GENERATOR_METHODS})
+    """The related method label (none of :data:`LEARNED_AUGMENTATION_METHODS`) with the best
+    mean fg Dice."""
+    learned = LEARNED_AUGMENTATION_METHODS
+    others = ordered_methods({r.label for r in runs if r.method not in learned})
     if not others:
         return None
     return max(others, key=lambda m: float(dice_values(runs, m, MEAN).mean()))
