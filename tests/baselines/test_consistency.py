@@ -16,7 +16,7 @@ from tfaug.baselines.comparisons import build_consistency_model, consistency_bat
 from tfaug.baselines.consistency import ConsistencyModel, confident_pseudo_labels
 from tfaug.config import ConfigError, config_from_dict
 from tfaug.data.pipeline import labeled_dataset, unlabeled_dataset
-from tfaug.deploy.export import export_run
+from tfaug.deploy.export import export_run, load_run_models
 from tfaug.methods import METHODS, final_stage
 from tfaug.models.generator import Generator
 from tfaug.ops.augment import RandomAffine
@@ -522,11 +522,18 @@ def test_consistency_methods_run_export_and_resume(consistency_run, tmp_path):
     assert ("fp_loss" in rows[-1]) == (cfg.method != "fixmatch")
     assert ("learned_kept_fraction" in rows[-1]) == learned
     assert ("d_loss" in rows[-1]) == ("flow_norm" in rows[-1]) == joint
+    # The generators' figures, from the generator stages or (joint) the consistency stage.
+    for kind in ("deformation", "intensity"):
+        assert (run.figures / f"generated_{kind}.png").is_file() == learned
 
+    # The export finds every model the run kept: the generators of unimatch_gdgi where gdgi's
+    # are (tests/deploy), those of unimatch_gdgi_joint beside S in the consistency stage.
+    _, models = load_run_models(run.path)
+    assert sorted(models) == ["segmenter", *(["deformation", "intensity"] if learned else [])]
+    if cfg.method != "unimatch":
+        return  # the export and the finished-stage skip are the same for every method
     exported = export_run(run.path, tmp_path / "export", formats=("savedmodel",))
-    generators = ["generator_deformation", "generator_intensity", "augmenter"]  # and their chain
-    assert list(exported["models"]) == ["segmenter", *(generators if learned else [])]
-    assert exported["run"]["method"] == cfg.method
+    assert list(exported["models"]) == ["segmenter"] and exported["run"]["method"] == "unimatch"
 
     # A finished stage is skipped: re-running trains nothing and keeps the same S.
     done = (stage / "done.json").read_text(encoding="utf-8")

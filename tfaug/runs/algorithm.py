@@ -34,6 +34,7 @@ from tfaug.data.splits import Split, split_cases
 from tfaug.io import write_json_atomic
 from tfaug.methods import (
     COMPARISON_METHODS,
+    FINAL_STAGE_GENERATORS,
     GENERATOR_METHODS,
     METHODS,
     PRETRAIN_STAGE,
@@ -235,6 +236,17 @@ class Algorithm:
         load_best({"segmenter": segmenter}, self.run.stage(stage))
         return segmenter
 
+    def _final_stage_generators(self) -> dict[str, Generator]:
+        """The generators the final stage trained and kept beside S (``unimatch_gdgi_joint``),
+        at the kept step; none for the other methods."""
+        cfg = self.cfg
+        stage_dir = self.run.stage(final_stage(cfg.method, cfg.train.self_training_rounds))
+        found = {}
+        for kind in FINAL_STAGE_GENERATORS.get(cfg.method, ()):
+            found[kind] = build_generator(cfg, kind)
+            load_best({generator_stage(kind): found[kind]}, stage_dir)
+        return found
+
     def _sample_batch(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """A fixed batch of up to 4 labeled slices with a fixed z, for image summaries."""
         images, labels = next(iter(labeled_dataset(self.cache, self.split.labeled, 4, seed=0)))
@@ -306,7 +318,7 @@ class Algorithm:
         checkpoints = self._evaluate_other_checkpoints(test)
         self.run.figures.mkdir(parents=True, exist_ok=True)
         samples = self._sample_batch()
-        for kind, generator in generators.items():
+        for kind, generator in {**generators, **self._final_stage_generators()}.items():
             save_generator_figures(
                 generator,
                 samples[0],
