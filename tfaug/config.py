@@ -717,6 +717,9 @@ def _check_choices(config: Config) -> None:
             "(it becomes part of the run directory's name)"
         )
     _check_switches(config)
+    problems = _strong_view_problems(config)
+    if problems:
+        raise ConfigError("; ".join(problems) + " (see docs/methods.md)")
 
 
 def _check_switches(config: Config) -> None:
@@ -756,7 +759,6 @@ def _check_switches(config: Config) -> None:
     strength = augment.generated_strength
     if len(strength) != 2 or not 0.0 <= strength[0] <= strength[1]:
         problems.append(f"augment.generated_strength: {strength} must be [min, max], 0<=min<=max")
-    problems += _strong_view_problems(config)
     if problems:
         raise ConfigError("; ".join(problems) + " (see docs/switches.md)")
 
