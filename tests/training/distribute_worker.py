@@ -8,8 +8,8 @@ configuration runs in its own interpreter:
 
 ``steps`` writes ``{"segmenter": [{name: value}, ...], "joint": [...], "consistency": [...],
 "replicas": n}`` to OUT: the reduced results of each step of the S step, of the joint
-(S, GV, DV) step and of the ``unimatch`` consistency step on a fixed sequence of global
-batches (identical across strategies).
+(S, GV, DV) step and of the consistency step (``unimatch_gdgi_joint``'s, which contains
+``unimatch``'s) on a fixed sequence of global batches (identical across strategies).
 ``stage`` runs three iterations of the S step through ``run_stage`` and writes the
 StageResult and ``replicas`` to OUT.
 """
@@ -48,7 +48,6 @@ def _model(name: str):
     import keras
     from tiny import DISCRIMINATOR_FILTERS, GENERATOR_FILTERS, UNET_FILTERS
 
-    from tfaug.baselines.consistency import ConsistencyModel
     from tfaug.models.discriminator import Discriminator
     from tfaug.models.generator import Generator
     from tfaug.models.unet import UNet
@@ -63,18 +62,34 @@ def _model(name: str):
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
         return model
     if name == "consistency":
-        # No per-replica random layers (augmentations, CutMix) and per-pixel losses, so the
-        # step must equal the single-device one; the channel dropout is drawn globally. With
-        # two classes every pixel has confidence >= 0.5 (none flips in or out of the mask),
-        # and equal class weights make a pseudo-label flipped by rounding at p = 0.5 cost ~0.
+        # unimatch_gdgi_joint's step, which runs every part of the unimatch step (weak pass,
+        # channel dropout drawn globally, teacher, strong views, losses) and trains GV, GI and
+        # D in it. No per-replica random layers (augmentations, CutMix) and per-pixel losses,
+        # so the step must equal the single-device one; z is drawn globally. The learned view
+        # only (the generated half of the labeled rows is a per-replica half by design).
+        # Threshold 0: every pixel is kept (the warped confidence interpolates values near
+        # 0.5, where rounding would flip pixels in or out of a 0.5 threshold).
         # SGD: Adam's first updates are lr·sign(g), which turns the summation-order noise of
         # this step's near-zero gradients into 1e-3 differences by the third step.
+        from tfaug.baselines.joint_consistency import JointConsistencyModel
+
         unet.build((None, SIDE, SIDE, 1))
-        model = ConsistencyModel(
-            unet, n_classes=2, class_weights=[0.5, 0.5], threshold=0.5,
+        generators = {
+            kind: Generator(kind, filters=GENERATOR_FILTERS, image_filters=4, z_dim=8)
+            for kind in ("deformation", "intensity")
+        }
+        for generator in generators.values():
+            generator.build(((None, SIDE, SIDE, 1), (None, 8)))
+        discriminator = Discriminator(filters=DISCRIMINATOR_FILTERS, units=8)
+        discriminator.build((None, SIDE, SIDE, 1))
+        model = JointConsistencyModel(
+            unet, **generators, discriminator=discriminator, learned_view="unlabeled",
+            z_dim=8, n_classes=2, class_weights=[0.5, 0.5], threshold=0.0,
             supervised_loss="cross_entropy", unlabeled_loss="cross_entropy", seed=5,
         )  # fmt: skip
-        model.compile(s_optimizer=keras.optimizers.SGD(0.05))
+        model.compile(
+            s_optimizer=keras.optimizers.SGD(0.05), d_optimizer=keras.optimizers.SGD(0.05)
+        )
         return model
     model = JointAugmentationModel(
         unet,
