@@ -366,7 +366,7 @@ class ConsistencyModel(keras.Model):
 
     def learned_view(
         self, x_u: tf.Tensor, pseudo_labels: tf.Tensor, confidence: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    ) -> dict[str, tf.Tensor]:
         """Step 3d': the learned strong view of the weak unlabeled images and its targets.
 
         ``learned`` transforms the images and, as a soft label map, the teacher's one-hot

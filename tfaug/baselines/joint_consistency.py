@@ -27,7 +27,7 @@ from tfaug.losses import (
     intensity_ld_loss,
 )
 from tfaug.methods import LEARNED_VIEWS
-from tfaug.ops.generated import apply_deformation, apply_intensity
+from tfaug.ops.generated import apply_generators
 from tfaug.training.distribute import global_batch_size, replica_rows, scale_for_replicas
 from tfaug.training.gradients import step_gradients
 from tfaug.training.precision import with_loss_scaling
@@ -176,11 +176,10 @@ class JointConsistencyModel(ConsistencyModel):
         images = tf.cast(images, tf.float32)
         rows = tf.shape(images)[0]
         z = keras.random.normal((global_batch_size(rows), self.z_dim), seed=self.seed_generator)
-        z = replica_rows(z, rows)
-        flow = tf.cast(self.deformation((images, z), training=True), tf.float32)
-        warped, masks = apply_deformation(images, tf.cast(masks, tf.float32), flow)
-        delta = tf.cast(self.intensity((warped, z), training=True), tf.float32)
-        return apply_intensity(warped, delta), masks, flow, delta
+        return apply_generators(
+            self.deformation, self.intensity, images, tf.cast(masks, tf.float32),
+            replica_rows(z, rows), training=True,
+        )  # fmt: skip
 
     def learned_view(
         self, x_u: tf.Tensor, pseudo_labels: tf.Tensor, confidence: tf.Tensor

@@ -45,7 +45,7 @@ from tfaug.methods import (
     final_stage,
     generator_stage,
 )
-from tfaug.ops.generated import apply_deformation, apply_intensity
+from tfaug.ops.generated import apply_generators
 from tfaug.runs.rundir import RunDirectory
 from tfaug.training.builders import build_generator, build_segmenter
 from tfaug.version import __version__
@@ -186,11 +186,7 @@ def augmenter_function(
 
     @tf.function(input_signature=[_image_spec(size), label_spec, _z_spec(z_dim)])
     def serve(image: tf.Tensor, label: tf.Tensor, z: tf.Tensor) -> dict[str, tf.Tensor]:
-        if deformation is not None:
-            flow = deformation((image, z), training=False)
-            image, label = apply_deformation(image, label, flow)
-        if intensity is not None:
-            image = apply_intensity(image, intensity((image, z), training=False))
+        image, label, _, _ = apply_generators(deformation, intensity, image, label, z)
         return {"augmented_image": image, "augmented_label": label}
 
     return serve

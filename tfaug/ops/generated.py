@@ -63,6 +63,37 @@ def apply_field(
     return apply_intensity(images, field), masks
 
 
+def apply_generators(
+    deformation: keras.Model | None,
+    intensity: keras.Model | None,
+    images: tf.Tensor,
+    masks: tf.Tensor,
+    z: tf.Tensor,
+    *,
+    training: bool = False,
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None, tf.Tensor | None]:
+    """GV's warp of an image and its soft labels, then GI's ΔI on the warped image (X_GVI of
+    docs/method.md §2), both fed the same z; a missing generator is skipped.
+
+    Args:
+        deformation, intensity: GV and GI (``(image, z)`` → field), or ``None``.
+        images: (B,H,W,1) float. masks: (B,H,W,K) soft maps, warped with the image.
+        z: (B,z_dim) noise. training: the generators' BatchNormalization mode.
+
+    Returns:
+        ``(images, masks, flow (B,H,W,2) or None, delta (B,H,W,1) or None)``; the fields are
+        cast to the images' dtype. Differentiable in the generators' weights. Not clipped.
+    """
+    flow = delta = None
+    if deformation is not None:
+        flow = tf.cast(deformation((images, z), training=training), images.dtype)
+        images, masks = apply_deformation(images, masks, flow)
+    if intensity is not None:
+        delta = tf.cast(intensity((images, z), training=training), images.dtype)
+        images = apply_intensity(images, delta)
+    return images, masks, flow, delta
+
+
 @keras.saving.register_keras_serializable(package="tfaug")
 class GeneratedAugmentation(keras.layers.Layer):
     """Task-driven augmentation from frozen generators GV and/or GI.
