@@ -485,6 +485,10 @@ class TrainConfig:
             0.9 for one-sided label smoothing.
         validation_smoothing: α of the moving average of the validation score that picks
             each stage's best checkpoint (0: the raw score, the paper).
+        generator_patience: P > 0 ends each generator stage once its best validation step is
+            P steps old (a multiple of ``validate_every``; ``generator_iterations`` stays the
+            cap): the stage runs only as long as its validation curve rises. 0: every
+            generator stage runs ``generator_iterations`` steps (the paper).
         budget_marks: n > 1 splits the final stage into n equal parts; at the end of each
             part but the last the stage keeps its chosen checkpoint as it stands then (the
             checkpoint a run stopped there would have chosen), and the run reports its test
@@ -529,6 +533,7 @@ class TrainConfig:
     real_label: float = setting(1.0, switch=True)
     validation_smoothing: float = setting(0.0, switch=True)
     budget_marks: int = setting(0, switch=True, read_by=READ_BY_FINAL)
+    generator_patience: int = setting(0, switch=True)
     self_training_rounds: int = 3
     self_training_iterations: int = 10000
     pseudo_label_confidence: float = 0.9
@@ -754,6 +759,16 @@ def _check_switches(config: Config) -> None:
         problems.append(f"train.validation_smoothing: {smoothing} must be in [0, 1)")
     if train.budget_marks < 0 or train.budget_marks == 1:
         problems.append(f"train.budget_marks: {train.budget_marks} must be 0 (off) or >= 2")
+    if train.generator_patience < 0 or train.generator_patience % train.validate_every:
+        problems.append(
+            f"train.generator_patience: {train.generator_patience} must be 0 (off) or a "
+            f"multiple of train.validate_every ({train.validate_every})"
+        )
+    if train.generator_patience and train.model_selection != "best":
+        problems.append(
+            "train.generator_patience needs validation: set train.model_selection to best, "
+            "or the patience to 0"
+        )
     if not train.lambda_diversity >= 0:
         problems.append(f"train.lambda_diversity: {train.lambda_diversity} must be >= 0")
     strength = augment.generated_strength

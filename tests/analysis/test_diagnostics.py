@@ -170,6 +170,27 @@ def test_the_figure_marks_the_chosen_step_in_every_panel_and_plots_mm(tmp_path):
     assert chosen["field_mean_fraction"] == pytest.approx(7.5 / 160)
 
 
+def test_a_stage_its_patience_ended_says_so_with_its_budget(tmp_path):
+    rows = [_row(10, 0.5), _row(20, 0.4)]
+    done = {"best_step": 10, "iterations": 20, "budget": 300}
+    trace = read_stage_trace(
+        _write_stage(tmp_path / "generator_intensity", rows, done),
+        spacing_mm=SPACING,
+        crop_size=CROP,
+    )
+    assert (summarise_stage(trace)["iterations"], summarise_stage(trace)["budget"]) == (20, 300)
+    figure = draw_generator_diagnostics({"generator_intensity": trace}, "stopped")
+    panel = next(ax for ax in figure.axes if ax.get_gid() == "generator_intensity/field")
+    assert panel.get_title().endswith("chosen step 10 of 20 (stopped early; budget 300)")
+    full = {"best_step": 10, "iterations": 20, "budget": 20}
+    trace = read_stage_trace(
+        _write_stage(tmp_path / "full" / "generator_intensity", rows, full),
+        spacing_mm=SPACING,
+        crop_size=CROP,
+    )
+    assert trace.budget is None
+
+
 def test_missing_metrics_give_no_trace_and_nothing_is_written(tmp_path):
     (tmp_path / "run" / "checkpoints" / "generator_deformation").mkdir(parents=True)
     stage = tmp_path / "run" / "checkpoints" / "generator_deformation"

@@ -122,3 +122,29 @@ def test_a_second_generator_method_reuses_the_trained_stages(tiny_cache, tmp_pat
     assert set(stamps["gi"]) == {"pretrain", "generator_deformation", "generator_intensity"}
     assert stamps["gi"]["pretrain"] == stamps["gd"]["pretrain"]  # not trained again
     assert stamps["gi"]["generator_deformation"] == stamps["gd"]["generator_deformation"]
+
+
+def test_the_generator_patience_ends_a_generator_stage_at_its_flat_validation(tiny_cache, tmp_path):
+    base_cfg, _ = tiny_cache
+    cfg = tiny_config(base_cfg.data.cache_dir, tmp_path / "runs", "gd")
+    cfg.train.pretrain_iterations = 1
+    cfg.train.generator_iterations = 30
+    cfg.train.validate_every = 3
+    cfg.train.generator_patience = 3  # the first validation without a new best ends it
+    algorithm = Algorithm(cfg, open_run_directory(cfg), progress=False)
+    algorithm.prepare()
+    algorithm.train_generators(("deformation",))
+
+    stage = algorithm.stages["generator_deformation"]
+    # The stop the rule gives on the stage's own validation history.
+    best, stop = -1.0, 30
+    for step, score in stage.history:
+        if score > best:
+            best = score
+        elif step < 30:
+            stop = int(step)
+            break
+    assert (stage.iterations, stage.budget) == (stop, 30)
+    assert stage.stopped_early == (stop < 30)
+    assert stage.history[-1][0] == stop
+    assert algorithm.stages["pretrain"].budget == 1  # not a generator stage: no patience

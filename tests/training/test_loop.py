@@ -94,6 +94,7 @@ def _stage(
     score_smoothing=0.0,
     validate_wide=None,
     budget_marks=(),
+    patience=0,
 ):
     return run_stage(
         name="tiny",
@@ -108,6 +109,7 @@ def _stage(
         score_smoothing=score_smoothing,
         validate_wide=validate_wide,
         budget_marks=budget_marks,
+        patience=patience,
     )
 
 
@@ -131,6 +133,7 @@ def test_stage_runs_to_the_end_and_writes_done_and_best(make_segmenter_model, tm
         best_score=0.3,
         history=[[3.0, 0.1], [6.0, 0.3], [9.0, 0.2]],
         wall_time_s=result.wall_time_s,
+        budget=9,
     )
     assert result.wall_time_s > 0
     assert json.loads((tmp_path / "done.json").read_text(encoding="utf-8")) == vars(result)
@@ -414,22 +417,70 @@ def test_a_mark_whose_choice_was_overwritten_stays_missing(make_segmenter_model,
     assert not (tmp_path / "best_at" / "3").exists()
 
 
-@pytest.mark.parametrize(
-    ("marks", "validate"), [((4,), 0.5), ((9,), 0.5), ((0,), 0.5), ((3,), None)]
-)
-def test_budget_marks_must_be_validation_steps_inside_the_stage(tmp_path, marks, validate):
-    # Refused before anything is built or trained (no model needed).
-    with pytest.raises(ValueError, match="budget marks need validation and must be multiples"):
+def _refused(stage_dir, validate: float | None, **schedule) -> None:
+    """Assert that ``run_stage`` refuses ``schedule`` before anything is built or trained (no
+    model needed) and writes nothing."""
+    with pytest.raises(ValueError, match=schedule.pop("match")):
         run_stage(
             name="tiny",
             model=None,
             make_dataset=Recorder(),
             iterations=9,
-            stage_dir=tmp_path,
+            stage_dir=stage_dir,
             keep={},
             validate=None if validate is None else (lambda: validate),
             validate_every=3,
             progress=False,
-            budget_marks=marks,
+            **schedule,
         )
-    assert not any(tmp_path.iterdir())
+    assert not any(stage_dir.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("marks", "validate"), [((4,), 0.5), ((9,), 0.5), ((0,), 0.5), ((3,), None)]
+)
+def test_budget_marks_must_be_validation_steps_inside_the_stage(tmp_path, marks, validate):
+    match = "budget marks need validation and must be multiples"
+    _refused(tmp_path, validate, budget_marks=marks, match=match)
+
+
+def test_patience_ends_the_stage_once_the_best_step_is_that_old(make_segmenter_model, tmp_path):
+    model = make_segmenter_model()
+    validate = Script(model, [0.1, 0.3, 0.2, 0.3, 0.9])
+    result = _stage(model, tmp_path, Recorder(), validate, iterations=30, patience=6)
+
+    # Best at 6; step 9 is 3 steps later, step 12 is 6 later (0.3 ties, not an improvement).
+    assert validate.steps == [3, 6, 9, 12]
+    assert int(model.optimizer.iterations.numpy()) == 12
+    assert (result.iterations, result.budget, result.stopped_early) == (12, 30, True)
+    assert (result.best_step, result.best_score) == (6, 0.3)
+    assert json.loads((tmp_path / "done.json").read_text(encoding="utf-8")) == vars(result)
+    _assert_weights_equal(_kept(tmp_path, "best"), validate.weights[6])
+    _assert_weights_equal(_kept(tmp_path, "last"), validate.weights[12])
+
+
+def test_a_rising_score_is_not_stopped_by_the_patience(make_segmenter_model, tmp_path):
+    model = make_segmenter_model()
+    result = _stage(model, tmp_path, Recorder(), Script(model, [0.1, 0.2, 0.3]), patience=3)
+    assert (result.iterations, result.budget, result.stopped_early) == (9, 9, False)
+
+
+def test_a_stage_killed_after_its_stopping_checkpoint_stops_again(make_segmenter_model, tmp_path):
+    model = make_segmenter_model()
+    first = _stage(
+        model, tmp_path, Recorder(), Script(model, [0.5, 0.1]), iterations=30, patience=3
+    )
+    (tmp_path / "done.json").unlink()  # the kill came before done.json
+
+    resumed = make_segmenter_model()
+    dataset = Recorder(resumed)
+    again = _stage(resumed, tmp_path, dataset, Script(resumed, []), iterations=30, patience=3)
+    assert dataset.starts == [6]
+    assert int(resumed.optimizer.iterations.numpy()) == 6  # restored, not trained further
+    assert again == StageResult(**{**vars(first), "wall_time_s": again.wall_time_s})
+
+
+@pytest.mark.parametrize(("patience", "validate"), [(4, 0.5), (-3, 0.5), (3, None)])
+def test_the_patience_must_be_validation_steps_of_a_validated_stage(tmp_path, patience, validate):
+    match = "patience must be 0 \\(off\\) or a multiple"
+    _refused(tmp_path, validate, patience=patience, match=match)

@@ -73,6 +73,7 @@ class StageTrace:
         chosen_step: ``best_step`` of ``done.json``; for an unfinished stage the first step
             reaching the highest selection score so far (the last step without validation).
         iterations: the stage's total iterations (``None`` while unfinished).
+        budget: the stage's step budget when its patience ended it earlier, else ``None``.
     """
 
     stage: str
@@ -89,6 +90,7 @@ class StageTrace:
     selection_score: np.ndarray
     chosen_step: int
     iterations: int | None
+    budget: int | None = None
 
     @property
     def unit(self) -> str:
@@ -168,7 +170,15 @@ def read_stage_trace(stage_dir: Path, *, spacing_mm: float, crop_size: int) -> S
         selection_score=column["selection_score"],
         chosen_step=int(chosen),
         iterations=int(done["iterations"]) if done else None,
+        budget=_early_stop_budget(done),
     )
+
+
+def _early_stop_budget(done: dict | None) -> int | None:
+    """The budget of a finished stage that its patience stopped early, else ``None``."""
+    if not done or done.get("budget") is None or done["budget"] <= done["iterations"]:
+        return None
+    return int(done["budget"])
 
 
 def _column(rows: Sequence[dict], key: str) -> np.ndarray:
@@ -244,6 +254,7 @@ def summarise_stage(trace: StageTrace) -> dict:
         "field_unit": trace.unit,
         "fraction_of": trace.fraction_of,
         "iterations": trace.iterations,
+        "budget": trace.budget,
         "validations": len(trace.steps),
         "chosen_step": trace.chosen_step,
         "chosen": None if index is None else values_at(trace, index),
@@ -276,6 +287,8 @@ def _draw_column(axes: np.ndarray, trace: StageTrace) -> None:
     steps = trace.steps
     field_ax, lost_ax, d_ax, adv_ax, dice_ax = axes
     iterations = "unfinished" if trace.iterations is None else f"of {trace.iterations}"
+    if trace.budget is not None:
+        iterations += f" (stopped early; budget {trace.budget})"
     field_ax.set_title(
         f"{SHORT_NAMES[trace.stage]} ({trace.kind}): chosen step {trace.chosen_step} {iterations}"
     )

@@ -22,7 +22,9 @@ runs through :func:`run_stage`. The stage folder holds
   steps); lines past the restored step are dropped on resume;
 - ``done.json``: written last, atomically; a stage with it is skipped on re-runs.
 
-Re-running after a kill restores the latest checkpoint and continues from its step.
+Re-running after a kill restores the latest checkpoint and continues from its step. With a
+``patience``, a stage ends early once its best step is that many steps old (Keras'
+``EarlyStopping`` on the selection score, with the kept weights chosen as without it).
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class StageResult:
 
     Attributes:
         name: stage name, e.g. ``"generator_deformation"``.
-        iterations: number of training steps run in total.
+        iterations: number of training steps run in total (fewer than the stage's budget
+            when its patience ended it).
         best_step: step whose weights were kept.
         best_score: selection score at ``best_step`` (the validation score, or its moving
             average with ``score_smoothing``; ``None`` without validation).
@@ -70,6 +73,8 @@ class StageResult:
         wide_best_score: its selection score on the wide validation set.
         budget_steps: ``[[mark, step], ...]``: at each budget mark, the step ``best/`` held
             (its weights in ``best_at/<mark>/``); empty without marks.
+        budget: the stage's budget, in steps (``iterations`` unless the patience ended the
+            stage; ``None`` in stages finished before it was recorded).
     """
 
     name: str
@@ -81,6 +86,12 @@ class StageResult:
     wide_best_step: int | None = None
     wide_best_score: float | None = None
     budget_steps: list[list[int]] = field(default_factory=list)
+    budget: int | None = None
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the patience ended the stage before its budget."""
+        return self.budget is not None and self.iterations < self.budget
 
 
 def _seed_states(model: keras.Model) -> list[tf.Variable]:
@@ -164,6 +175,7 @@ def run_stage(
     score_smoothing: float = 0.0,
     validate_wide: Callable[[], float] | None = None,
     budget_marks: Sequence[int] = (),
+    patience: int = 0,
 ) -> StageResult:
     """Train ``model`` for ``iterations`` steps of its ``train_step``, resumably.
 
@@ -196,6 +208,10 @@ def run_stage(
             It measures how much model selection depends on the validation volumes.
         budget_marks: validation steps at which ``best/`` is copied to ``best_at/<mark>/``
             (needs ``validate``): the stage's choice had it stopped there.
+        patience: P > 0 ends the stage at the first validation whose step is P steps past
+            the best step (``iterations`` stays the cap); a multiple of ``validate_every``,
+            needs ``validate``. The kept weights are those the full stage would have kept
+            unless its score would have improved later. 0: always run ``iterations`` steps.
 
     Returns:
         The :class:`StageResult` (read back from ``done.json`` if the stage was finished).
@@ -217,6 +233,11 @@ def run_stage(
             f"validate_every ({validate_every}) inside the stage's {iterations} steps; "
             f"found {list(budget_marks)}"
         )
+    if patience < 0 or patience % validate_every or (patience and validate is None):
+        raise ValueError(
+            f"stage {name!r}: the patience must be 0 (off) or a multiple of validate_every "
+            f"({validate_every}) in a validated stage; found {patience}"
+        )
     strategy = strategy or tf.distribute.get_strategy()
     stage_dir = worker_directory(Path(stage_dir), strategy)
     done_path = stage_dir / "done.json"
@@ -233,7 +254,9 @@ def run_stage(
     iterator = iter(distribute_dataset(strategy, make_dataset(start)))
     bar = tqdm(total=iterations, initial=start, desc=name, disable=not progress, unit="it")
     session_start = time.perf_counter()
-    for current in range(start + 1, iterations + 1):
+    # A stage killed between its stopping checkpoint and done.json stops again at once.
+    end = start if state.patience_ended(patience) else iterations
+    for current in range(start + 1, end + 1):
         logs = {key: float(value) for key, value in train_function(next(iterator)).items()}
         if not math.isfinite(logs["total_loss"]):
             bar.close()
@@ -268,6 +291,8 @@ def run_stage(
             on_validation(current)
         for metric in model.metrics:
             metric.reset_state()
+        if state.patience_ended(patience):
+            break
     bar.close()
 
     _save_weights(keep, stage_dir / "last")
@@ -371,6 +396,11 @@ class StageState:
         """The last checkpointed step (0 for a new stage)."""
         return int(self.step_var.numpy())
 
+    def patience_ended(self, patience: int) -> bool:
+        """Whether the best step is at least ``patience`` > 0 steps behind the last step."""
+        best_step = int(self.selection.best_step.numpy())
+        return patience > 0 and best_step >= 0 and self.step - best_step >= patience
+
     def record(
         self, current: int, score: float | None, smoothing: float
     ) -> tuple[float | None, bool]:
@@ -430,12 +460,12 @@ class StageState:
         ]
         return sorted([int(c["mark"]), int(c["step"])] for c in found)
 
-    def result(self, name: str, iterations: int, validated: bool) -> StageResult:
-        """The finished stage's :class:`StageResult`."""
+    def result(self, name: str, budget: int, validated: bool) -> StageResult:
+        """The finished stage's :class:`StageResult`; ``budget``: the stage's step budget."""
         wide_step = int(self.wide.best_step.numpy())
         return StageResult(
             name=name,
-            iterations=iterations,
+            iterations=self.step,
             best_step=int(self.selection.best_step.numpy()),
             best_score=float(self.selection.best_score.numpy()) if validated else None,
             history=self.history.numpy().tolist(),
@@ -443,6 +473,7 @@ class StageState:
             wide_best_step=wide_step if wide_step >= 0 else None,
             wide_best_score=float(self.wide.best_score.numpy()) if wide_step >= 0 else None,
             budget_steps=self.budget_steps(),
+            budget=budget,
         )
 
 

@@ -20,7 +20,7 @@ from tfaug.config import Config
 from tfaug.data.pipeline import labeled_dataset, unlabeled_dataset
 from tfaug.data.records import Cache
 from tfaug.data.splits import Split
-from tfaug.methods import final_stage, stage_seed
+from tfaug.methods import GENERATOR_STAGES, final_stage, stage_seed
 from tfaug.training.loop import StageResult, run_stage
 
 
@@ -98,6 +98,7 @@ class StageContext:
         train = self.cfg.train
         validate = validate_wide = None
         marks: list[int] = []
+        patience = 0
         if validated is not None and self.selects_best:
             n_classes = self.cfg.data.n_classes
 
@@ -117,6 +118,7 @@ class StageContext:
                     return (n * latest["score"] + k * extra) / (n + k)
 
             marks = budget_marks(self.cfg, name, iterations)
+            patience = stage_patience(self.cfg, name)
         result = run_stage(
             name=name,
             model=model,
@@ -134,6 +136,7 @@ class StageContext:
             score_smoothing=train.validation_smoothing,
             validate_wide=validate_wide,
             budget_marks=marks,
+            patience=patience,
         )
         self.results[name] = result
         return result
@@ -152,3 +155,12 @@ def budget_marks(cfg: Config, name: str, iterations: int) -> list[int]:
     every, n = train.validate_every, train.budget_marks
     marks = {iterations * i // n // every * every for i in range(1, n)}
     return sorted(m for m in marks if 0 < m < iterations)
+
+
+def stage_patience(cfg: Config, name: str) -> int:
+    """The patience of stage ``name`` of a ``cfg`` run, in steps (0: the stage runs its budget).
+
+    ``train.generator_patience`` for the generator stages; the other stages always run their
+    budget (the final stage's fixed length is what comparisons at equal iterations need).
+    """
+    return cfg.train.generator_patience if name in GENERATOR_STAGES else 0
