@@ -341,6 +341,13 @@ def add_report_command(subparsers: Any) -> None:
         help="an extra Wilcoxon test of two method labels as the tables show them, e.g. "
         "'gdgi [b],aff' (repeatable)",
     )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="training times by the wall clock (default) or by the process's CPU time, which "
+        "a paused process or other jobs on a shared machine do not inflate",
+    )
     parser.set_defaults(func=run_report)
 
 
@@ -349,7 +356,7 @@ def run_report(args: argparse.Namespace) -> int:
 
     try:
         compare = [parse_comparison(text) for text in args.compare]
-        print(write_report(args.runs_dir, args.out, compare))
+        print(write_report(args.runs_dir, args.out, compare, args.clock))
     except ReportError as error:
         print(f"tfaug: error: {error}", file=sys.stderr)
         return 2

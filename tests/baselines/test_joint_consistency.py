@@ -159,7 +159,7 @@ def test_config_and_checkpoint_round_trips(tmp_path):
     state = loop.StageState(model, tmp_path, keep={}, budget_marks=[])
     model.train_step(_batch())
     state.record(1, None, 0.0)
-    state.save(improved=False, seconds=1.0)
+    state.save(improved=False, lap=loop.Lap(wall_s=1.0, cpu_s=1.0, steps=1))
     fresh = _model("unlabeled", views=0, lambda_adv=0.5, lambda_ld=0.01)
     assert loop.StageState(fresh, tmp_path, keep={}, budget_marks=[]).step == 1
     for network in ("deformation", "intensity", "discriminator", "segmenter"):

@@ -50,6 +50,7 @@ def _write_run(
     dice=_known_dice,
     tag: str = "",
     wall_time_s: dict[str, float] | None = None,
+    cpu_time_s: dict[str, float | None] | None = None,
 ) -> None:
     name = f"phantom-nl{n_labeled}-{method}-split{draw}-seed{seed}"
     name += "" if mode == "joint" else f"-{mode}"
@@ -73,6 +74,8 @@ def _write_run(
     }
     if wall_time_s is not None:
         content["wall_time_s"] = wall_time_s
+    if cpu_time_s is not None:
+        content["cpu_time_s"] = cpu_time_s
     (path / "results.json").write_text(json.dumps(content))
     if tag:  # the report reads the tag from the run's config.yaml, as a run records it
         (path / "config.yaml").write_text(yaml.safe_dump({"method": method, "tag": tag}))
@@ -526,11 +529,11 @@ def test_runs_without_final_stage_records_have_no_selection_section(runs_dir, tm
     assert "Budget and model selection" not in report
 
 
-def test_equal_wall_time_section_cuts_the_costlier_run_of_each_pair(tmp_path):
-    runs = tmp_path / "runs"
+def _timed_pairs(runs: Path) -> None:
+    """unimatch and aff runs of 3 draws. Wall clock: unimatch 1000 s, 900 of them in its
+    100-step final stage, best_at_40 (reached at 460 s) scores 0.4 and best_at_60 (640 s)
+    0.7; aff scores 0.6 in 500 s. CPU time: the same for unimatch, 700 s for aff."""
     for draw in range(3):
-        # unimatch: 1000 s, 900 of them in its 100-step final stage; best_at_40 (reached at
-        # 460 s) scores 0.4, best_at_60 (640 s) 0.7. aff: 0.6 in 500 s.
         times = {"segmenter": 900.0, "pretrain": 100.0, "this_session_total": 5.0}
         _write_run(
             runs,
@@ -539,6 +542,7 @@ def test_equal_wall_time_section_cuts_the_costlier_run_of_each_pair(tmp_path):
             0,
             dice=lambda *_: dict.fromkeys(STRUCTURES, 0.8),
             wall_time_s=times,
+            cpu_time_s={"segmenter": 900.0, "pretrain": 100.0},
         )
         _write_run(
             runs,
@@ -547,10 +551,16 @@ def test_equal_wall_time_section_cuts_the_costlier_run_of_each_pair(tmp_path):
             0,
             dice=lambda *_: dict.fromkeys(STRUCTURES, 0.6),
             wall_time_s={"segmenter": 500.0},
+            cpu_time_s={"segmenter": 700.0},
         )
         unimatch = runs / f"phantom-nl1-unimatch-split{draw}-seed0"
         _add_final_stage(unimatch, 90, {"best_at_40": (30, 0.4), "best_at_60": (50, 0.7)}, [])
         _add_final_stage(runs / f"phantom-nl1-aff-split{draw}-seed0", 90, {}, [])
+
+
+def test_equal_wall_time_section_cuts_the_costlier_run_of_each_pair(tmp_path):
+    runs = tmp_path / "runs"
+    _timed_pairs(runs)
     report = write_report(runs, tmp_path / "out", [("unimatch", "aff")]).read_text("utf-8")
 
     section = report.split("### Equal wall time", 1)[1]
@@ -559,6 +569,43 @@ def test_equal_wall_time_section_cuts_the_costlier_run_of_each_pair(tmp_path):
     assert row[1:4] == ["3", "unimatch in 3, at 40%", "-0.200"]
     assert row[5:7] == ["0", "-0.200"]
     assert _row(report, "unimatch vs aff")[3] == "+0.200"
+    assert "median wall-clock time" in report
+
+
+def test_by_cpu_time_the_pairs_are_cut_at_the_cpu_seconds(tmp_path):
+    runs = tmp_path / "runs"
+    _timed_pairs(runs)
+    out = tmp_path / "out"
+    assert (
+        main(
+            ["report", str(runs), "--out", str(out), "--compare", "unimatch,aff", "--clock", "cpu"]
+        )
+        == 0
+    )
+    report = (out / "report.md").read_text("utf-8")
+
+    assert "### Equal wall time" not in report
+    section = report.split("### Equal CPU time", 1)[1]
+    # aff's 700 CPU seconds reach unimatch's mark 60 (640 s): 0.7 against 0.6.
+    assert _row(section, "unimatch vs aff")[1:4] == ["3", "unimatch in 3, at 60%", "+0.100"]
+    assert _row(report, "aff")[-1] == "11.7"  # minutes of CPU time
+    assert "median CPU time" in report
+
+
+def test_a_run_without_cpu_times_has_no_cpu_training_time(tmp_path):
+    _write_run(tmp_path, "aff", 0, 0, wall_time_s={"segmenter": 60.0})
+    _write_run(
+        tmp_path,
+        "rd",
+        0,
+        0,
+        wall_time_s={"pretrain": 6.0, "segmenter": 60.0},
+        cpu_time_s={"pretrain": None, "segmenter": 50.0},
+    )  # finished before CPU time
+    assert [r.training_s for r in load_runs(tmp_path, "cpu")] == [None, None]
+    assert [r.training_s for r in load_runs(tmp_path)] == [60.0, 66.0]
+    with pytest.raises(ReportError, match="clock 'gpu': expected one of"):
+        load_runs(tmp_path, "gpu")
 
 
 def test_runs_without_budget_marks_have_no_equal_time_section(runs_dir, tmp_path):

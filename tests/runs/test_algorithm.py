@@ -180,6 +180,8 @@ def test_run_writes_every_artifact(gdgi, command):
     assert {"tensorflow", "keras", "numpy", "python", "tfaug"} <= set(results["versions"])
     assert set(GDGI_STAGES) <= set(results["wall_time_s"])
     assert all(t > 0 for t in results["wall_time_s"].values())
+    assert list(results["cpu_time_s"]) == GDGI_STAGES
+    assert all(t > 0 for t in results["cpu_time_s"].values())
 
 
 def test_finished_run_is_skipped(gdgi, command):

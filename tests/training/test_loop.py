@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from tiny import SIDE, build_tiny_unet
 from tfaug.io import read_jsonl
 from tfaug.ops.augment import RandomAffine
 from tfaug.training.loop import (
+    Lap,
     StageResult,
+    StageState,
     TrainingDivergedError,
     load_best,
     run_stage,
@@ -134,8 +137,10 @@ def test_stage_runs_to_the_end_and_writes_done_and_best(make_segmenter_model, tm
         history=[[3.0, 0.1], [6.0, 0.3], [9.0, 0.2]],
         wall_time_s=result.wall_time_s,
         budget=9,
+        cpu_time_s=result.cpu_time_s,
+        cpu_timed_steps=9,
     )
-    assert result.wall_time_s > 0
+    assert result.wall_time_s > 0 and result.cpu_time_s > 0
     assert json.loads((tmp_path / "done.json").read_text(encoding="utf-8")) == vars(result)
     assert (tmp_path / "best" / "segmenter.weights.h5").is_file()
     assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")) is not None
@@ -484,3 +489,37 @@ def test_a_stage_killed_after_its_stopping_checkpoint_stops_again(make_segmenter
 def test_the_patience_must_be_validation_steps_of_a_validated_stage(tmp_path, patience, validate):
     match = "patience must be 0 \\(off\\) or a multiple"
     _refused(tmp_path, validate, patience=patience, match=match)
+
+
+def test_cpu_time_does_not_count_a_suspended_process(make_segmenter_model, tmp_path):
+    # A validation that sleeps stands for a process stopped (SIGSTOP) or starved by others.
+    model = make_segmenter_model()
+
+    def sleepy_validate() -> float:
+        time.sleep(1.0)
+        return 0.5
+
+    result = _stage(model, tmp_path, Recorder(), sleepy_validate, iterations=6)
+    assert result.wall_time_s >= 2.0
+    assert result.cpu_time_s < result.wall_time_s - 1.5
+    assert result.cpu_timed_steps == 6
+
+
+def test_a_stage_begun_without_cpu_time_scales_it_from_the_steps_it_measured(
+    make_segmenter_model, tmp_path
+):
+    model = make_segmenter_model()
+    with pytest.raises(KeyboardInterrupt):
+        _stage(model, tmp_path, Recorder(), Script(model, [0.2, KeyboardInterrupt()]))
+    # As an older version's checkpoint at step 3 would be: no CPU time recorded.
+    older = StageState(make_segmenter_model(), tmp_path, keep={})
+    older.cpu_steps.assign(0)
+    older.cpu_elapsed.assign(0.0)
+    older.save(improved=False, lap=Lap(wall_s=0.0, cpu_s=0.0, steps=0))
+
+    resumed = make_segmenter_model()
+    result = _stage(resumed, tmp_path, Recorder(), Script(resumed, [0.3, 0.1]))
+    reader = tf.train.load_checkpoint(str(tmp_path / "ckpt"))
+    measured = float(reader.get_tensor("cpu_elapsed/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert result.cpu_timed_steps == 6  # steps 4–9
+    assert result.cpu_time_s == pytest.approx(measured * 9 / 6)

@@ -17,8 +17,9 @@ computed over all runs × test volumes (docs/method.md §7 "Evaluation"):
 - the budget and model-selection check (:mod:`tfaug.experiments.selection_report`): has
   each method's validation curve flattened, and does the ranking change with the last or
   the wide-validation checkpoint;
-- the compared pairs again at equal wall time (:mod:`tfaug.experiments.equal_time`), when
-  the runs kept budget marks: the costlier run of each pair as it stood at the other's time;
+- the compared pairs again at equal training time (:mod:`tfaug.experiments.equal_time`),
+  when the runs kept budget marks: the costlier run of each pair as it stood at the other's
+  time, by the wall clock or, on a shared machine, by the process's CPU time (``clock``);
 - the runs missing from the grid inferred as methods × draws × seeds present.
 
 Across settings: Dice against N_L (Fig. 3c) when several N_L exist, and joint vs
@@ -216,11 +217,16 @@ def wilcoxon_section(
     return lines + notes
 
 
+CLOCK_WORDS = {"wall": ("wall", "wall-clock time"), "cpu": ("CPU", "CPU time")}
+"""Clock → (its word in a heading, its words in a sentence)."""
+
+
 def equal_time_section(
-    runs: Sequence[RunResult], compare: Sequence[tuple[str, str]] = ()
+    runs: Sequence[RunResult], compare: Sequence[tuple[str, str]] = (), clock: str = "wall"
 ) -> list[str]:
-    """Markdown of the tagged and ``compare`` pairs at equal wall time; no lines unless a
-    run kept budget marks (``train.budget_marks``)."""
+    """Markdown of the tagged and ``compare`` pairs at equal training time by ``clock`` (the
+    clock ``runs`` were loaded with); no lines unless a run kept budget marks
+    (``train.budget_marks``)."""
     if not any(marks(r) for r in runs):
         return []
     present = {r.label for r in runs}
@@ -244,7 +250,7 @@ def equal_time_section(
             f"| {a} vs {b} | {per_run.n} | {'; '.join(described)} | " + " | ".join(cells) + " |"
         )
     lines = [
-        "### Equal wall time",
+        f"### Equal {CLOCK_WORDS[clock][0]} time",
         "",
         "Each compared pair of runs (same draw and seed) again, with the costlier run as it "
         "stood when it had trained as long as the other: the checkpoint it had chosen by its "
@@ -276,9 +282,11 @@ def setting_section(
     setting: tuple[str, int, str],
     out_dir: Path,
     compare: Sequence[tuple[str, str]] = (),
+    clock: str = "wall",
 ) -> list[str]:
     """Markdown (and PNGs in ``out_dir``) for the runs of one setting; ``compare``: extra
-    Wilcoxon tests as pairs of method labels."""
+    Wilcoxon tests as pairs of method labels; ``clock``: the clock ``runs`` were loaded
+    with."""
     structures = structures_of(runs)
     methods = ordered_methods({r.label for r in runs})
     title = _setting_title(setting)
@@ -293,9 +301,15 @@ def setting_section(
         f"## {title}",
         "",
         "Mean (std) 3D Dice over all runs × test volumes; *runs* and *volumes* give how many "
-        "numbers each row rests on. *training* is the median wall-clock time of a run's "
-        "training stages (shared generator stages included): it compares methods at equal "
-        "iterations by their cost, and only runs that shared the machine in the same way.",
+        f"numbers each row rests on. *training* is the median {CLOCK_WORDS[clock][1]} of a "
+        "run's training stages (shared generator stages included): it compares methods at "
+        "equal iterations by their cost"
+        + (
+            ", and only runs that shared the machine in the same way."
+            if clock == "wall"
+            else " (the process's CPU seconds, which a suspended process or other jobs on the "
+            "machine do not inflate)."
+        ),
         "",
         *method_table(runs, structures),
         "",
@@ -307,7 +321,7 @@ def setting_section(
         "",
     ]
     lines += selection_section(runs, out_dir, _slug(setting))
-    lines += equal_time_section(runs, compare)
+    lines += equal_time_section(runs, compare, clock)
     missing = missing_runs(runs)
     draws = sorted({r.draw for r in runs})
     seeds = sorted({r.seed for r in runs})
@@ -422,7 +436,9 @@ def joint_vs_independent_section(runs: Sequence[RunResult]) -> list[str]:
     ]
 
 
-def build_report(runs_dir: Path, out_dir: Path, compare: Sequence[tuple[str, str]] = ()) -> str:
+def build_report(
+    runs_dir: Path, out_dir: Path, compare: Sequence[tuple[str, str]] = (), clock: str = "wall"
+) -> str:
     """The markdown text of the report; figures are written into ``out_dir``.
 
     Args:
@@ -430,12 +446,14 @@ def build_report(runs_dir: Path, out_dir: Path, compare: Sequence[tuple[str, str
         out_dir: where the figures go.
         compare: extra Wilcoxon tests, pairs of method labels (``("gdgi [b]", "aff")``),
             run in every setting holding both.
+        clock: ``wall`` or ``cpu``: the training times the report shows and compares at
+            (:func:`tfaug.experiments.results.load_runs`).
 
     Raises:
         ReportError: no finished run in ``runs_dir``, a malformed results file, a
             ``compare`` label no run has, or an unreadable generator stage.
     """
-    runs = load_runs(runs_dir)
+    runs = load_runs(runs_dir, clock)
     if not runs:
         raise ReportError(
             f"{runs_dir}: no finished run (no */results.json); run `tfaug grid` or "
@@ -461,7 +479,7 @@ def build_report(runs_dir: Path, out_dir: Path, compare: Sequence[tuple[str, str
         lines += [f"**Unfinished runs** (not counted): {', '.join(unfinished)}.", ""]
     for setting in settings:
         own = [r for r in runs if r.setting == setting]
-        lines += setting_section(own, setting, out_dir, compare)
+        lines += setting_section(own, setting, out_dir, compare, clock)
     lines += dice_vs_nl_section(runs, out_dir)
     lines += joint_vs_independent_section(runs)
     try:
@@ -471,14 +489,16 @@ def build_report(runs_dir: Path, out_dir: Path, compare: Sequence[tuple[str, str
     return "\n".join(lines)
 
 
-def write_report(runs_dir: Path, out_dir: Path, compare: Sequence[tuple[str, str]] = ()) -> Path:
+def write_report(
+    runs_dir: Path, out_dir: Path, compare: Sequence[tuple[str, str]] = (), clock: str = "wall"
+) -> Path:
     """Write ``<out_dir>/report.md`` and its PNG figures; returns the report's path.
 
     Raises:
         ReportError: see :func:`build_report`.
     """
     out_dir = Path(out_dir)
-    text = build_report(Path(runs_dir), out_dir, compare)
+    text = build_report(Path(runs_dir), out_dir, compare, clock)
     path = out_dir / "report.md"
     path.write_text(text, encoding="utf-8")
     return path

@@ -27,6 +27,10 @@ MEAN = "mean"  # the column of the per-volume mean foreground Dice
 METHOD_ORDER = METHODS  # the order of a table's rows; unknown methods follow by name
 
 
+CLOCKS = {"wall": "wall_time_s", "cpu": "cpu_time_s"}
+"""Clock name → the results.json record of each stage's training time by that clock."""
+
+
 class ReportError(ValueError):
     """The runs directory holds no usable results, or a results file is malformed."""
 
@@ -41,16 +45,17 @@ class RunResult:
         dice: test case id → structure → 3D Dice in [0, 1]; structure :data:`MEAN` is the
             volume's mean foreground Dice.
         tag: the ``tag`` of the run's config.yaml ("" when untagged or without the file).
-        training_s: wall-clock seconds of every training stage the run used (shared
-            generator stages included, summed over resumed sessions); ``None`` when
-            results.json does not record them.
+        training_s: seconds of every training stage the run used (shared generator stages
+            included, summed over resumed sessions) by the clock it was loaded with (wall or
+            CPU, :data:`CLOCKS`); ``None`` when results.json does not record them all.
         checkpoints: the final stage's kept segmenters that were tested, by name →
             ``(step, mean over test volumes of the mean foreground Dice)``: ``"chosen"``
             (the one ``dice`` holds), and when the run recorded them ``"last"`` (the last
             step), ``"best_wide"`` (chosen on the wider validation set) and
             ``"best_at_<mark>"`` (the choice made by step ``mark``, ``train.budget_marks``).
         kept_dice: the same checkpoints' test Dice, name → shaped like ``dice``.
-        final_s: wall-clock seconds of the final stage alone (``None`` when not recorded).
+        final_s: seconds of the final stage alone, by the same clock (``None`` when not
+            recorded).
         curve: the final stage's validations, ``(step, validation Dice, wide validation
             Dice or None)`` in step order (from its ``metrics.jsonl``; empty without it).
         iterations: the final stage's number of steps (0 when not recorded).
@@ -100,13 +105,19 @@ class WilcoxonResult:
     note: str = ""
 
 
-def load_runs(runs_dir: Path) -> list[RunResult]:
+def load_runs(runs_dir: Path, clock: str = "wall") -> list[RunResult]:
     """Read ``<runs_dir>/*/results.json``; moved-aside ``*.replaced-*`` runs are ignored.
+
+    ``clock`` (a key of :data:`CLOCKS`) picks the training times: ``wall`` (wall-clock, what
+    a user waits) or ``cpu`` (the process's CPU time, which a suspended process or other jobs
+    on a shared machine do not inflate).
 
     Raises:
         ReportError: ``runs_dir`` is not a folder, or results files are malformed (every
             bad file is named in one message).
     """
+    if clock not in CLOCKS:
+        raise ReportError(f"clock {clock!r}: expected one of {sorted(CLOCKS)}")
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ReportError(f"{runs_dir}: runs directory not found; pass the folder of run dirs")
@@ -115,7 +126,7 @@ def load_runs(runs_dir: Path) -> list[RunResult]:
         if ".replaced-" in path.parent.name:
             continue
         try:
-            runs.append(_parse_results(path))
+            runs.append(_parse_results(path, CLOCKS[clock]))
         except KeyError as error:
             problems.append(f"{path}: missing key {error}")
         except (OSError, ValueError, TypeError) as error:
@@ -129,14 +140,15 @@ def load_runs(runs_dir: Path) -> list[RunResult]:
     return runs
 
 
-def _parse_results(path: Path) -> RunResult:
+def _parse_results(path: Path, clock_key: str) -> RunResult:
     content = json.loads(path.read_text(encoding="utf-8"))
     dice = _volume_dice(content["test"])
     if not dice:
         raise ValueError("no test volumes")
     final = _final_stage(content)
     kept = content.get("checkpoints") or {}
-    final_s = (content.get("wall_time_s") or {}).get(str(final.get("name")))
+    times = _stage_seconds(content, clock_key)
+    final_s = None if times is None else times.get(str(final.get("name")))
     return RunResult(
         name=path.parent.name,
         dataset=str(content["dataset"]),
@@ -147,7 +159,7 @@ def _parse_results(path: Path) -> RunResult:
         seed=int(content["seed"]),
         dice=dice,
         tag=_run_tag(path.parent / "config.yaml"),
-        training_s=_training_seconds(content),
+        training_s=None if times is None else float(sum(times.values())),
         checkpoints=_checkpoints(content, dice, final),
         curve=_curve(path.parent, final),
         iterations=int(final.get("iterations", 0)),
@@ -198,11 +210,15 @@ def _curve(run_dir: Path, final: dict) -> tuple[tuple[int, float, float | None],
     )
 
 
-def _training_seconds(content: dict) -> float | None:
-    """The sum of a results.json's per-stage ``wall_time_s`` (its ``this_session_total``,
-    the time of the last session alone, left out); ``None`` without the record."""
-    stages = {k: v for k, v in content.get("wall_time_s", {}).items() if k != "this_session_total"}
-    return float(sum(stages.values())) if stages else None
+def _stage_seconds(content: dict, clock_key: str) -> dict[str, float] | None:
+    """A results.json's per-stage training seconds under ``clock_key`` (``wall_time_s`` or
+    ``cpu_time_s``; ``this_session_total``, the time of the last session alone, left out);
+    ``None`` without the record or when a stage lacks its time."""
+    record = content.get(clock_key) or {}
+    stages = {k: v for k, v in record.items() if k != "this_session_total"}
+    if not stages or any(v is None for v in stages.values()):
+        return None
+    return {k: float(v) for k, v in stages.items()}
 
 
 def _run_tag(config_path: Path) -> str:

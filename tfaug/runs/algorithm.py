@@ -361,6 +361,7 @@ class Algorithm:
                 **{name: result.wall_time_s for name, result in self.stages.items()},
                 "this_session_total": time.perf_counter() - started,
             },
+            "cpu_time_s": {name: result.cpu_time_s for name, result in self.stages.items()},
         }
         write_json_atomic(self.run.results_path, results)
         return results

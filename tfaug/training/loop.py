@@ -68,6 +68,11 @@ class StageResult:
             average with ``score_smoothing``; ``None`` without validation).
         history: ``[[step, score], ...]`` of every validation.
         wall_time_s: seconds spent training, summed over resumed sessions.
+        cpu_time_s: CPU seconds the process (all its threads) spent on the stage, per step
+            times ``iterations``: unlike ``wall_time_s`` it does not count a suspended process
+            or other jobs on a shared machine. Measured over ``cpu_timed_steps`` steps (all of
+            them unless the stage was begun before it was recorded); ``None`` without any.
+        cpu_timed_steps: the steps ``cpu_time_s`` was measured over.
         wide_best_step: step of the ``best_wide/`` weights (``None`` without a wide
             validation, and in stages finished before it existed).
         wide_best_score: its selection score on the wide validation set.
@@ -87,6 +92,8 @@ class StageResult:
     wide_best_score: float | None = None
     budget_steps: list[list[int]] = field(default_factory=list)
     budget: int | None = None
+    cpu_time_s: float | None = None
+    cpu_timed_steps: int = 0
 
     @property
     def stopped_early(self) -> bool:
@@ -115,7 +122,14 @@ def _statistics(model: keras.Model) -> list[tf.Variable]:
 
 # Checkpoint entries added after the first release: a checkpoint written before them (an
 # interrupted run of an older version) is restored without them.
-_LATER_ENTRIES = ("statistics", "wide_best_step", "wide_best_score", "wide_smoothed")
+_LATER_ENTRIES = (
+    "statistics",
+    "wide_best_step",
+    "wide_best_score",
+    "wide_smoothed",
+    "cpu_elapsed",
+    "cpu_steps",
+)
 
 
 def _restore(objects: dict, path: str) -> None:
@@ -253,7 +267,7 @@ def run_stage(
     metrics_log = MetricsLog(stage_dir / "metrics.jsonl", start)
     iterator = iter(distribute_dataset(strategy, make_dataset(start)))
     bar = tqdm(total=iterations, initial=start, desc=name, disable=not progress, unit="it")
-    session_start = time.perf_counter()
+    clock = _Clock(start)
     # A stage killed between its stopping checkpoint and done.json stops again at once.
     end = start if state.patience_ended(patience) else iterations
     for current in range(start + 1, end + 1):
@@ -282,10 +296,10 @@ def run_stage(
         # Before the checkpoint: a kill between the two leaves a row past the restored step,
         # which the resumed stage drops and writes again.
         metrics_log.append(row)
-        state.save(improved, time.perf_counter() - session_start, wide_improved)
+        state.save(improved, clock.lap(current), wide_improved)
         if current in state.budget_marks:
             state.keep_budget_mark(current)
-        session_start = time.perf_counter()
+        clock.restart()
         _write_summaries(writer, name, current, logs, score)
         if on_validation is not None:
             on_validation(current)
@@ -363,6 +377,8 @@ class StageState:
         self.selection = Selection()
         self.wide = Selection()
         self.elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.cpu_elapsed = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.cpu_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.history = tf.Variable(tf.zeros((0, 2), tf.float64), shape=(None, 2), trainable=False)
         objects = {
             "model": model,
@@ -371,6 +387,8 @@ class StageState:
             "best_step": self.selection.best_step,
             "best_score": self.selection.best_score,
             "elapsed": self.elapsed,
+            "cpu_elapsed": self.cpu_elapsed,
+            "cpu_steps": self.cpu_steps,
             "smoothed": self.selection.smoothed,
             "history": self.history,
             "seeds": _seed_states(model),
@@ -423,9 +441,11 @@ class StageState:
         self.history.assign(tf.concat([self.history, [[float(current), score]]], axis=0))
         return self.selection.update(current, score, smoothing)
 
-    def save(self, improved: bool, seconds: float, wide_improved: bool = False) -> None:
-        """Add ``seconds`` of training time, write the checkpoint, then the kept weights."""
-        self.elapsed.assign_add(seconds)
+    def save(self, improved: bool, lap: Lap, wide_improved: bool = False) -> None:
+        """Add the ``lap``'s times, write the checkpoint, then the kept weights."""
+        self.elapsed.assign_add(lap.wall_s)
+        self.cpu_elapsed.assign_add(lap.cpu_s)
+        self.cpu_steps.assign_add(lap.steps)
         self.manager.save()
         if improved:
             _save_weights(self.keep, self.stage_dir / "best")
@@ -460,6 +480,11 @@ class StageState:
         ]
         return sorted([int(c["mark"]), int(c["step"])] for c in found)
 
+    def _cpu_time(self) -> float | None:
+        """CPU seconds per measured step × the steps run; ``None`` without a measured step."""
+        steps = int(self.cpu_steps.numpy())
+        return float(self.cpu_elapsed.numpy()) * self.step / steps if steps else None
+
     def result(self, name: str, budget: int, validated: bool) -> StageResult:
         """The finished stage's :class:`StageResult`; ``budget``: the stage's step budget."""
         wide_step = int(self.wide.best_step.numpy())
@@ -470,11 +495,40 @@ class StageState:
             best_score=float(self.selection.best_score.numpy()) if validated else None,
             history=self.history.numpy().tolist(),
             wall_time_s=float(self.elapsed.numpy()),
+            cpu_time_s=self._cpu_time(),
+            cpu_timed_steps=int(self.cpu_steps.numpy()),
             wide_best_step=wide_step if wide_step >= 0 else None,
             wide_best_score=float(self.wide.best_score.numpy()) if wide_step >= 0 else None,
             budget_steps=self.budget_steps(),
             budget=budget,
         )
+
+
+@dataclass(frozen=True)
+class Lap:
+    """The time between two checkpoints: wall-clock and process CPU seconds, and the steps
+    trained in it."""
+
+    wall_s: float
+    cpu_s: float
+    steps: int
+
+
+class _Clock:
+    """Wall-clock and process CPU time since the last checkpoint (or the session's start)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.restart()
+
+    def restart(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def lap(self, step: int) -> Lap:
+        """The lap ending at ``step``; the next lap's steps count from it."""
+        lap = Lap(time.perf_counter() - self.wall, time.process_time() - self.cpu, step - self.step)
+        self.step = step
+        return lap
 
 
 class MetricsLog:
