@@ -309,3 +309,40 @@ def test_report_section_is_empty_without_generator_directories(tmp_path):
     (tmp_path / "phantom-nl1-aff-split0-seed0" / "config.yaml").write_text("method: aff\n")
     assert diagnostics_section(tmp_path, tmp_path / "out") == []
     assert math.isclose(BALANCED_ADV_LOSS, 0.6931, abs_tol=1e-4)
+
+
+def test_generators_trained_in_the_consistency_stage_are_a_generator_run_of_their_own(tmp_path):
+    runs = tmp_path / "runs"
+    _generator_dir(runs, 0, "b", [1.0])  # the frozen generators of the same tag: 2 mm
+    joint = runs / "phantom-nl1-unimatch_gdgi_joint-split0-seed0-b"
+    prefixed = {"deformation_field_norm": 3.0, "deformation_field_peak": 6.0,
+                "deformation_foreground_lost": 0.1, "intensity_field_norm": 0.02,
+                "intensity_field_peak": 0.2}  # fmt: skip
+    rows = [{**_row(25), **prefixed}, {**_row(50, 0.7), **prefixed, "deformation_field_norm": 4.0}]
+    for row in rows:  # the consistency stage logs the fields only with the kind in front
+        for name in ("field_norm", "field_peak", "foreground_lost", "field_magnitude"):
+            row.pop(name, None)
+    _write_stage(joint / "checkpoints" / "consistency", rows, {"best_step": 50, "iterations": 50})
+    config = {"method": "unimatch_gdgi_joint", "tag": "b",
+              "preprocess": {"spacing_mm": 2.0, "crop_size": 50}}  # fmt: skip
+    (joint / "config.yaml").write_text(yaml.safe_dump(config))
+    unimatch = runs / "phantom-nl1-unimatch-split0-seed0"  # a consistency stage without G
+    _write_stage(unimatch / "checkpoints" / "consistency", [_row(25)])
+    (unimatch / "config.yaml").write_text(yaml.safe_dump({"method": "unimatch"}))
+    out = tmp_path / "out"
+    out.mkdir()
+
+    traces = read_run_traces(joint, spacing_mm=2.0, crop_size=50)
+    assert list(traces) == ["consistency/deformation", "consistency/intensity"]
+    assert traces["consistency/intensity"].field_mean.tolist() == [0.02, 0.02]
+    assert read_run_traces(unimatch, spacing_mm=2.0, crop_size=50) == {}
+    text = "\n".join(diagnostics_section(runs, out))
+    # At its chosen step 50: |v| 4 px = 8 mm, 8 % of the 100 mm field of view.
+    assert "| phantom | 1 | 0 | 0 | joint | b | GV (joint) | 8.00 mm (8.0 %) | 12.00 mm" in text
+    assert "| phantom | 1 | 0 | 0 | joint | b | GI (joint) | 0.020 (2.0 %) |" in text
+    assert "| phantom | 1 | joint | b | 1 | GV | 2.00 mm (2.0 %) |" in text  # not averaged in
+    assert sorted(p.name for p in out.iterdir()) == [
+        "diagnostics-phantom-nl1-joint-b-in-consistency.png",
+        "diagnostics-phantom-nl1-joint-b.png",
+    ]
+    assert "unimatch-split0" not in text

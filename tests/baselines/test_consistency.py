@@ -12,11 +12,13 @@ import pytest
 import tensorflow as tf
 from tiny import GENERATOR_FILTERS, SIDE, build_tiny_unet, tiny_config
 
+from tfaug.analysis.diagnostics import SUMMARY_NAME
 from tfaug.baselines.comparisons import build_consistency_model, consistency_batch_sizes
 from tfaug.baselines.consistency import ConsistencyModel, confident_pseudo_labels
 from tfaug.config import ConfigError, config_from_dict
 from tfaug.data.pipeline import labeled_dataset, unlabeled_dataset
 from tfaug.deploy.export import export_run, load_run_models
+from tfaug.experiments.diagnostics_report import find_generator_runs
 from tfaug.methods import METHODS, final_stage
 from tfaug.models.generator import Generator
 from tfaug.ops.augment import RandomAffine
@@ -520,10 +522,20 @@ def test_consistency_methods_run_export_and_resume(consistency_run, tmp_path):
     assert {"kept_fraction", "confidence", "strong_loss", "seg_loss"} <= set(rows[-1])
     assert "fp_loss" in rows[-1]
     assert ("learned_kept_fraction" in rows[-1]) == learned
-    assert ("d_loss" in rows[-1]) == ("flow_norm" in rows[-1]) == joint
+    assert ("d_loss" in rows[-1]) == ("deformation_field_norm" in rows[-1]) == joint
     # The generators' figures, from the generator stages or (joint) the consistency stage.
     for kind in ("deformation", "intensity"):
         assert (run.figures / f"generated_{kind}.png").is_file() == learned
+    # Their diagnostics: the generator stages', or those of the generators trained in the
+    # consistency stage, which the report lists as a generator run of its own.
+    diagnostics = run.path / SUMMARY_NAME
+    assert diagnostics.is_file() == learned
+    if joint:
+        summary = json.loads(diagnostics.read_text(encoding="utf-8"))
+        assert list(summary["stages"]) == ["consistency/deformation", "consistency/intensity"]
+        assert summary["stages"]["consistency/deformation"]["last"]["field_mean"] > 0
+        (found,) = find_generator_runs(run.path.parent)
+        assert found.trained_jointly and found.stages == tuple(summary["stages"])
 
     # The export finds every model the run kept: the generators of unimatch_gdgi where gdgi's
     # are (tests/deploy), those of unimatch_gdgi_joint beside S in the consistency stage.

@@ -124,7 +124,9 @@ def test_a_step_updates_s_the_generators_and_d_and_tracks_them():
         after = network.trainable_weights
         assert any(not np.allclose(b, a.numpy()) for b, a in zip(weights, after, strict=True))
     assert set(GENERATOR_TRACKERS) <= set(logs) and all(np.isfinite(list(logs.values())))
-    assert logs["ld_loss"] < 0 < logs["flow_norm"] and logs["intensity_magnitude"] > 0
+    assert logs["ld_loss"] < 0 < logs["deformation_field_norm"] <= logs["deformation_field_peak"]
+    assert 0 < logs["intensity_field_norm"] <= logs["intensity_field_peak"]
+    assert 0.0 <= logs["deformation_foreground_lost"] <= 1.0
     assert 0.0 <= logs["d_acc_real"] <= 1.0 and logs["learned_loss"] >= 0
     assert step.experimental_get_tracing_count() == 1
 

@@ -2,8 +2,11 @@
 
 A generator stage (``generator_deformation`` for GV, ``generator_intensity`` for GI) writes
 one row per validation into ``<stage_dir>/metrics.jsonl`` (:mod:`tfaug.training.loop`) and
-its chosen step into ``done.json``. This module reads them and converts the field
-statistics of :func:`tfaug.training.joint.field_statistics`:
+its chosen step into ``done.json``. The consistency stage of ``unimatch_gdgi_joint``, which
+trains GV and GI itself, logs the same statistics with the kind in front
+(``deformation_field_norm``, …); its two generators are read as two traces,
+``consistency/deformation`` and ``consistency/intensity`` (:data:`JOINT_TRACES`). This module
+reads them and converts the field statistics of :func:`tfaug.training.joint.field_statistics`:
 
 - GV: displacement length in pixels → mm (× ``preprocess.spacing_mm``) and → a fraction of
   the field of view (÷ ``preprocess.crop_size``);
@@ -27,23 +30,27 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from tfaug.io import read_jsonl, write_json_atomic
-from tfaug.methods import GENERATOR_SHORT_NAMES, GENERATOR_STAGES
+from tfaug.methods import (
+    CONSISTENCY_STAGE,
+    GENERATOR_KINDS,
+    GENERATOR_SHORT_NAMES,
+    GENERATOR_STAGES,
+)
 
 BALANCED_ADV_LOSS = math.log(2.0)  # L_adv,G when D outputs 1/2 for every generated image
 FIGURE_NAME = "generator_diagnostics.png"
 SUMMARY_NAME = "generator_diagnostics.json"
-_LOGGED = (
-    "field_norm",
-    "field_peak",
-    "foreground_lost",
-    "d_acc_real",
-    "d_acc_fake",
-    "adv_loss",
-    "validation_dice",
-    "selection_score",
-)
+_FIELD_LOGGED = ("field_norm", "field_peak", "foreground_lost")  # prefixed in JOINT_TRACES
+_LOGGED = ("d_acc_real", "d_acc_fake", "adv_loss", "validation_dice", "selection_score")
 _ROWS = ("field", "foreground_lost", "d_accuracy", "adv_loss", "validation")
-SHORT_NAMES = {stage: GENERATOR_SHORT_NAMES[kind] for stage, kind in GENERATOR_STAGES.items()}
+JOINT_TRACES = {f"{CONSISTENCY_STAGE}/{kind}": kind for kind in GENERATOR_KINDS}
+"""Trace key → kind of the generators trained inside the consistency stage."""
+TRACE_KEYS = (*GENERATOR_STAGES, *JOINT_TRACES)
+"""Every trace a run can have, in the order they are shown."""
+SHORT_NAMES = {
+    **{stage: GENERATOR_SHORT_NAMES[kind] for stage, kind in GENERATOR_STAGES.items()},
+    **{key: f"{GENERATOR_SHORT_NAMES[kind]} (joint)" for key, kind in JOINT_TRACES.items()},
+}
 
 
 class DiagnosticsError(ValueError):
@@ -58,7 +65,9 @@ class StageTrace:
     order, NaN where the row has no value (e.g. ``validation_dice`` without validation).
 
     Attributes:
-        stage: ``generator_deformation`` or ``generator_intensity``.
+        stage: the trace key (:data:`TRACE_KEYS`): ``generator_deformation`` or
+            ``generator_intensity``, or ``consistency/<kind>`` for a generator trained in
+            the consistency stage.
         kind: ``deformation`` or ``intensity``.
         steps: (V,) int64 training steps of the rows.
         field_mean: mean per-pixel field length: mm for GV, normalised intensity for GI.
@@ -115,33 +124,37 @@ def _check_geometry(spacing_mm: float, crop_size: int, where: Path) -> None:
         )
 
 
-def read_stage_trace(stage_dir: Path, *, spacing_mm: float, crop_size: int) -> StageTrace | None:
-    """Read a generator stage folder into a :class:`StageTrace`.
+def read_stage_trace(
+    stage_dir: Path, *, spacing_mm: float, crop_size: int, kind: str | None = None
+) -> StageTrace | None:
+    """Read a generator stage folder, or one generator of a consistency stage that trains
+    them, into a :class:`StageTrace`.
 
     Args:
         stage_dir: ``<run>/checkpoints/generator_<kind>`` (a link into a generator directory
-            is followed); its name gives the kind.
+            is followed; its name gives the kind), or ``<run>/checkpoints/consistency``.
         spacing_mm: in-plane pixel size of the preprocessed slices, in mm.
         crop_size: side of the preprocessed slices, in pixels.
+        kind: for a consistency stage, the generator to read (``deformation`` or
+            ``intensity``); ignored for a generator stage.
 
     Returns:
         The trace, or ``None`` when the folder has no ``metrics.jsonl`` row (a stage trained
-        before the file existed, or not started). A torn last line is skipped.
+        before the file existed, or not started), or, for a consistency stage, none with
+        the generator's statistics (a method without generators). A torn last line is
+        skipped.
 
     Raises:
-        DiagnosticsError: the folder is not a generator stage, a row has no ``step``, the
-            geometry is not positive, or ``done.json`` is not JSON.
+        DiagnosticsError: the folder is not a generator or consistency stage (or no kind is
+            given for the latter), a row has no ``step``, the geometry is not positive, or
+            ``done.json`` is not JSON.
     """
     stage_dir = Path(stage_dir)
-    if stage_dir.name not in GENERATOR_STAGES:
-        raise DiagnosticsError(
-            f"{stage_dir}: expected a generator stage folder ({', '.join(GENERATOR_STAGES)}), "
-            f"found {stage_dir.name!r}. Pass <run>/checkpoints/generator_<kind>."
-        )
+    key, kind, prefix = _trace_source(stage_dir, kind)
     _check_geometry(spacing_mm, crop_size, stage_dir)
     path = stage_dir / "metrics.jsonl"
     rows = read_jsonl(path)
-    if not rows:
+    if not rows or (prefix and not any(f"{prefix}field_norm" in row for row in rows)):
         return None
     if any("step" not in row for row in rows):
         raise DiagnosticsError(
@@ -149,14 +162,14 @@ def read_stage_trace(stage_dir: Path, *, spacing_mm: float, crop_size: int) -> S
             "without one. Delete the file to drop the stage's diagnostics."
         )
     rows.sort(key=lambda row: row["step"])
-    column = {key: _column(rows, key) for key in _LOGGED}
+    column = {name: _column(rows, name) for name in _LOGGED}
+    column.update({name: _column(rows, f"{prefix}{name}") for name in _FIELD_LOGGED})
     steps = np.array([row["step"] for row in rows], np.int64)
-    kind = GENERATOR_STAGES[stage_dir.name]
     to_unit = spacing_mm if kind == "deformation" else 1.0
     done = _read_done(stage_dir / "done.json")
     chosen = done["best_step"] if done else _chosen_step(steps, column["selection_score"])
     return StageTrace(
-        stage=stage_dir.name,
+        stage=key,
         kind=kind,
         steps=steps,
         field_mean=column["field_norm"] * to_unit,
@@ -171,6 +184,19 @@ def read_stage_trace(stage_dir: Path, *, spacing_mm: float, crop_size: int) -> S
         chosen_step=int(chosen),
         iterations=int(done["iterations"]) if done else None,
         budget=_early_stop_budget(done),
+    )
+
+
+def _trace_source(stage_dir: Path, kind: str | None) -> tuple[str, str, str]:
+    """(trace key, kind, prefix of the field statistics' names) of a stage folder."""
+    if stage_dir.name in GENERATOR_STAGES:
+        return stage_dir.name, GENERATOR_STAGES[stage_dir.name], ""
+    if stage_dir.name == CONSISTENCY_STAGE and kind in GENERATOR_KINDS:
+        return f"{CONSISTENCY_STAGE}/{kind}", kind, f"{kind}_"
+    raise DiagnosticsError(
+        f"{stage_dir}: expected a generator stage folder ({', '.join(GENERATOR_STAGES)}) or "
+        f"a {CONSISTENCY_STAGE!r} folder with a generator kind ({', '.join(GENERATOR_KINDS)}), "
+        f"found {stage_dir.name!r} and kind {kind!r}. Pass <run>/checkpoints/generator_<kind>."
     )
 
 
@@ -205,17 +231,21 @@ def _chosen_step(steps: np.ndarray, selection: np.ndarray) -> int:
 
 
 def read_run_traces(run_dir: Path, *, spacing_mm: float, crop_size: int) -> dict[str, StageTrace]:
-    """The traces of the generator stages found in ``<run_dir>/checkpoints``, by stage name.
+    """The traces of the generators trained in ``<run_dir>/checkpoints``, by trace key
+    (:data:`TRACE_KEYS`): its generator stages, and the generators its consistency stage
+    trained.
 
     Stages without a folder or without ``metrics.jsonl`` rows are left out. See
     :func:`read_stage_trace` for the arguments and errors.
     """
+    checkpoints = Path(run_dir) / "checkpoints"
+    sources = [(checkpoints / stage, None) for stage in GENERATOR_STAGES]
+    sources += [(checkpoints / CONSISTENCY_STAGE, kind) for kind in JOINT_TRACES.values()]
     traces = {}
-    for stage in GENERATOR_STAGES:
-        folder = Path(run_dir) / "checkpoints" / stage
-        trace = read_stage_trace(folder, spacing_mm=spacing_mm, crop_size=crop_size)
+    for folder, kind in sources:
+        trace = read_stage_trace(folder, spacing_mm=spacing_mm, crop_size=crop_size, kind=kind)
         if trace is not None:
-            traces[stage] = trace
+            traces[trace.stage] = trace
     return traces
 
 

@@ -30,17 +30,21 @@ from tfaug.methods import LEARNED_VIEWS
 from tfaug.ops.generated import apply_generators
 from tfaug.training.distribute import global_batch_size, replica_rows, scale_for_replicas
 from tfaug.training.gradients import step_gradients
+from tfaug.training.joint import field_statistics
 from tfaug.training.precision import with_loss_scaling
 
-GENERATOR_TRACKERS = (
-    "adv_loss",
-    "ld_loss",
-    "d_loss",
-    "d_acc_real",
-    "d_acc_fake",
-    "flow_norm",
-    "intensity_magnitude",
+FIELD_TRACKERS = (
+    "deformation_field_norm",
+    "deformation_field_peak",
+    "deformation_foreground_lost",
+    "intensity_field_norm",
+    "intensity_field_peak",
 )
+"""The generators' field statistics (:func:`tfaug.training.joint.field_statistics`) over
+every generated row of a step, prefixed by the generator's kind; the generator stages log
+the same statistics unprefixed (:mod:`tfaug.analysis.diagnostics` reads both)."""
+
+GENERATOR_TRACKERS = ("adv_loss", "ld_loss", "d_loss", "d_acc_real", "d_acc_fake", *FIELD_TRACKERS)
 
 
 @keras.saving.register_keras_serializable(package="tfaug")
@@ -66,8 +70,10 @@ class JointConsistencyModel(ConsistencyModel):
     - **D**, after that update, on a second tape: real = the weak x_u, fake = the step's
       generated images (no gradient to G); ``discriminator_loss`` with ``real_label``.
 
-    Trackers: :class:`ConsistencyModel`'s and :data:`GENERATOR_TRACKERS` (``flow_norm``:
-    mean per-pixel |v| in px; ``intensity_magnitude``: mean |ΔI|).
+    Trackers: :class:`ConsistencyModel`'s and :data:`GENERATOR_TRACKERS`: L_adv, L_LD,
+    D's loss and accuracies, and :data:`FIELD_TRACKERS`, the size of v (px) and ΔI over
+    every generated row and the share of the foreground the warp removed from the labels
+    and pseudo-labels it carried.
 
     Args:
         segmenter: S (a :class:`tfaug.models.unet.UNet`).
@@ -205,30 +211,32 @@ class JointConsistencyModel(ConsistencyModel):
         learned view of the training generators, and G's adversarial and large-deviation
         terms added to ``total_loss`` (see the class docstring). Adds ``generated`` (every
         generated image of the step, (N,H,W,1)) for D's update."""
-        images, flows, deltas = [], [], []
+        images, flows, deltas, before, after = [], [], [], [], []
         if self.generates_labeled:
             half = tf.shape(x_l)[0] // 2
             x_g, y_g, flow, delta = self.generate(x_l[half:], y_onehot[half:])
+            images, flows, deltas = [x_g], [flow], [delta]
+            before, after = [tf.cast(y_onehot[half:], tf.float32)], [y_g]
             x_l = tf.concat([x_l[:half], tf.cast(x_g, x_l.dtype)], axis=0)
             y_onehot = tf.concat([y_onehot[:half], tf.cast(y_g, y_onehot.dtype)], axis=0)
-            images, flows, deltas = [x_g], [flow], [delta]
         losses = super().compute_losses(x_l, y_onehot, x_u, strong, boxes)
         if self.has_learned_view:
             images.append(losses["learned_images"])
             flows.append(losses["learned_flow"])
             deltas.append(losses["learned_delta"])
-        generated, flow, delta = (tf.concat(t, axis=0) for t in (images, flows, deltas))
+            before.append(tf.cast(losses["pseudo_labels"], tf.float32))
+            after.append(losses["learned_labels"])
+        generated, flow, delta, before, after = (
+            tf.concat(t, axis=0) for t in (images, flows, deltas, before, after)
+        )
         losses["adv_loss"] = generator_adversarial_loss(
             self.discriminator(generated, training=True)
         )
         losses["ld_loss"] = deformation_ld_loss(flow) + intensity_ld_loss(delta)
         losses["total_loss"] += self.lambda_adv * losses["adv_loss"]
         losses["total_loss"] += self.lambda_ld * losses["ld_loss"]
-        losses.update(
-            generated=generated,
-            flow_norm=tf.reduce_mean(tf.norm(flow, axis=-1)),
-            intensity_magnitude=tf.reduce_mean(tf.abs(delta)),
-        )
+        losses["generated"] = generated
+        losses.update(_field_trackers(flow, delta, tf.stop_gradient(before), after))
         return losses
 
     def after_update(self, x_u: tf.Tensor, losses: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -262,3 +270,25 @@ class JointConsistencyModel(ConsistencyModel):
             z_dim=self.z_dim,
         )
         return config
+
+
+def _field_trackers(
+    flow: tf.Tensor, delta: tf.Tensor, labels: tf.Tensor, warped_labels: tf.Tensor
+) -> dict[str, tf.Tensor]:
+    """:data:`FIELD_TRACKERS` of a step's generated rows, without gradient.
+
+    Args:
+        flow: (N,H,W,2) GV's flows in px. delta: (N,H,W,1) GI's ΔI.
+        labels: (N,H,W,C) the labels and pseudo-labels the rows carried before the warp.
+        warped_labels: (N,H,W,C) the same after it.
+    """
+    flow, delta, warped_labels = (tf.stop_gradient(t) for t in (flow, delta, warped_labels))
+    deformation = field_statistics(flow, labels, warped_labels)
+    intensity = field_statistics(delta, labels, labels)
+    return {
+        "deformation_field_norm": deformation["field_norm"],
+        "deformation_field_peak": deformation["field_peak"],
+        "deformation_foreground_lost": deformation["foreground_lost"],
+        "intensity_field_norm": intensity["field_norm"],
+        "intensity_field_peak": intensity["field_peak"],
+    }

@@ -1,11 +1,13 @@
 """The "Generator diagnostics" section of ``tfaug report``: tables and figures per run group.
 
-Every directory of a runs folder that holds generator stage folders of its own (the shared
-``<dataset>-nl<N>-generators-split<k>-seed<s>[-<mode>][-<tag>]`` directories, and runs
-trained before generators were shared) is one *generator run*. Its stages are read with
-:mod:`tfaug.analysis.diagnostics` and shown at their chosen checkpoints, one row per stage; runs are
-then averaged per (dataset, N_L, generator mode, tag) group, and one figure per group is
-drawn. Nothing is trained or evaluated.
+Every directory of a runs folder that trains generators of its own (the shared
+``<dataset>-nl<N>-generators-split<k>-seed<s>[-<mode>][-<tag>]`` directories, runs trained
+before generators were shared, and ``unimatch_gdgi_joint`` runs, whose consistency stage
+trains them) is one *generator run*. Its traces are read with
+:mod:`tfaug.analysis.diagnostics` and shown at their chosen checkpoints, one row per
+generator; runs are then averaged per (dataset, N_L, generator mode, tag, where the
+generators were trained) group, and one figure per group is drawn. Nothing is trained or
+evaluated.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import numpy as np
 from tfaug.analysis.diagnostics import (
     BALANCED_ADV_LOSS,
     GENERATOR_STAGES,
+    JOINT_TRACES,
     SHORT_NAMES,
+    TRACE_KEYS,
     DiagnosticsError,
     StageTrace,
     plot_generator_diagnostics,
@@ -28,6 +32,7 @@ from tfaug.analysis.diagnostics import (
     summarise_stage,
 )
 from tfaug.config import Config, ConfigError, config_from_dict, read_yaml
+from tfaug.methods import CONSISTENCY_STAGE, FINAL_STAGE_GENERATORS
 
 _COLUMNS = (
     "G",
@@ -43,13 +48,14 @@ _COLUMNS = (
 
 @dataclass(frozen=True)
 class GeneratorRun:
-    """A directory holding generator stages of its own (not links), with its coordinates.
+    """A directory that trained generators of its own (not links), with its coordinates.
 
     Attributes:
         name: the directory name.
         dataset, n_labeled, draw, seed, mode, tag: from its ``config.yaml``.
-        stages: the generator stage folders it holds, in :data:`GENERATOR_STAGES` order.
-        traces: stage → trace, for the stages with ``metrics.jsonl`` rows.
+        stages: the trace keys of the generators it trained, in :data:`TRACE_KEYS` order:
+            its generator stage folders, or the generators of its consistency stage.
+        traces: trace key → trace, for those with ``metrics.jsonl`` rows.
     """
 
     name: str
@@ -63,9 +69,14 @@ class GeneratorRun:
     traces: dict[str, StageTrace]
 
     @property
-    def group(self) -> tuple[str, int, str, str]:
-        """(dataset, N_L, generator mode, tag): the runs averaged together."""
-        return (self.dataset, self.n_labeled, self.mode, self.tag)
+    def trained_jointly(self) -> bool:
+        """Whether its generators were trained inside its consistency stage."""
+        return any(stage in JOINT_TRACES for stage in self.stages)
+
+    @property
+    def group(self) -> tuple[str, int, str, str, bool]:
+        """(dataset, N_L, generator mode, tag, trained jointly): the runs averaged together."""
+        return (self.dataset, self.n_labeled, self.mode, self.tag, self.trained_jointly)
 
 
 def _read_config(path: Path) -> Config:
@@ -79,9 +90,20 @@ def _read_config(path: Path) -> Config:
 
 
 def _own_stages(folder: Path) -> tuple[str, ...]:
-    """Generator stage folders of ``folder`` that are real folders, not links."""
+    """The trace keys of the generators ``folder`` trained itself: its generator stage
+    folders that are real folders, not links, and the generators of the consistency stage
+    of a method that trains them there."""
     stages = (folder / "checkpoints" / stage for stage in GENERATOR_STAGES)
-    return tuple(s.name for s in stages if s.is_dir() and not s.is_symlink())
+    own = [s.name for s in stages if s.is_dir() and not s.is_symlink()]
+    try:
+        method = read_yaml(folder / "config.yaml").get("method")
+    except ConfigError as error:
+        raise DiagnosticsError(
+            f"{error}. Move the directory out of the runs folder or restore its config.yaml."
+        ) from error
+    if method in FINAL_STAGE_GENERATORS and (folder / "checkpoints" / CONSISTENCY_STAGE).is_dir():
+        own += [key for key, kind in JOINT_TRACES.items() if kind in FINAL_STAGE_GENERATORS[method]]
+    return tuple(own)
 
 
 def find_generator_runs(runs_dir: Path) -> list[GeneratorRun]:
@@ -97,8 +119,10 @@ def find_generator_runs(runs_dir: Path) -> list[GeneratorRun]:
     found = []
     for config_path in sorted(Path(runs_dir).glob("*/config.yaml")):
         folder = config_path.parent
+        if ".replaced-" in folder.name:
+            continue
         stages = _own_stages(folder)
-        if ".replaced-" in folder.name or not stages:
+        if not stages:
             continue
         cfg = _read_config(config_path)
         found.append(
@@ -211,7 +235,7 @@ def diagnostics_section(runs_dir: Path, out_dir: Path) -> list[str]:
 
 
 def _group_lines(runs: Sequence[GeneratorRun], out_dir: Path) -> list[str]:
-    groups: dict[tuple[str, int, str, str], list[GeneratorRun]] = defaultdict(list)
+    groups: dict[tuple[str, int, str, str, bool], list[GeneratorRun]] = defaultdict(list)
     for run in runs:
         if run.traces:
             groups[run.group].append(run)
@@ -224,14 +248,15 @@ def _group_lines(runs: Sequence[GeneratorRun], out_dir: Path) -> list[str]:
     ]
     figures = []
     for group in sorted(groups):
-        dataset, n_labeled, mode, tag = group
+        dataset, n_labeled, mode, tag, jointly = group
         members = sorted(groups[group], key=lambda r: (r.draw, r.seed))
-        for stage in GENERATOR_STAGES:
+        for stage in TRACE_KEYS:
             summaries = [summarise_stage(r.traces[stage]) for r in members if stage in r.traces]
             if summaries:
                 where = [dataset, n_labeled, mode, tag or "–", len(summaries), SHORT_NAMES[stage]]
                 lines.append(_row([*where, *stage_cells(summaries)]))
-        name = f"diagnostics-{dataset}-nl{n_labeled}-{mode}{f'-{tag}' if tag else ''}.png"
+        name = f"diagnostics-{dataset}-nl{n_labeled}-{mode}{f'-{tag}' if tag else ''}"
+        name += "-in-consistency.png" if jointly else ".png"
         plot_generator_diagnostics(members[0].traces, out_dir / name, members[0].name)
         figures += [f"![Generator diagnostics of {members[0].name}]({name})", ""]
     return [*lines, "", *figures]

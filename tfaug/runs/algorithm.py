@@ -318,7 +318,8 @@ class Algorithm:
         checkpoints = self._evaluate_other_checkpoints(test)
         self.run.figures.mkdir(parents=True, exist_ok=True)
         samples = self._sample_batch()
-        for kind, generator in {**generators, **self._final_stage_generators()}.items():
+        trained_here = self._final_stage_generators()
+        for kind, generator in {**generators, **trained_here}.items():
             save_generator_figures(
                 generator,
                 samples[0],
@@ -327,7 +328,7 @@ class Algorithm:
                 self.run.figures / f"generated_{kind}.png",
                 spacing_mm=self.cfg.preprocess.spacing_mm,
             )
-        if generators:  # figures/generator_diagnostics.png, generator_diagnostics.json
+        if generators or trained_here:  # figures/generator_diagnostics.png and .json
             write_run_diagnostics(
                 self.run.path,
                 spacing_mm=self.cfg.preprocess.spacing_mm,
