@@ -14,6 +14,7 @@ from tiny import tiny_config
 from tfaug.runs.algorithm import Algorithm
 from tfaug.runs.rundir import RunDirectoryError, open_run_directory, run_name
 from tfaug.runs.shared import exclusive_lock, generator_config, open_generator_directory
+from tfaug.training.loop import StageResult
 
 
 def test_generator_config_is_the_same_for_every_generator_method(tmp_path):
@@ -108,10 +109,14 @@ def test_a_second_generator_method_reuses_the_trained_stages(tiny_cache, tmp_pat
     stamps = {}
     for method, kinds in (("gd", ("deformation",)), ("gi", ("intensity",))):
         cfg = tiny_config(base_cfg.data.cache_dir, tmp_path / "runs", method)
-        cfg.train.generator_iterations = 3
+        cfg.train.generator_iterations = 30
+        cfg.train.generator_patience = 3  # the first validation without a new best ends it
         algorithm = Algorithm(cfg, open_run_directory(cfg), progress=False)
         algorithm.prepare()
         algorithm.train_generators(kinds)
+        for kind in kinds:
+            _assert_the_patience_ended(algorithm.stages[f"generator_{kind}"], budget=30)
+        assert algorithm.stages["pretrain"].budget == 2  # not a generator stage: no patience
         shared = tmp_path / "runs" / "phantom-nl1-generators-split0-seed0" / "checkpoints"
         stamps[method] = {
             stage.name: (stage / "done.json").stat().st_mtime_ns
@@ -124,27 +129,16 @@ def test_a_second_generator_method_reuses_the_trained_stages(tiny_cache, tmp_pat
     assert stamps["gi"]["generator_deformation"] == stamps["gd"]["generator_deformation"]
 
 
-def test_the_generator_patience_ends_a_generator_stage_at_its_flat_validation(tiny_cache, tmp_path):
-    base_cfg, _ = tiny_cache
-    cfg = tiny_config(base_cfg.data.cache_dir, tmp_path / "runs", "gd")
-    cfg.train.pretrain_iterations = 1
-    cfg.train.generator_iterations = 30
-    cfg.train.validate_every = 3
-    cfg.train.generator_patience = 3  # the first validation without a new best ends it
-    algorithm = Algorithm(cfg, open_run_directory(cfg), progress=False)
-    algorithm.prepare()
-    algorithm.train_generators(("deformation",))
-
-    stage = algorithm.stages["generator_deformation"]
-    # The stop the rule gives on the stage's own validation history.
-    best, stop = -1.0, 30
+def _assert_the_patience_ended(stage: StageResult, budget: int) -> None:
+    """The stage stopped where a patience of one validation stops on its own history: at the
+    first validation without a new best (or ran its budget)."""
+    best, stop = -1.0, budget
     for step, score in stage.history:
         if score > best:
             best = score
-        elif step < 30:
+        else:
             stop = int(step)
             break
-    assert (stage.iterations, stage.budget) == (stop, 30)
-    assert stage.stopped_early == (stop < 30)
+    assert (stage.iterations, stage.budget) == (stop, budget)
+    assert stage.stopped_early == (stop < budget)
     assert stage.history[-1][0] == stop
-    assert algorithm.stages["pretrain"].budget == 1  # not a generator stage: no patience

@@ -69,12 +69,14 @@ class Recorder:
 class Script:
     """A ``validate`` returning scripted scores; an exception entry is raised instead.
 
-    Records the optimizer step and a copy of S's weights at each call.
+    Records the optimizer step and a copy of S's weights at each call; sleeps ``sleep_s``
+    first (a process suspended or starved by other jobs).
     """
 
-    def __init__(self, model, outcomes):
+    def __init__(self, model, outcomes, sleep_s: float = 0.0):
         self.model = model
         self.outcomes = list(outcomes)
+        self.sleep_s = sleep_s
         self.steps: list[int] = []
         self.weights: dict[int, list[np.ndarray]] = {}
 
@@ -82,6 +84,7 @@ class Script:
         step = int(self.model.optimizer.iterations.numpy())
         self.steps.append(step)
         self.weights[step] = [w.copy() for w in self.model.segmenter.get_weights()]
+        time.sleep(self.sleep_s)
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, BaseException):
             raise outcome
@@ -124,7 +127,7 @@ def _assert_weights_equal(actual: list[np.ndarray], expected: list[np.ndarray]) 
 
 def test_stage_runs_to_the_end_and_writes_done_and_best(make_segmenter_model, tmp_path):
     model = make_segmenter_model()
-    validate = Script(model, [0.1, 0.3, 0.2])
+    validate = Script(model, [0.1, 0.3, 0.2], sleep_s=0.5)
     result = _stage(model, tmp_path, Recorder(), validate)
 
     assert int(model.optimizer.iterations.numpy()) == 9
@@ -140,7 +143,8 @@ def test_stage_runs_to_the_end_and_writes_done_and_best(make_segmenter_model, tm
         cpu_time_s=result.cpu_time_s,
         cpu_timed_steps=9,
     )
-    assert result.wall_time_s > 0 and result.cpu_time_s > 0
+    # The CPU time does not count the 3 × 0.5 s the process slept in the validations.
+    assert 0 < result.cpu_time_s < result.wall_time_s - 1.2
     assert json.loads((tmp_path / "done.json").read_text(encoding="utf-8")) == vars(result)
     assert (tmp_path / "best" / "segmenter.weights.h5").is_file()
     assert tf.train.latest_checkpoint(str(tmp_path / "ckpt")) is not None
@@ -464,12 +468,6 @@ def test_patience_ends_the_stage_once_the_best_step_is_that_old(make_segmenter_m
     _assert_weights_equal(_kept(tmp_path, "last"), validate.weights[12])
 
 
-def test_a_rising_score_is_not_stopped_by_the_patience(make_segmenter_model, tmp_path):
-    model = make_segmenter_model()
-    result = _stage(model, tmp_path, Recorder(), Script(model, [0.1, 0.2, 0.3]), patience=3)
-    assert (result.iterations, result.budget, result.stopped_early) == (9, 9, False)
-
-
 def test_a_stage_killed_after_its_stopping_checkpoint_stops_again(make_segmenter_model, tmp_path):
     model = make_segmenter_model()
     first = _stage(
@@ -489,20 +487,6 @@ def test_a_stage_killed_after_its_stopping_checkpoint_stops_again(make_segmenter
 def test_the_patience_must_be_validation_steps_of_a_validated_stage(tmp_path, patience, validate):
     match = "patience must be 0 \\(off\\) or a multiple"
     _refused(tmp_path, validate, patience=patience, match=match)
-
-
-def test_cpu_time_does_not_count_a_suspended_process(make_segmenter_model, tmp_path):
-    # A validation that sleeps stands for a process stopped (SIGSTOP) or starved by others.
-    model = make_segmenter_model()
-
-    def sleepy_validate() -> float:
-        time.sleep(1.0)
-        return 0.5
-
-    result = _stage(model, tmp_path, Recorder(), sleepy_validate, iterations=6)
-    assert result.wall_time_s >= 2.0
-    assert result.cpu_time_s < result.wall_time_s - 1.5
-    assert result.cpu_timed_steps == 6
 
 
 def test_a_stage_begun_without_cpu_time_scales_it_from_the_steps_it_measured(
