@@ -67,7 +67,7 @@ def test_pairs_are_cut_on_whichever_side_is_costlier_and_notes_name_the_pairs_le
     }
     assert notes == [
         "unimatch-2: no budget mark within rdri-2's 8.3 min (train.budget_marks)",
-        "unimatch-3 / rdri-3: no training time recorded",
+        "unimatch-3 / rdri-3: no wall-clock time recorded",
     ]
 
 

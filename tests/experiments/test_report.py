@@ -15,6 +15,7 @@ from scipy import stats
 
 from tfaug.cli import main
 from tfaug.experiments import plots
+from tfaug.experiments.equal_time import equal_time_runs
 from tfaug.experiments.grid import GridSpec, execute_grid, plan_grid
 from tfaug.experiments.report import write_report
 from tfaug.experiments.results import (
@@ -603,6 +604,10 @@ def test_a_run_without_cpu_times_has_no_cpu_training_time(tmp_path):
         cpu_time_s={"pretrain": None, "segmenter": 50.0},
     )  # finished before CPU time
     assert [r.training_s for r in load_runs(tmp_path, "cpu")] == [None, None]
+    notes = equal_time_runs(load_runs(tmp_path, "cpu"), "aff", "rd", "cpu")[2]
+    assert notes == [
+        "phantom-nl1-aff-split0-seed0 / phantom-nl1-rd-split0-seed0: no CPU time recorded"
+    ]
     assert [r.training_s for r in load_runs(tmp_path)] == [60.0, 66.0]
     with pytest.raises(ReportError, match="clock 'gpu': expected one of"):
         load_runs(tmp_path, "gpu")

@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tfaug.experiments.results import RunResult
+from tfaug.experiments.results import CLOCK_WORDS, RunResult
 
 MARK_PREFIX = "best_at_"  # results.json checkpoints.best_at_<mark>
 
@@ -79,13 +79,14 @@ def cut_to(run: RunResult, seconds: float) -> tuple[RunResult, Cut] | None:
 
 
 def equal_time_runs(
-    runs: Sequence[RunResult], a: str, b: str
+    runs: Sequence[RunResult], a: str, b: str, clock: str = "wall"
 ) -> tuple[list[RunResult], list[Cut], list[str]]:
     """The runs of labels ``a`` and ``b`` paired per (draw, seed), each pair at equal time.
 
     In every pair the run with the longer training time is replaced by :func:`cut_to` the
-    other's time. A pair is left out, with a note, when a run records no training time or
-    the costlier run has no budget mark within the other's time.
+    other's time. A pair is left out, with a note, when a run records no training time by
+    ``clock`` (the clock ``runs`` were loaded with, for the note's words) or the costlier run
+    has no budget mark within the other's time.
 
     Returns:
         ``(runs, cuts, notes)``: both runs of every kept pair (the costlier one cut), the
@@ -98,7 +99,8 @@ def equal_time_runs(
     for key in sorted(set(own[a]) & set(own[b])):
         first, second = own[a][key], own[b][key]
         if first.training_s is None or second.training_s is None:
-            notes.append(f"{first.name} / {second.name}: no training time recorded")
+            missing = CLOCK_WORDS[clock][1]
+            notes.append(f"{first.name} / {second.name}: no {missing} recorded")
             continue
         costly, cheap = (
             (first, second) if first.training_s >= second.training_s else (second, first)

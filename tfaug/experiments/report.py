@@ -41,6 +41,7 @@ from tfaug.experiments import plots
 from tfaug.experiments.diagnostics_report import diagnostics_section
 from tfaug.experiments.equal_time import equal_time_runs, marks
 from tfaug.experiments.results import (
+    CLOCK_WORDS,
     MEAN,
     ReportError,
     RunResult,
@@ -217,10 +218,6 @@ def wilcoxon_section(
     return lines + notes
 
 
-CLOCK_WORDS = {"wall": ("wall", "wall-clock time"), "cpu": ("CPU", "CPU time")}
-"""Clock → (its word in a heading, its words in a sentence)."""
-
-
 def equal_time_section(
     runs: Sequence[RunResult], compare: Sequence[tuple[str, str]] = (), clock: str = "wall"
 ) -> list[str]:
@@ -234,7 +231,7 @@ def equal_time_section(
     for a, b in dict.fromkeys([*tagged_comparisons(runs), *compare]):
         if a not in present or b not in present:
             continue
-        paired, cuts, left_out = equal_time_runs(runs, a, b)
+        paired, cuts, left_out = equal_time_runs(runs, a, b, clock)
         notes += [f"{a} vs {b}: pair left out, {note}." for note in left_out]
         if not cuts:
             continue

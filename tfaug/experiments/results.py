@@ -29,6 +29,8 @@ METHOD_ORDER = METHODS  # the order of a table's rows; unknown methods follow by
 
 CLOCKS = {"wall": "wall_time_s", "cpu": "cpu_time_s"}
 """Clock name → the results.json record of each stage's training time by that clock."""
+CLOCK_WORDS = {"wall": ("wall", "wall-clock time"), "cpu": ("CPU", "CPU time")}
+"""Clock name → (its word in a heading, its words in a sentence)."""
 
 
 class ReportError(ValueError):
