@@ -236,7 +236,7 @@ class JointConsistencyModel(ConsistencyModel):
         losses["total_loss"] += self.lambda_adv * losses["adv_loss"]
         losses["total_loss"] += self.lambda_ld * losses["ld_loss"]
         losses["generated"] = generated
-        losses.update(_field_trackers(flow, delta, tf.stop_gradient(before), after))
+        losses.update(_field_trackers(flow, delta, before, after))
         return losses
 
     def after_update(self, x_u: tf.Tensor, losses: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -282,7 +282,9 @@ def _field_trackers(
         labels: (N,H,W,C) the labels and pseudo-labels the rows carried before the warp.
         warped_labels: (N,H,W,C) the same after it.
     """
-    flow, delta, warped_labels = (tf.stop_gradient(t) for t in (flow, delta, warped_labels))
+    flow, delta, labels, warped_labels = (
+        tf.stop_gradient(t) for t in (flow, delta, labels, warped_labels)
+    )
     deformation = field_statistics(flow, labels, warped_labels)
     intensity = field_statistics(delta, labels, labels)
     return {
