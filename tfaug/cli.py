@@ -237,19 +237,28 @@ def train_config_from_args(args: argparse.Namespace) -> Config:
 
 def run_train(args: argparse.Namespace) -> int:
     from tfaug.runs.algorithm import plan_split, run_algorithm
-    from tfaug.runs.rundir import RunDirectoryError, RunFinishedError, open_run_directory
+    from tfaug.runs.rundir import (
+        RunDirectoryError,
+        RunFinishedError,
+        claim_run,
+        finished_error,
+        open_run_directory,
+    )
 
     cfg = train_config_from_args(args)
     plan_split(cfg)  # bad data folder or split: exit 2 before the run directory is touched
     try:
         run = open_run_directory(cfg, force=args.force)
+        with claim_run(run):
+            if run.finished:  # another process finished it since it was opened
+                raise finished_error(run.path)
+            results = run_algorithm(cfg, run, progress=not args.quiet, command=sys.argv)
     except RunFinishedError as finished:
         print(f"tfaug: {finished}", file=sys.stderr)
         return 0
     except RunDirectoryError as error:
         print(f"tfaug: error: {error}", file=sys.stderr)
         return 2
-    results = run_algorithm(cfg, run, progress=not args.quiet, command=sys.argv)
     print(format_summary(run.path, results))
     return 0
 

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from holder import run_held_elsewhere
 
 from tfaug.cli import main
 from tfaug.config import ConfigError, load_config
@@ -121,6 +122,17 @@ def test_finished_runs_are_skipped_without_a_subprocess(tmp_path, capsys):
     assert execute_grid([run]) == []
     assert "finished, skipped" in capsys.readouterr().out
     assert not (run.path / "grid.log").exists()
+
+
+def test_a_run_another_process_trains_is_skipped_and_listed_as_running(tmp_path, capsys):
+    run = GridRun(1, "aff", 0, 0, tmp_path / "busy", ("train", "--no-such-flag"))
+    with run_held_elsewhere(run.path) as holder:
+        assert run.status == "running"
+        assert format_plan([run]).splitlines()[-1] == "1 runs: 1 running"
+        assert execute_grid([run]) == []  # skipped, not failed
+    assert f"running in another process (pid {holder.pid} on " in capsys.readouterr().out
+    assert not (run.path / "grid.log").exists()  # no subprocess was started
+    assert run.status == "pending"  # the holder died without writing config.yaml
 
 
 def test_a_failing_run_is_reported_and_logged(tmp_path):

@@ -1,18 +1,25 @@
-"""Tests for tfaug/runs/rundir.py: run names, config recording, resume and force."""
+"""Tests for tfaug/runs/rundir.py: run names, config recording, resume, force and the lock."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
+from holder import run_held_elsewhere
+from tiny import tiny_config, write_tiny_yaml
 
+from tfaug.cli import main
 from tfaug.config import load_config
 from tfaug.runs.rundir import (
     RunDirectory,
     RunDirectoryError,
     RunFinishedError,
+    RunInUseError,
+    claim_run,
     open_run_directory,
+    run_holder,
     run_name,
 )
 
@@ -138,3 +145,40 @@ def test_a_recorded_config_without_keys_added_since_still_resumes(tmp_path):
     del recorded["train"]["model_selection"]  # as written by a version without the key
     run.config_path.write_text(yaml.safe_dump(recorded))
     assert open_run_directory(cfg).path == run.path
+
+
+def test_a_run_another_process_trains_cannot_be_claimed_or_forced_until_it_dies(cfg):
+    run = open_run_directory(cfg)
+    with claim_run(run):
+        assert run_holder(run.path).startswith(f"pid {os.getpid()} on ")
+    assert run_holder(run.path) is None  # released at the end of the block
+    with run_held_elsewhere(run.path) as holder:
+        assert run_holder(run.path).startswith(f"pid {holder.pid} on ")
+        in_use = rf"{run.path}: another process .*pid {holder.pid}"
+        with pytest.raises(RunInUseError, match=in_use), claim_run(run):
+            pytest.fail("claimed a run another process holds")
+        before = sorted(p.name for p in run.path.parent.iterdir())
+        with pytest.raises(RunInUseError, match="--force would move it from under"):
+            open_run_directory(cfg, force=True)
+        assert sorted(p.name for p in run.path.parent.iterdir()) == before  # not moved aside
+    # The holder was killed: the operating system released its lock.
+    assert run_holder(run.path) is None
+    with claim_run(run):
+        assert run.lock_path.read_text(encoding="utf-8").startswith(f"pid {os.getpid()} on ")
+
+
+def test_train_refuses_a_run_another_process_trains(tiny_cache, tmp_path, capsys):
+    base_cfg, _ = tiny_cache
+    cfg = tiny_config(base_cfg.data.cache_dir, tmp_path / "runs", "aff")
+    run = open_run_directory(cfg)
+    argv = [
+        "train", "--config", str(write_tiny_yaml(tmp_path / "tiny.yaml")), "--method", "aff",
+        "--cache-dir", str(base_cfg.data.cache_dir), "--runs-dir", str(tmp_path / "runs"),
+        "--quiet",
+    ]  # fmt: skip
+    with run_held_elsewhere(run.path) as holder:
+        assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"{run.path}: another process is training this run (pid {holder.pid} on " in error
+    assert "stop it and re-run this command to resume" in error
+    assert not run.checkpoints.exists()  # nothing trained

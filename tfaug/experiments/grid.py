@@ -3,13 +3,15 @@
 A grid is a list of :class:`GridRun`, each one ``tfaug train`` invocation. The runs
 directory is the only shared state: a run whose ``results.json`` exists is finished and
 skipped; a run whose ``config.yaml`` exists was interrupted and resumes from its last
-checkpoint (both handled by :mod:`tfaug.runs.rundir`). Each run executes in its own
+checkpoint; a run another process is training (it holds the run's lock) is skipped (all
+three handled by :mod:`tfaug.runs.rundir`). Each run executes in its own
 Python subprocess, so one failing run neither stops the grid nor leaks TensorFlow state
 into the next; its output is appended to ``<run dir>/grid.log``.
 
 Sharding (``--shard i/n``) takes every n-th run of the ordered list starting at i: shards
 are disjoint, their union is the grid, and no coordination is needed beyond giving every
-shard the same grid arguments and the same runs directory.
+shard the same grid arguments and the same runs directory. Grids whose runs overlap (two
+unsharded copies of one grid, or two grids sharing runs) skip each other's running runs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from tfaug.config import ConfigError, load_config
 from tfaug.methods import GENERATOR_MODES, METHODS
-from tfaug.runs.rundir import run_name
+from tfaug.runs.rundir import run_holder, run_name
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,12 @@ class GridRun:
 
     @property
     def status(self) -> str:
-        """``finished`` (results.json), ``interrupted`` (config.yaml only) or ``pending``."""
+        """``finished`` (results.json), ``running`` (another process holds the run's lock),
+        ``interrupted`` (config.yaml only) or ``pending``."""
         if (self.path / "results.json").is_file():
             return "finished"
+        if run_holder(self.path) is not None:
+            return "running"
         if (self.path / "config.yaml").is_file():
             return "interrupted"
         return "pending"
@@ -211,7 +216,8 @@ def format_plan(runs: Sequence[GridRun]) -> str:
 def execute_grid(runs: Sequence[GridRun], *, echo: bool = True) -> list[GridRun]:
     """Execute every unfinished run of ``runs`` in order, each in a ``tfaug train`` subprocess.
 
-    Finished runs are skipped; interrupted ones resume. A run's stdout and stderr are
+    Finished runs, and runs another process is training, are skipped; interrupted ones
+    resume. A run's stdout and stderr are
     appended to ``<run dir>/grid.log``. A failing run does not stop the grid.
 
     Args:
@@ -224,10 +230,15 @@ def execute_grid(runs: Sequence[GridRun], *, echo: bool = True) -> list[GridRun]
     failed = []
     for number, run in enumerate(runs, start=1):
         prefix = f"[{number}/{len(runs)}] {run.path.name}"
-        if run.status == "finished":
+        status = run.status
+        if status == "finished":
             _say(echo, f"{prefix}: finished, skipped")
             continue
-        _say(echo, f"{prefix}: {'resuming' if run.status == 'interrupted' else 'starting'}")
+        holder = run_holder(run.path)
+        if holder is not None:
+            _say(echo, f"{prefix}: running in another process ({holder}), skipped")
+            continue
+        _say(echo, f"{prefix}: {'resuming' if status == 'interrupted' else 'starting'}")
         run.path.mkdir(parents=True, exist_ok=True)
         with open(run.path / "grid.log", "a", encoding="utf-8") as log:
             code = subprocess.call(
