@@ -1,4 +1,5 @@
-"""The README and docs/ name only files that exist, and docs/switches.md matches the config."""
+"""The README and docs/ name only files that exist, the README's test command is CI's, and
+docs/switches.md matches the config."""
 
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ def named_paths(document: Path) -> list[tuple[str, Path]]:
 def test_every_named_file_exists(document):
     missing = [written for written, path in named_paths(document) if not path.exists()]
     assert missing == []
+
+
+def test_the_readme_starts_with_two_commands_the_second_of_which_ci_runs():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first_block = re.search(r"```bash\n(.*?)```", readme, re.DOTALL)
+    assert first_block.start() == readme.index("```")  # nothing but the title before it
+    commands = first_block.group(1).strip().splitlines()
+    assert len(commands) == 2
+    assert "train/run.py --dataset phantom" in commands[0]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert commands[1] in ci
 
 
 def test_the_check_sees_a_missing_file(tmp_path):
