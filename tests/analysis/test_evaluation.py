@@ -3,13 +3,17 @@ summaries."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tiny import prepare_tiny_cache
+from tiny import build_tiny_unet, prepare_tiny_cache
 
 from tfaug.analysis.evaluation import (
+    _inference_function,
     evaluate_test,
     load_volumes,
     predict_probabilities,
@@ -81,6 +85,21 @@ def test_probabilities_sum_to_one_whatever_the_batch_size(tiny):
     assert whole.dtype == np.float32
     np.testing.assert_allclose(whole.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(in_threes, whole, atol=1e-6)
+
+
+def test_inference_is_traced_once_per_segmenter_and_does_not_keep_it_alive(tiny):
+    _, _, _, test_volumes, validation_volumes = tiny
+    segmenter = build_tiny_unet(n_classes=4)
+    for volume in test_volumes + validation_volumes:
+        probabilities = predict_probabilities(segmenter, volume.images, batch_size=5)
+        eager = tf.nn.softmax(segmenter(volume.images, training=False), axis=-1).numpy()
+        np.testing.assert_allclose(probabilities, eager, atol=1e-6)
+    # Batches of 5 and the shorter last batches of every volume: one trace.
+    assert _inference_function(segmenter, (32, 32, 1)).experimental_get_tracing_count() == 1
+    alive = weakref.ref(segmenter)
+    del segmenter
+    gc.collect()
+    assert alive() is None
 
 
 def test_validation_dice_is_one_for_a_perfect_and_zero_for_a_background_model(tiny):

@@ -10,7 +10,8 @@ file as read from disk.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,11 +67,46 @@ def predict_probabilities(
     Returns:
         float32 (Z,S,S,C), each pixel summing to 1.
     """
-    outputs = []
-    for begin in range(0, len(images), batch_size):
-        logits = segmenter(tf.convert_to_tensor(images[begin : begin + batch_size]), training=False)
-        outputs.append(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1).numpy())
+    infer = _inference_function(segmenter, images.shape[1:])
+    outputs = [
+        infer(tf.convert_to_tensor(images[begin : begin + batch_size])).numpy()
+        for begin in range(0, len(images), batch_size)
+    ]
     return np.concatenate(outputs, axis=0)
+
+
+_INFERENCE_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per segmenter, its traced inference function; an entry goes when its segmenter goes."""
+
+
+def _inference_function(
+    segmenter: keras.Model, slice_shape: tuple[int, ...]
+) -> Callable[[tf.Tensor], tf.Tensor]:
+    """S's softmax in inference mode, traced once per segmenter for batches of any size.
+
+    Called eagerly, every layer's Python runs at every call: a validation of the phantom's 8
+    volumes took 2.5x as long as with the traced function (the same probabilities). The
+    function refers to S weakly, so the cache does not keep a segmenter alive.
+
+    Args:
+        segmenter: S, (B,H,W,1) → logits (B,H,W,C).
+        slice_shape: (H,W,1) of the slices it is first called with; other shapes trace again.
+
+    Returns:
+        float32 (B,H,W,1) → float32 (B,H,W,C) probabilities.
+    """
+    function = _INFERENCE_FUNCTIONS.get(segmenter)
+    if function is None:
+        model = weakref.ref(segmenter)
+
+        @tf.function(reduce_retracing=True)
+        def function(images: tf.Tensor) -> tf.Tensor:
+            logits = model()(images, training=False)
+            return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+
+        _INFERENCE_FUNCTIONS[segmenter] = function
+    function.get_concrete_function(tf.TensorSpec((None, *slice_shape), tf.float32))
+    return function
 
 
 def validation_dice(
