@@ -96,6 +96,15 @@ def test_inference_is_traced_once_per_segmenter_and_does_not_keep_it_alive(tiny)
         np.testing.assert_allclose(probabilities, eager, atol=1e-6)
     # Batches of 5 and the shorter last batches of every volume: one trace.
     assert _inference_function(segmenter, (32, 32, 1)).experimental_get_tracing_count() == 1
+    # New weights in the same S (as when each kept checkpoint is loaded and tested in turn)
+    # are what the traced function computes with.
+    images = test_volumes[0].images
+    before = predict_probabilities(segmenter, images)
+    segmenter.set_weights([w * 1.5 for w in segmenter.get_weights()])
+    after = predict_probabilities(segmenter, images)
+    assert np.abs(after - before).max() > 1e-3
+    eager = tf.nn.softmax(segmenter(images, training=False), axis=-1).numpy()
+    np.testing.assert_allclose(after, eager, atol=1e-6)
     alive = weakref.ref(segmenter)
     del segmenter
     gc.collect()

@@ -286,11 +286,13 @@ class Algorithm:
         ]
         kept += [(f"best_at_{m}", f"best_at/{m}", step, m) for m, step in stage.budget_steps]
         found, tested = {}, {stage.best_step: test}  # one evaluation per distinct step
+        segmenter = None  # one S (one traced inference function), loaded with each checkpoint
         for key, folder, step, mark in kept:
             if step is None or not (stage_dir / folder / "segmenter.weights.h5").is_file():
                 continue
             if step not in tested:
-                segmenter = build_segmenter(self.cfg)
+                if segmenter is None:
+                    segmenter = build_segmenter(self.cfg)
                 load_best({"segmenter": segmenter}, stage_dir, folder)
                 tested[step] = self._test(segmenter)
             summary = summarise(tested[step], self.cfg.data.class_names[1:])
