@@ -90,7 +90,8 @@ def _inference_function(
 
     Args:
         segmenter: S, (B,H,W,1) → logits (B,H,W,C).
-        slice_shape: (H,W,1) of the slices it is first called with; other shapes trace again.
+        slice_shape: (H,W,1) of the slices it is first called with, traced for any batch
+            size; other slice shapes trace again.
 
     Returns:
         float32 (B,H,W,1) → float32 (B,H,W,C) probabilities.
@@ -104,8 +105,8 @@ def _inference_function(
             logits = model()(images, training=False)
             return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
 
+        function.get_concrete_function(tf.TensorSpec((None, *slice_shape), tf.float32))
         _INFERENCE_FUNCTIONS[segmenter] = function
-    function.get_concrete_function(tf.TensorSpec((None, *slice_shape), tf.float32))
     return function
 
 

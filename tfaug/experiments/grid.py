@@ -217,8 +217,8 @@ def execute_grid(runs: Sequence[GridRun], *, echo: bool = True) -> list[GridRun]
     """Execute every unfinished run of ``runs`` in order, each in a ``tfaug train`` subprocess.
 
     Finished runs, and runs another process is training, are skipped; interrupted ones
-    resume. A run's stdout and stderr are
-    appended to ``<run dir>/grid.log``. A failing run does not stop the grid.
+    resume. A run's stdout and stderr are appended to ``<run dir>/grid.log``. A failing run
+    does not stop the grid.
 
     Args:
         runs: the (sharded) plan of :func:`plan_grid`.

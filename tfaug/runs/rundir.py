@@ -185,7 +185,7 @@ def run_holder(path: Path) -> str | None:
 
     A lock this process holds counts too (``flock`` locks belong to open files, not processes).
     """
-    lock = path / ".run.lock"
+    lock = RunDirectory(path).lock_path
     if not lock.is_file():
         return None
     with open(lock, encoding="utf-8") as handle:
