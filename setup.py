@@ -16,7 +16,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["tfaug", "tfaug.*"]),
     include_package_data=True,
-    package_data={"tfaug": ["configs/*.yaml"]},
+    package_data={"tfaug": ["configs/*.yaml", "configs/settings/*.yaml"]},
     install_requires=[
         # TensorFlow itself comes from an extra: `.[cpu]` (tensorflow-cpu) or `.[gpu]`
         # (tensorflow[and-cuda]); the two wheels must not be installed together. Never

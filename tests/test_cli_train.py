@@ -69,6 +69,16 @@ def test_unknown_config_key(tmp_path, capsys):
     assert not runs.exists()
 
 
+def test_unknown_config_file_or_setting(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    code, err = _train(["--config", "bdv3", "--runs-dir", str(runs)], capsys)
+
+    assert code == 2
+    assert "bdv3: config file not found" in err
+    assert "bdv3R, lrdri" in err  # the shipped settings it could have meant
+    assert not runs.exists()
+
+
 def test_unknown_method_is_an_argument_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["train", "--method", "gan", "--runs-dir", str(tmp_path / "runs")])

@@ -1,6 +1,15 @@
 import pytest
+import yaml
 
-from tfaug.config import DATASETS, ConfigError, config_from_dict, load_config, parse_override
+from tfaug.config import (
+    DATASETS,
+    SETTINGS_DIR,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    parse_override,
+    shipped_settings,
+)
 from tfaug.methods import PHANTOM_VARIANT_NAMES
 
 
@@ -149,3 +158,43 @@ def test_unknown_dataset():
 def test_values_outside_their_choices_are_rejected(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("phantom", overrides=[override])
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("setting", shipped_settings())
+def test_a_shipped_setting_sets_exactly_its_keys_over_every_dataset_config(dataset, setting):
+    written = _flatten(yaml.safe_load((SETTINGS_DIR / f"{setting}.yaml").read_text("utf-8")))
+    assert written["tag"] == setting  # runs are named and reported after the setting
+    plain = _flatten(load_config(dataset).to_dict())
+    merged = _flatten(load_config(dataset, setting).to_dict())
+    assert {key: merged[key] for key in written} == written
+    changed = {key for key in plain if plain[key] != merged[key]}
+    assert changed <= set(written) and changed
+
+
+def test_the_settings_are_the_benchmarks():
+    assert {"bdv3R", "lrdri"} <= set(shipped_settings())
+    assert load_config("phantom", "lrdri").ssl.labeled_augmentation == "rdri"
+    bdv3r = load_config("phantom", "bdv3R")
+    assert (bdv3r.model.deformation_max_mm, bdv3r.augment.generated_composition) == (10, "chain")
+
+
+def test_config_argument_is_a_file_before_a_setting_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lrdri").write_text("tag: mine\n", encoding="utf-8")
+    assert load_config("phantom", "lrdri").tag == "mine"
+    assert load_config("phantom", str(SETTINGS_DIR / "lrdri.yaml")).tag == "lrdri"
+    with pytest.raises(ConfigError, match=r"nosuch: config file not found.*bdv3R, lrdri"):
+        load_config("phantom", "nosuch")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("phantom", "sub/lrdri")  # a path is never read as a setting's name

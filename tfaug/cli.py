@@ -17,7 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tfaug.config import DATASETS, STRATEGIES, Config, ConfigError, config_from_dict, load_config
+from tfaug.config import (
+    DATASETS,
+    STRATEGIES,
+    Config,
+    ConfigError,
+    config_from_dict,
+    load_config,
+    shipped_settings,
+)
 from tfaug.console import setup_console
 from tfaug.data.volume import DatasetError
 from tfaug.methods import (
@@ -56,7 +64,11 @@ def config_options() -> argparse.ArgumentParser:
         help="folder for the generated phantom and TFRecords (data.cache_dir)",
     )
     parent.add_argument(
-        "--config", type=Path, default=None, help="YAML file merged over the dataset config"
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML file merged over the dataset config, or the name of a shipped setting "
+        f"({', '.join(shipped_settings())}; configs/settings)",
     )
     parent.add_argument(
         "--set",

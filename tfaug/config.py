@@ -37,6 +37,7 @@ from tfaug.methods import (
 )
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+SETTINGS_DIR = CONFIG_DIR / "settings"  # named settings to merge over any dataset config
 DATASETS = ("phantom", "acdc", "acdc_ssl", "prostate", "pancreas")
 STRATEGIES = ("default", "mirrored", "multiworker")
 
@@ -656,6 +657,30 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def shipped_settings() -> tuple[str, ...]:
+    """Names of the settings in ``configs/settings`` (``bdv3R``, ``lrdri``, ...)."""
+    return tuple(sorted(path.stem for path in SETTINGS_DIR.glob("*.yaml")))
+
+
+def config_file_path(config_file: str | Path) -> Path:
+    """The YAML file a ``--config`` argument names: an existing file, or else the name of a
+    shipped setting (``--config bdv3R`` reads ``configs/settings/bdv3R.yaml``).
+
+    Raises:
+        ConfigError: neither a file nor a shipped setting's name.
+    """
+    path = Path(config_file)
+    if path.is_file():
+        return path
+    setting = SETTINGS_DIR / f"{path}.yaml"
+    if path.name == str(path) and setting.is_file():
+        return setting
+    raise ConfigError(
+        f"{path}: config file not found; give the path of a YAML file or the name of a "
+        f"shipped setting ({', '.join(shipped_settings())}: see configs/settings)"
+    )
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping (safe loader); a clear error for a missing or bad file."""
     path = Path(path)
@@ -842,7 +867,8 @@ def load_config(
 
     Args:
         dataset: one of :data:`DATASETS`; selects ``configs/<dataset>.yaml``.
-        config_file: optional user YAML merged on top (any subset of keys).
+        config_file: optional YAML merged on top (any subset of keys): a file, or the name
+            of a shipped setting (:func:`config_file_path`).
         overrides: ``section.key=value`` strings merged last.
 
     Returns:
@@ -855,7 +881,7 @@ def load_config(
         raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     values = read_yaml(CONFIG_DIR / f"{dataset}.yaml")
     if config_file is not None:
-        values = _merge(values, read_yaml(config_file))
+        values = _merge(values, read_yaml(config_file_path(config_file)))
     for text in overrides or []:
         values = _merge(values, parse_override(text))
     config = config_from_dict(values)

@@ -142,6 +142,14 @@ def test_a_failing_run_is_reported_and_logged(tmp_path):
     assert "unknown key" in (run.path / "grid.log").read_text(encoding="utf-8")
 
 
+def test_a_shipped_setting_names_the_grids_runs_and_set_comes_after_it(tmp_path, capsys):
+    args = ["grid", "--methods", "unimatch", "--runs-dir", str(tmp_path), "--dry-run"]
+    for extra, tag in [([], "lrdri"), (["--set", "tag=lrdri_t1"], "lrdri_t1")]:
+        assert main([*args, "--config", "lrdri", *extra]) == 0
+        listed = capsys.readouterr().out.splitlines()[0].split()[-1]
+        assert listed == str(tmp_path / f"phantom-nl1-unimatch-split0-seed0-{tag}")
+
+
 def test_dry_run_command_lists_the_shard(tmp_path, capsys):
     code = main(
         [

@@ -27,7 +27,7 @@ source "$HERE/../phantom-ssl/common.sh"
 for draws in 1 2 3 4 5; do
     for variant in wide hard default; do
         grid "$variant" 1 "$draws" unimatch "${LRDRI[@]}"
-        grid "$variant" 1 "$draws" unimatch_gdgi,unimatch_gdgi_joint "${BDV3R[@]}" --set tag=bdv3R
+        grid "$variant" 1 "$draws" unimatch_gdgi,unimatch_gdgi_joint "${BDV3R[@]}"
     done
 done
 # Ablations of (a): the generators on the labeled or the unlabeled slices only, and the

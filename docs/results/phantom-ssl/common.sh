@@ -18,19 +18,13 @@ BUDGET=(
     --set train.segmenter_iterations=6000 --set split.n_extra_validation=6
     --set train.budget_marks=10
 )
-# The bounded, smooth generators of docs/results/phantom-nl1-switches (gdgi [bdv3R]); the
-# same generator settings give the same shared generator stages. No tag: each grid adds its.
-BDV3R=(
-    --set model.deformation_max_mm=10 --set model.deformation_grid=8
-    --set model.intensity_max=0.2 --set model.intensity_grid=8
-    --set train.real_label=0.9 --set train.discriminator_learning_rate=0.0002
-    --set train.validation_smoothing=0.5 --set train.lambda_diversity=3.0
-    --set augment.generated_composition=chain --set augment.generated_after_random=true
-    --set augment.random_before_generators=true
-)
-# unimatch [lrdri]: unimatch whose labeled slices get rdri's augmentation instead of the
-# weak view (the remedy for its teacher's drift on wide, phantom-ssl/README.md).
-LRDRI=(--set tag=lrdri --set ssl.labeled_augmentation=rdri)
+# The bounded, smooth generators of docs/results/phantom-nl1-switches (gdgi [bdv3R]) and
+# unimatch whose labeled slices get rdri's augmentation instead of the weak view (the remedy
+# for its teacher's drift on wide, phantom-ssl/README.md): the setting files of
+# configs/settings, which also tag the runs (bdv3R, lrdri). The same generator settings give
+# the same shared generator stages.
+BDV3R=(--config "$REPO/configs/settings/bdv3R.yaml")
+LRDRI=(--config "$REPO/configs/settings/lrdri.yaml")
 
 # Every shard makes the same grid calls in the same order; call c gives shard s the part
 # (s + c) mod N_SHARDS of that grid's runs, so the parts of one call are disjoint and a grid

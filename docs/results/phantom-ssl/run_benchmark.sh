@@ -22,7 +22,6 @@ REPO=$(cd "$HERE/../../.." && pwd)
 source "$HERE/common.sh"
 DECISIVE=unimatch,rdri,heavy  # and gdgi [bdv3R]
 OTHERS=fixmatch,self_training,aff,none,gdgi
-BDV3R=(--set tag=bdv3R "${BDV3R[@]}")
 
 for draws in 1 2 3; do
     for variant in wide hard default; do
