@@ -384,6 +384,37 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_records_command(subparsers: Any) -> None:
+    """``tfaug records SOURCE DESTINATION``: copy finished runs' records, no weights."""
+    parser = subparsers.add_parser(
+        "records",
+        help="copy the records of finished runs (config, results, metrics; no weights) to "
+        "another folder, to commit them or to report them elsewhere",
+    )
+    parser.add_argument("source", type=Path, help="a runs folder, or a folder of records")
+    parser.add_argument("destination", type=Path, help="the folder to copy into")
+    parser.set_defaults(func=run_records)
+
+
+def run_records(args: argparse.Namespace) -> int:
+    from tfaug.experiments.records import copy_records
+
+    try:
+        outcome = copy_records(args.source, args.destination)
+    except OSError as error:
+        print(f"tfaug: error: {error}", file=sys.stderr)
+        return 2
+    for name in outcome.copied:
+        print(f"{name}: copied")
+    for name, reason in outcome.conflicts:
+        print(f"{name}: not copied, {reason}; nothing was changed there", file=sys.stderr)
+    print(
+        f"{len(outcome.copied)} record(s) copied to {args.destination}, "
+        f"{len(outcome.present)} already there, {len(outcome.conflicts)} left out"
+    )
+    return 1 if outcome.conflicts else 0
+
+
 def add_export_command(subparsers: Any) -> None:
     """``tfaug export RUN_DIR --format savedmodel onnx --out DIR`` (also export/export.py)."""
     parser = subparsers.add_parser(
@@ -553,6 +584,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_train_command,
     add_grid_command,
     add_report_command,
+    add_records_command,
     add_export_command,
     add_segment_command,
     add_tune_command,

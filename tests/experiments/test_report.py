@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -466,6 +467,19 @@ def test_tiny_real_grid_then_report(tiny_cache, tmp_path):
     assert "| none |" in report
     assert "gd vs rd: skipped" in report
     assert (out / "phantom-nl1-joint-box.png").is_file()
+
+    # The runs' records (no weights) give the same report, and a grid over a runs folder
+    # restored from them skips both runs.
+    records = tmp_path / "records"
+    assert main(["records", str(runs), str(records)]) == 0
+    assert not list(records.rglob("*.weights.h5"))
+    from_records = tmp_path / "report-from-records"
+    assert main(["report", str(records), "--out", str(from_records)]) == 0
+    same = (from_records / "report.md").read_text(encoding="utf-8")
+    assert same == report.replace(f"`{runs}`", f"`{records}`")
+    restored = dataclasses.replace(spec, runs_dir=tmp_path / "restored")
+    assert main(["records", str(records), str(restored.runs_dir)]) == 0
+    assert [r.status for r in plan_grid(restored)] == ["finished", "finished"]
 
 
 def _add_final_stage(run: Path, chosen_step: int, kept: dict, curve: list[tuple]) -> None:

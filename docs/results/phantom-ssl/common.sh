@@ -1,7 +1,10 @@
 # Shared by the phantom benchmark scripts (run_benchmark.sh here and in
 # ../phantom-ssl-learned): the environment check, the budget, the generator setting bdv3R,
 # the unimatch [lrdri] setting and grid(). Source it after setting SHARD, N_SHARDS, RUNS,
-# CACHE and REPO.
+# CACHE and REPO. RECORDS (default: the records folder beside this file) holds the records of
+# the finished runs (tfaug records: configs, results and metrics, no weights), committed so
+# that the benchmark carries on across machines: grid() copies them into the runs folder
+# first, so the grid skips those runs, and copies the records of the runs it finished back.
 
 if ! python -c "import keras, tfaug.cli" 2>/dev/null; then
     echo "run_benchmark.sh: 'python' cannot import tfaug and keras; activate the environment" \
@@ -26,6 +29,8 @@ BUDGET=(
 BDV3R=(--config "$REPO/configs/settings/bdv3R.yaml")
 LRDRI=(--config "$REPO/configs/settings/lrdri.yaml")
 
+RECORDS=${RECORDS:-$REPO/docs/results/phantom-ssl/records}
+
 # Every shard makes the same grid calls in the same order; call c gives shard s the part
 # (s + c) mod N_SHARDS of that grid's runs, so the parts of one call are disjoint and a grid
 # of a single run does not always fall to shard 0.
@@ -35,7 +40,11 @@ grid() {  # grid VARIANT N_L DRAWS METHODS [extra arguments...]
     shift 4
     local part=$(( (SHARD + CALL) % N_SHARDS ))
     CALL=$((CALL + 1))
+    if [ -d "$RECORDS/$variant" ]; then
+        python -m tfaug.cli records "$RECORDS/$variant" "$RUNS/$variant" > /dev/null
+    fi
     python "$REPO/train/grid.py" --dataset phantom --nl "$nl" --methods "$methods" \
         --draws "$draws" --seeds 1 --set "phantom.variant=$variant" "${BUDGET[@]}" "$@" \
         --runs-dir "$RUNS/$variant" --cache-dir "$CACHE" --shard "$part/$N_SHARDS"
+    python -m tfaug.cli records "$RUNS/$variant" "$RECORDS/$variant" | tail -n 1
 }
