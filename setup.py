@@ -36,8 +36,11 @@ setup(
         "tensorboard>=2.16,<3",
     ],
     extras_require={
-        "cpu": ["tensorflow-cpu>=2.16,<2.22"],
-        "gpu": ["tensorflow[and-cuda]>=2.16,<2.22"],
+        # < 2.21: PyPI's TensorFlow 2.21.0 prints its start-up log lines (oneDNN, CPU
+        # features) whatever TF_CPP_MIN_LOG_LEVEL says, in every command and grid run log;
+        # 2.20 honours it (tests/test_cli_quiet.py). Lift the cap when a release does again.
+        "cpu": ["tensorflow-cpu>=2.16,<2.21"],
+        "gpu": ["tensorflow[and-cuda]>=2.16,<2.21"],
         # pytest < 9: pytest-xdist 3.8's --dist loadgroup (pytest.ini) sets Item._nodeid,
         # which pytest 9 no longer reads, and would split the groups across workers.
         "test": ["pytest>=8,<9", "pytest-xdist>=3.5,<4", "medpy>=0.5,<0.6", "ruff>=0.5"],
