@@ -7,7 +7,9 @@ every process, so in every grid run's log. :func:`setup_console` hides TensorFlo
 INFO and WARNING lines (``TF_CPP_MIN_LOG_LEVEL=2``; errors still print) unless the user set
 a level, and must run before TensorFlow is imported; child processes (the grid's runs)
 inherit the setting through the environment. Python warnings are kept; tfaug's own
-:class:`~tfaug.data.volume.DatasetWarning` s print as one ``tfaug: warning: ...`` line.
+:class:`~tfaug.data.volume.DatasetWarning` s and
+:class:`~tfaug.baselines.teacher_watch.TeacherDriftWarning` s print as one
+``tfaug: warning: ...`` line.
 Progress bars and result tables are untouched.
 
 tfaug prints a few non-ASCII characters (``±`` in result tables, ``λ`` and ``Δ`` in help
@@ -24,6 +26,7 @@ import warnings
 from collections.abc import MutableMapping
 from typing import TextIO
 
+from tfaug.baselines.teacher_watch import TeacherDriftWarning
 from tfaug.data.volume import DatasetWarning
 
 TF_LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
@@ -53,7 +56,7 @@ def _format_warning(
     line: str | None = None,
 ) -> str:
     """tfaug's own warnings as ``tfaug: warning: <message>``; any other as Python prints it."""
-    if issubclass(category, DatasetWarning):
+    if issubclass(category, (DatasetWarning, TeacherDriftWarning)):
         return f"tfaug: warning: {message}\n"
     return _PYTHON_FORMAT(message, category, filename, lineno, line)
 

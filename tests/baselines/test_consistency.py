@@ -5,6 +5,7 @@ precision) and runs through :class:`Algorithm` on the tiny phantom, exported aft
 from __future__ import annotations
 
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -15,17 +16,19 @@ from tiny import GENERATOR_FILTERS, SIDE, build_tiny_unet, tiny_config
 from tfaug.analysis.diagnostics import SUMMARY_NAME
 from tfaug.baselines.comparisons import build_consistency_model, consistency_batch_sizes
 from tfaug.baselines.consistency import ConsistencyModel, confident_pseudo_labels
+from tfaug.baselines.teacher_watch import TeacherDriftWarning, TeacherWatch
 from tfaug.config import ConfigError, config_from_dict
-from tfaug.data.pipeline import labeled_dataset, unlabeled_dataset
+from tfaug.data.pipeline import class_shares, labeled_dataset, unlabeled_dataset
 from tfaug.deploy.export import export_run, load_run_models
 from tfaug.experiments.diagnostics_report import find_generator_runs
+from tfaug.io import read_jsonl
 from tfaug.methods import METHODS, final_stage
 from tfaug.models.generator import Generator
 from tfaug.ops.augment import RandomAffine
 from tfaug.ops.cutmix import CutMixBoxes
 from tfaug.ops.generated import ChainAugmentation, GeneratedAugmentation, SecondHalfAugmentation
 from tfaug.ops.heavy import HeavyAugmentation, HeavyIntensity
-from tfaug.runs.algorithm import Algorithm
+from tfaug.runs.algorithm import Algorithm, plan_split
 from tfaug.runs.rundir import open_run_directory
 from tfaug.training import loop
 
@@ -495,11 +498,39 @@ def consistency_run(request, tiny_cache, tmp_path_factory):
     cfg.ssl.threshold = 0.5  # the tiny run's S is far from confident
     cfg.train.generator_iterations = cfg.train.validate_every  # unimatch_gdgi: short G stages
     run = open_run_directory(cfg)
-    return cfg, run, Algorithm(cfg, run, progress=False).execute(command=["test"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TeacherDriftWarning)
+        results = Algorithm(cfg, run, progress=False).execute(command=["test"])
+    drift = [str(w.message) for w in caught if issubclass(w.category, TeacherDriftWarning)]
+    return cfg, run, results, drift
+
+
+def test_the_teacher_watch_warns_from_the_shares_the_stage_logged(consistency_run, tiny_cache):
+    """The warnings a run printed are those a watch fed the logged ``teacher_class_<c>``
+    rows gives: the stage reads the trackers' means at each validation, before their reset."""
+    cfg, run, _, drift = consistency_run
+    _, split = plan_split(cfg)
+    watch = TeacherWatch(
+        "consistency",
+        cfg.train.segmenter_iterations,
+        class_shares(tiny_cache[1], split.labeled),
+        cfg.data.class_names,
+    )
+    expected = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TeacherDriftWarning)
+        for row in read_jsonl(run.stage("consistency") / "metrics.jsonl"):
+            shares = {c: row[f"teacher_class_{c}"] for c in range(1, cfg.data.n_classes)}
+            expected += watch.update(row["step"], shares)
+    # The tiny teacher is untrained: its shares are far off. The run's messages end with
+    # advice the bare watch does not give.
+    assert expected and len(drift) == len(expected)
+    assert all(m.startswith(e) for m, e in zip(drift, expected, strict=True))
+    assert all("--config lrdri" in m for m in drift if "drifted" in m)
 
 
 def test_consistency_methods_run_export_and_resume(consistency_run, tmp_path):
-    cfg, run, results = consistency_run
+    cfg, run, results, _ = consistency_run
     assert cfg.method in METHODS and final_stage(cfg.method, 3) == "consistency"
     learned = cfg.method in ("unimatch_gdgi", "unimatch_gdgi_joint")
     joint = cfg.method == "unimatch_gdgi_joint"  # generators trained in the consistency stage

@@ -37,7 +37,9 @@ from tfaug.baselines.self_training import (
     pseudo_labeled_dataset,
     save_pseudo_labels,
 )
+from tfaug.baselines.teacher_watch import TeacherWatch, tracker_shares
 from tfaug.config import Config
+from tfaug.data.pipeline import class_shares
 from tfaug.methods import (
     ADVERSARIAL_LEVELS,
     ADVERSARIAL_STAGE,
@@ -206,8 +208,31 @@ def _consistency(context: StageContext, generators: dict[str, keras.Model]) -> k
         cfg.train.segmenter_iterations,
         segmenter,
         also_keep=trained,
+        on_validation=_teacher_watch(context, model),
     )
     return segmenter
+
+
+def _teacher_watch(context: StageContext, model: ConsistencyModel) -> Callable[[int], None]:
+    """``on_validation`` of the consistency stage: :class:`TeacherWatch` on the teacher's
+    class shares against the labeled slices'."""
+    cfg = context.cfg
+    advice = (
+        "Runs have recovered from this; if the validation Dice stays below rdri's, the "
+        "method does not suit these labels."
+        if cfg.ssl.labeled_augmentation == "rdri"
+        else "Give the labeled slices rdri's augmentation (--config lrdri), which kept the "
+        "teacher near the labeled shares where the weak view alone did not."
+    )
+    watch = TeacherWatch(
+        CONSISTENCY_STAGE,
+        cfg.train.segmenter_iterations,
+        class_shares(context.cache, context.split.labeled),
+        cfg.data.class_names,
+        f"{advice} See the teacher's class shares in docs/methods.md.",
+    )
+    read_shares = tracker_shares(model.trackers, cfg.data.n_classes)
+    return lambda step: watch.update(step, read_shares())
 
 
 def build_consistency_model(
@@ -325,13 +350,22 @@ def _run(
     segmenter: keras.Model,
     discriminator: keras.Model | None = None,
     also_keep: dict[str, keras.Model] | None = None,
+    on_validation: Callable[[int], None] | None = None,
 ) -> None:
     """One validated stage of S (and D, and ``also_keep`` by file stem); loads S's kept
-    weights."""
+    weights. ``on_validation`` is called with the step after each validation."""
     keep = {"segmenter": segmenter, **(also_keep or {})}
     if discriminator is not None:
         keep["discriminator"] = discriminator
-    context.run_stage(stage, model, make_dataset, iterations, keep, validated=segmenter)
+    context.run_stage(
+        stage,
+        model,
+        make_dataset,
+        iterations,
+        keep,
+        validated=segmenter,
+        on_validation=on_validation,
+    )
     load_best({"segmenter": segmenter}, context.stage_dir(stage))
 
 

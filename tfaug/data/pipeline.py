@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from tfaug.data.records import Cache, example_features
@@ -129,6 +130,22 @@ def volume_dataset(cache: Cache, case_ids: Sequence[str]) -> tf.data.Dataset:
             "labels": batch["label"],
         }
     ).prefetch(AUTOTUNE)
+
+
+def class_shares(cache: Cache, case_ids: Sequence[str]) -> np.ndarray:
+    """The share of each class among the pixels of the slices of ``case_ids``.
+
+    Args:
+        cache: a complete cache.
+        case_ids: the volumes to count (e.g. the labeled ones).
+
+    Returns:
+        float64 (C,), background first, summing to 1 (C: the cache's ``n_classes``).
+    """
+    counts = np.zeros(cache.n_classes, np.int64)
+    for volume in volume_dataset(cache, case_ids).as_numpy_iterator():
+        counts += np.bincount(volume["labels"].ravel(), minlength=cache.n_classes)
+    return counts / counts.sum()
 
 
 def _slices(cache: Cache, case_ids: Sequence[str]) -> tf.data.Dataset:
