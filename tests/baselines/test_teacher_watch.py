@@ -47,10 +47,11 @@ def test_a_share_is_off_by_a_factor_of_three_and_ten_points_when_too_high(share,
 
 def test_it_warns_after_two_drifted_validations_past_the_grace_and_again_when_back():
     rows = [(50, 0.4), (100, 0.4), (150, 0.4), (200, 0.4), (250, 0.3), (300, 0.05), (350, 0.4)]
-    rows += [(400, 0.06), (450, 0.05), (500, 0.04)]
+    rows += [(400, 0.06), (450, 0.12), (500, 0.06), (550, 0.05), (600, 0.04)]
     messages = _feed(_watch(), rows)
     # 50 and 100 are in the first tenth; 300's single in-bounds validation changes nothing.
-    assert [step for step, _ in messages] == [200, 450]
+    # 450's 12 % is below the drift bound (14.5 %) but not back within 2x (9.5 %).
+    assert [step for step, _ in messages] == [200, 550]
     drifted, back = (m for _, m in messages)
     assert drifted == (
         "stage 'consistency', step 200: the teacher labels 40.0 % of the unlabeled pixels LV, "
@@ -58,8 +59,18 @@ def test_it_warns_after_two_drifted_validations_past_the_grace_and_again_when_ba
     )
     assert back.endswith(
         "labels 5.0 % of the unlabeled pixels LV, the labeled slices 4.5 %: "
-        "back within 3x of the labeled share."
+        "back within 2x of the labeled share."
     )
+
+
+def test_a_share_hovering_at_a_bound_warns_once():
+    # Myo on wide: 1.0 % then 1.1 % against a labeled 3.1 % (the drift bound is 1.03 %).
+    watch = TeacherWatch("consistency", 1000, (0.9, 0.05, 0.031, 0.019), NAMES)
+    hovering = [(s, 0.010 if s % 100 else 0.011) for s in range(200, 1000, 25)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TeacherDriftWarning)
+        steps = [s for s, share in hovering if watch.update(s, {1: 0.05, 2: share, 3: 0.019})]
+    assert steps == [250]
 
 
 def test_a_teacher_within_bounds_never_warns_and_a_lost_class_does():

@@ -11,7 +11,10 @@ it late and on two volumes; the teacher's class shares (``teacher_class_<c>`` in
 the labeled slices' shares at every validation and warns when one is off by a factor of
 :data:`RATIO` (and by :data:`MARGIN` when it is too high) at two validations in a row, after
 the first :data:`GRACE` of the stage (a teacher starts untrained); it says so again when the
-share is back within bounds. Nothing is changed in training. No TensorFlow here.
+share has been back within the tighter :data:`BACK_RATIO` and :data:`BACK_MARGIN` at two
+validations in a row (the gap between the two bounds keeps a share that hovers near one of
+them from warning at every other validation). Nothing is changed in training. No
+TensorFlow here.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 RATIO = 3.0  # a share more than 3x, or less than a third of, the labeled slices' share
 MARGIN = 0.10  # and, when too high, more than 10 percentage points above it
+BACK_RATIO = 2.0  # a drifted share is back within 2x of the labeled share
+BACK_MARGIN = 0.05  # or, when above it, within 5 percentage points
 GRACE = 0.1  # the first tenth of the stage is not watched
 CONSECUTIVE = 2  # validations in a row that must agree before the state changes
 
@@ -29,14 +34,16 @@ class TeacherDriftWarning(UserWarning):
     """A consistency method's pseudo-labels have drifted from the labeled slices' classes."""
 
 
-def share_is_off(share: float, labeled_share: float) -> bool:
+def share_is_off(
+    share: float, labeled_share: float, ratio: float = RATIO, margin: float = MARGIN
+) -> bool:
     """Whether the teacher's ``share`` of a class is far from the labeled slices' share.
 
-    Too high: above ``RATIO × labeled_share`` and above ``labeled_share + MARGIN``. Too
-    low: below ``labeled_share / RATIO``. Shares are fractions of pixels in [0, 1].
+    Too high: above ``ratio × labeled_share`` and above ``labeled_share + margin``. Too
+    low: below ``labeled_share / ratio``. Shares are fractions of pixels in [0, 1].
     """
-    too_high = share > max(RATIO * labeled_share, labeled_share + MARGIN)
-    return too_high or share < labeled_share / RATIO
+    too_high = share > max(ratio * labeled_share, labeled_share + margin)
+    return too_high or share < labeled_share / ratio
 
 
 class TeacherWatch:
@@ -86,7 +93,10 @@ class TeacherWatch:
         messages = []
         for c, share in sorted(shares.items()):
             labeled = self.labeled_shares[c]
-            changed = share_is_off(share, labeled) != (c in self.drifted)
+            if c in self.drifted:
+                changed = not share_is_off(share, labeled, BACK_RATIO, BACK_MARGIN)
+            else:
+                changed = share_is_off(share, labeled)
             self._streaks[c] = self._streaks.get(c, 0) + 1 if changed else 0
             if self._streaks[c] < CONSECUTIVE:
                 continue
@@ -105,7 +115,7 @@ class TeacherWatch:
         )
         if c in self.drifted:
             return f"{where}: its pseudo-labels have drifted. {self.advice}".rstrip()
-        return f"{where}: back within {RATIO:g}x of the labeled share."
+        return f"{where}: back within {BACK_RATIO:g}x of the labeled share."
 
 
 def tracker_shares(
