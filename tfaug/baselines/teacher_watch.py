@@ -26,7 +26,7 @@ RATIO = 3.0  # a share more than 3x, or less than a third of, the labeled slices
 MARGIN = 0.10  # and, when too high, more than 10 percentage points above it
 BACK_RATIO = 2.0  # a drifted share is back within 2x of the labeled share
 BACK_MARGIN = 0.05  # or, when above it, within 5 percentage points
-GRACE = 0.1  # the first tenth of the stage is not watched
+GRACE = 0.02  # the first 2 % of the stage (120 of 6000 steps) is not watched
 CONSECUTIVE = 2  # validations in a row that must agree before the state changes
 
 
