@@ -3,6 +3,8 @@ layout: both frames of the 100 training patients, and the ssl4mis split."""
 
 import json
 
+import nibabel as nib
+import numpy as np
 import pytest
 
 from data.fixtures import write_acdc_training_set
@@ -48,3 +50,19 @@ def test_inspect_acdc_ssl_table_and_a_missing_patient(acdc_100, tmp_path, capsys
     table = capsys.readouterr().out
     assert "1 problem(s):" in table
     assert "1 are missing from the dataset: patient064; point data.root (--data-root)" in table
+
+
+def test_inspect_reports_an_image_it_could_not_normalise(tmp_path, capsys):
+    """A blank image passes the file checks but would stop `data prepare`; inspect names it."""
+    root = write_acdc_training_set(tmp_path, numbers=range(1, 5), shape=(6, 5, 2))
+    blank = root / "training" / "patient003" / "patient003_frame05.nii.gz"
+    source = nib.load(blank)
+    nib.save(nib.Nifti1Image(np.zeros(source.shape, np.float32), source.affine), blank)
+    assert main(["data", "inspect", "--dataset", "acdc", "--data-root", str(root), "--json"]) == 1
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert [p for p in problems if str(blank) in p] == [
+        f"{blank}: image is constant between its percentiles 2 and 98 (both 0): at least 96 % "
+        "of its voxels have that value, so it cannot be normalised. Remove the case if it is "
+        "blank; if it is mostly padding, widen preprocess.percentiles (e.g. [0.5, 99.5]) or "
+        "set preprocess.normalisation=minmax"
+    ]

@@ -86,6 +86,16 @@ def test_pancreas_labels_are_merged_into_one_foreground(tmp_path):
         load_case(unmerged, cases[1])
 
 
+def test_a_ct_stored_as_x_y_z_1_loads_as_3d_with_or_without_a_modality(tmp_path):
+    task = write_msd_dataset(tmp_path, "Task07_Pancreas", [1], image_dtype=np.int16)
+    truth = task.cases["pancreas_001"]
+    write_nifti(truth.image_path, truth.image[..., None], spacing=(0.6, 0.6, 3.6))
+    case = list_cases(PANCREAS, task.root)[0]
+    for modality in (None, "CT"):
+        volume = load_msd(case, modality=modality, merge_labels={2: 1}, label_set={0, 1})
+        np.testing.assert_array_equal(volume.image, truth.image.astype(np.float32))
+
+
 def test_datasets_prostate_reads_t2_through_the_entry_point(prostate):
     cases = check_dataset(PROSTATE, prostate.root)
     volume = load_case(PROSTATE, cases[-1])

@@ -10,6 +10,7 @@ from tfaug.data.nifti import (
     load_nifti,
     read_header,
     read_volume,
+    spatial_shape,
 )
 from tfaug.data.volume import CaseRef, DatasetError
 
@@ -173,3 +174,33 @@ def test_read_volume_rejects_a_4d_image_without_a_channel(tmp_path):
     )
     with pytest.raises(DatasetError, match=r"expected a 3D image .* set data\.modality"):
         read_volume(ref, label_set={0, 1, 2, 3})
+
+
+@pytest.mark.parametrize(
+    "stored, spatial",
+    [
+        ((4, 5, 6, 1), (4, 5, 6)),
+        ((4, 5, 6, 1, 1), (4, 5, 6)),
+        ((4, 5, 1), (4, 5, 1)),
+        ((4, 5, 6, 2), (4, 5, 6, 2)),
+        ((4, 5, 6, 2, 1), (4, 5, 6, 2)),
+    ],
+)
+def test_spatial_shape_drops_only_length_one_axes_after_the_third(stored, spatial):
+    assert spatial_shape(stored) == spatial
+
+
+def test_read_volume_reads_a_length_one_fourth_axis_as_3d(tmp_path):
+    """Converters write (X, Y, Z, 1) images and (X, Y, Z, 1, 1) labels; both read as 3D."""
+    image, label = _random(), make_label(SHAPE)
+    ref = CaseRef(
+        "c1",
+        write_nifti(tmp_path / "i.nii.gz", image[..., None]),
+        write_nifti(tmp_path / "l.nii.gz", label[..., None, None]),
+    )
+    assert read_header(ref.image_path)[0] == (*SHAPE, 1)
+    volume = read_volume(ref, label_set={0, 1, 2, 3})
+    assert volume.image.shape == SHAPE and volume.label.shape == SHAPE
+    np.testing.assert_array_equal(volume.image, image)
+    np.testing.assert_array_equal(volume.label, label)
+    assert volume.spacing == pytest.approx((1.5, 1.5, 10.0))

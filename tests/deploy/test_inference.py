@@ -86,16 +86,24 @@ def test_folder_input_writes_one_label_per_volume_and_skips_hidden_files(
     assert all(p.parent == tmp_path / "out" and p.is_file() for p in written)
 
 
+def _restacked(image_path, path, stack):
+    """Write ``stack(image)`` (float32 (X, Y, Z) → an array) to ``path`` with the image's
+    affine; returns ``path``."""
+    source = nib.load(image_path)
+    image = np.asarray(source.dataobj, dtype=np.float32)
+    nib.save(nib.Nifti1Image(stack(image), source.affine), path)
+    return path
+
+
 def test_4d_input_needs_a_channel_and_the_channel_gives_the_3d_result(
     export_dir,
     test_cases,
     tmp_path,
 ):
     ref, _ = test_cases[0]
-    source = nib.load(ref.image_path)
-    image = np.asarray(source.dataobj, dtype=np.float32)
-    stacked = tmp_path / "two_channels.nii.gz"
-    nib.save(nib.Nifti1Image(np.stack([image * 2.0 + 7.0, image], -1), source.affine), stacked)
+    stacked = _restacked(
+        ref.image_path, tmp_path / "two.nii.gz", lambda x: np.stack([x * 2.0 + 7.0, x], -1)
+    )
     model = export_dir / "segmenter.onnx"
     with pytest.raises(DatasetError, match=r"4D image .* with --channel \(0 to 1"):
         segment(stacked, tmp_path / "a.nii.gz", model)
@@ -104,6 +112,22 @@ def test_4d_input_needs_a_channel_and_the_channel_gives_the_3d_result(
     np.testing.assert_array_equal(nib.load(from_4d).dataobj, nib.load(from_3d).dataobj)
     with pytest.raises(DatasetError, match="drop --channel"):
         segment(ref.image_path, tmp_path / "d.nii.gz", model, channel=0)
+
+
+def test_a_length_one_fourth_axis_is_read_as_3d_with_or_without_channel_0(
+    export_dir,
+    test_cases,
+    tmp_path,
+):
+    ref, _ = test_cases[0]
+    stored = _restacked(ref.image_path, tmp_path / "one.nii.gz", lambda x: x[..., None])
+    model = export_dir / "segmenter.onnx"
+    (from_3d,) = segment(ref.image_path, tmp_path / "a.nii.gz", model)
+    (plain,) = segment(stored, tmp_path / "b.nii.gz", model)
+    (channel_0,) = segment(stored, tmp_path / "c.nii.gz", model, channel=0)
+    expected = np.asarray(nib.load(from_3d).dataobj)
+    for written in (plain, channel_0):
+        np.testing.assert_array_equal(nib.load(written).dataobj, expected)
 
 
 def test_a_model_of_another_size_than_export_json_is_refused(export_dir, tmp_path):

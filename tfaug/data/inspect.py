@@ -9,6 +9,7 @@ import numpy as np
 
 from tfaug.config import Config
 from tfaug.data.datasets import list_cases, load_case, verify_dataset
+from tfaug.data.preprocess import normalise_volume
 from tfaug.data.records import resolve_data_root
 from tfaug.data.splits import split_cases
 from tfaug.data.volume import DatasetError
@@ -25,7 +26,8 @@ def inspection_report(cfg: Config) -> dict[str, Any]:
         ``group`` and ``frame`` (ACDC/phantom, else None), ``shape`` (X, Y, Z) in voxels,
         ``spacing`` (mm) and ``labels`` (sorted values found); ``split``: the
         :class:`Split` of draw 0 as a dict, or None if the dataset cannot be split;
-        ``problems``: every problem found (messages).
+        ``problems``: every problem found (messages), including images that
+        ``preprocess.normalisation`` cannot normalise (constant ones).
 
     Raises:
         DatasetError: the dataset folder is missing or ``data.root`` is unset.
@@ -42,6 +44,10 @@ def inspection_report(cfg: Config) -> dict[str, Any]:
             volume = load_case(cfg.data, ref)
         except DatasetError:
             continue  # reported by verify_dataset
+        try:
+            normalise_volume(volume.image, cfg.preprocess, name=str(ref.image_path))
+        except DatasetError as error:
+            problems.append(str(error))  # `data prepare` and training would stop on it
         cases.append(
             {
                 "case_id": ref.case_id,

@@ -24,7 +24,7 @@ from collections import abc
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tfaug.data.nifti import read_header, read_volume
+from tfaug.data.nifti import read_header, read_volume, spatial_shape
 from tfaug.data.volume import CaseRef, DatasetError, Volume
 
 _SUFFIXES = (".nii.gz", ".nii")
@@ -226,6 +226,6 @@ def load_msd(
     return read_volume(
         ref,
         label_set=set(label_set),
-        channel=_channel(ref, shape, modality),
+        channel=_channel(ref, spatial_shape(shape), modality),
         merge_labels=merge_labels,
     )

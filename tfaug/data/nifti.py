@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -50,6 +51,19 @@ def _open(path: Path, what: str) -> nib.Nifti1Image:
             "Convert it to .nii.gz."
         )
     return image
+
+
+def spatial_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """A file's array shape without its length-1 axes after the third.
+
+    Converters and ITK/FSL tools often store a 3D volume as (X, Y, Z, 1) or (X, Y, Z, 1, 1)
+    (a time or vector axis of length 1); tfaug reads it as (X, Y, Z), as MONAI's readers do.
+    Every other shape is returned unchanged.
+    """
+    spatial = tuple(int(n) for n in shape)
+    while len(spatial) > 3 and spatial[-1] == 1:
+        spatial = spatial[:-1]
+    return spatial
 
 
 def _describe(
@@ -95,7 +109,8 @@ def load_nifti(
         path: a ``.nii`` or ``.nii.gz`` file.
         what: a word naming the file in error messages (``"image"``, ``"label"``).
         channel: for a 4D file (X, Y, Z, C), read only ``data[..., channel]``; ``None``
-            reads the whole array. Must be ``None`` for files with fewer than 4 axes.
+            reads the whole array, without the length-1 axes after the third
+            (:func:`spatial_shape`). Must be ``None`` for files with fewer than 4 axes.
 
     Returns:
         ``(data, affine, zooms)``. ``data`` keeps the file's integer dtype when the file
@@ -120,6 +135,8 @@ def load_nifti(
     try:
         proxy = image.dataobj
         data = np.asanyarray(proxy[..., channel] if channel is not None else proxy)
+        if channel is None:
+            data = data.reshape(spatial_shape(data.shape))
     except _READ_ERRORS as error:
         raise DatasetError(
             f"{path}: the {what} voxels cannot be read ({error}); the file is truncated or "

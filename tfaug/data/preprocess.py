@@ -403,8 +403,11 @@ def normalise(
     p_low, p_high = np.percentile(array, [low, high])
     if not p_high > p_low:
         raise DatasetError(
-            f"{name}: image is constant between its {low:g}th and {high:g}th percentiles "
-            f"(both {p_low:.6g}), so it cannot be normalised; remove the case or check the reader"
+            f"{name}: image is constant between its percentiles {low:g} and {high:g} (both "
+            f"{p_low:.6g}): at least {high - low:g} % of its voxels have that value, so it "
+            "cannot be normalised. Remove the case if it is blank; if it is mostly padding, "
+            "widen preprocess.percentiles (e.g. [0.5, 99.5]) or set "
+            "preprocess.normalisation=minmax"
         )
     return ((array - p_low) / (p_high - p_low)).astype(np.float32)
 

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from tfaug.config import ConfigError, config_from_dict
 from tfaug.data.dicom import read_series
 from tfaug.data.inputs import NIFTI_SUFFIXES, SegmentInput, SegmentReport, plan_outputs
-from tfaug.data.nifti import load_nifti, read_header, save_nifti_atomic
+from tfaug.data.nifti import load_nifti, read_header, save_nifti_atomic, spatial_shape
 from tfaug.data.preprocess import SliceGeometry, preprocess_volume, restore_probabilities
 from tfaug.data.preprocess_overrides import override_preprocess
 from tfaug.data.volume import DatasetError, Volume
@@ -186,6 +186,9 @@ def check_predictor(predictor: Predictor, manifest: dict[str, Any], where: Path 
 def read_image(path: str | Path, channel: int | None = None) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Read a 3D image, or one channel of a 4D one, as float32 (X, Y, Z).
 
+    A file of shape (X, Y, Z, 1) (a length-1 axis after the third) is read as 3D, with or
+    without ``channel`` 0.
+
     Returns:
         ``(image, nifti)``: the voxels and the opened file (its affine, header and zooms).
 
@@ -194,14 +197,15 @@ def read_image(path: str | Path, channel: int | None = None) -> tuple[np.ndarray
             a 3D file, or an image that is not 3D or 4D.
     """
     path = Path(path)
-    shape, _, _ = read_header(path)
+    stored, _, _ = read_header(path)
+    shape = spatial_shape(stored)
     if len(shape) == 4 and channel is None:
         raise DatasetError(
             f"{path}: expected a 3D image (X, Y, Z), found a 4D image of shape {shape}; choose "
             f"the channel the model was trained on with --channel (0 to {shape[3] - 1}; "
             "export.json 'data.modality' names it)"
         )
-    if len(shape) != 4 and channel is not None:
+    if len(stored) != 4 and channel is not None:
         raise DatasetError(
             f"{path}: --channel {channel} given but the image is {len(shape)}D with shape "
             f"{shape}; channels exist only in 4D (X, Y, Z, C) images, drop --channel"
