@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tfaug.experiments.equal_time import Cut, cut_to, equal_time_runs, mark_seconds, marks
+from tfaug.experiments.equal_time import (
+    Cut,
+    TimePoint,
+    cut_to,
+    equal_time_runs,
+    mark_seconds,
+    marks,
+    time_curves,
+)
 from tfaug.experiments.results import MEAN, RunResult
 
 CASES = ("a", "b")
@@ -74,3 +82,24 @@ def test_pairs_are_cut_on_whichever_side_is_costlier_and_notes_name_the_pairs_le
 def test_mark_seconds_needs_the_stage_times():
     with pytest.raises(ValueError, match="no stage times"):
         mark_seconds(_run("unimatch", 0, None, None, marks=(50,)), 50)
+
+
+def test_time_curves_give_each_methods_dice_by_mark_against_its_median_time():
+    runs = [
+        _run("unimatch", 0, 1000.0, 900.0, marks=(50,)),  # mark 50 at 100 + 450 s
+        _run("unimatch", 1, 1600.0, 1500.0, marks=(50,)),  # at 100 + 750 s
+        _run("rdri", 0, 600.0, 600.0, marks=(25, 50)),  # at 150 and 300 s
+        _run("rdri", 1, 600.0, 600.0),  # no marks: left out
+        _run("heavy", 0, None, None, marks=(50,)),  # no times: left out
+    ]
+    curves = time_curves(runs)
+    assert set(curves) == {"unimatch", "rdri"}
+    assert curves["unimatch"] == [
+        TimePoint(0.5, pytest.approx(700.0 / 60), pytest.approx(0.5), 2),
+        TimePoint(1.0, pytest.approx(1300.0 / 60), pytest.approx(0.9), 2),
+    ]
+    assert [(p.share, p.minutes, p.dice, p.runs) for p in curves["rdri"]] == [
+        (0.25, pytest.approx(2.5), pytest.approx(0.25), 1),
+        (0.5, pytest.approx(5.0), pytest.approx(0.5), 1),
+        (1.0, pytest.approx(10.0), pytest.approx(0.9), 1),
+    ]

@@ -607,6 +607,22 @@ def test_by_cpu_time_the_pairs_are_cut_at_the_cpu_seconds(tmp_path):
     assert "median CPU time" in report
 
 
+def test_time_section_gives_the_dice_by_mark_against_the_training_time(tmp_path):
+    runs = tmp_path / "runs"
+    _timed_pairs(runs)
+    out = tmp_path / "out"
+    report = write_report(runs, out, clock="cpu").read_text("utf-8")
+
+    section = report.split("### Test Dice against CPU time", 1)[1]
+    assert "| method | runs | 40% | 60% | 100% |" in section
+    # unimatch's marks 40 and 60 at 100 + 900 x 0.4 and 0.6 CPU seconds, its end at 1000 s;
+    # aff kept no marks, so it has no row.
+    assert _row(section, "unimatch")[1:] == ["3", "0.400 (7.7)", "0.700 (10.7)", "0.800 (16.7)"]
+    assert "| aff |" not in section
+    assert (out / "phantom-nl1-joint-time.png").is_file()
+    assert "(phantom-nl1-joint-time.png)" in section
+
+
 def test_a_run_without_cpu_times_has_no_cpu_training_time(tmp_path):
     _write_run(tmp_path, "aff", 0, 0, wall_time_s={"segmenter": 60.0})
     _write_run(
@@ -630,3 +646,4 @@ def test_a_run_without_cpu_times_has_no_cpu_training_time(tmp_path):
 def test_runs_without_budget_marks_have_no_equal_time_section(runs_dir, tmp_path):
     report = write_report(runs_dir, tmp_path / "out").read_text(encoding="utf-8")
     assert "### Equal wall time" not in report
+    assert "### Test Dice against" not in report

@@ -9,16 +9,21 @@ selection included, had it been stopped then.
 
 The time of a mark is the training time of the stages before the final one plus the final
 stage's time × mark / iterations: a stage's steps cost alike, so the proportion averages out
-changes of the machine's load within the stage. Nothing is trained or evaluated here.
+changes of the machine's load within the stage. The same marks give each method's test Dice
+against its training time (:func:`time_curves`): what it delivers if stopped earlier.
+Nothing is trained or evaluated here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tfaug.experiments.results import CLOCK_WORDS, RunResult
+import numpy as np
+
+from tfaug.experiments.results import CLOCK_WORDS, MEAN, RunResult
 
 MARK_PREFIX = "best_at_"  # results.json checkpoints.best_at_<mark>
 
@@ -115,3 +120,53 @@ def equal_time_runs(
         kept += [found[0], cheap]
         cuts.append(found[1])
     return kept, cuts, notes
+
+
+@dataclass(frozen=True)
+class TimePoint:
+    """One method's test Dice at one share of its final stage.
+
+    Attributes:
+        share: the final-stage share, mark / iterations; 1.0 for the runs' final choice.
+        minutes: the median over runs of their training time at that share, in minutes.
+        dice: the mean over runs × test volumes of the mean foreground Dice of the
+            checkpoint chosen by then.
+        runs: how many runs the point rests on.
+    """
+
+    share: float
+    minutes: float
+    dice: float
+    runs: int
+
+
+def time_curves(runs: Sequence[RunResult]) -> dict[str, list[TimePoint]]:
+    """Per method label, the test Dice of its choice by each budget mark and at the end,
+    against its training time, in share order.
+
+    Only runs with budget marks and recorded times count (:func:`marks`); a label without
+    such runs is absent. Shares are mark / iterations rounded to 4 decimals, so runs of one
+    label with the same marks share points.
+    """
+    found: dict[str, dict[float, tuple[list[float], list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: ([], []))
+    )
+    for run in runs:
+        if not _timed(run) or not marks(run):
+            continue
+        stops = [
+            (m / run.iterations, mark_seconds(run, m), run.kept_dice[f"{MARK_PREFIX}{m}"])
+            for m in marks(run)
+        ]
+        stops.append((1.0, run.training_s, run.dice))
+        for share, seconds, dice in stops:
+            times, values = found[run.label][round(share, 4)]
+            times.append(seconds)
+            values += [volume[MEAN] for volume in dice.values()]
+    return {
+        label: [
+            TimePoint(share, float(np.median(times)) / 60.0, float(np.mean(values)), len(times))
+            for share, (times, values) in sorted(by_share.items())
+        ]
+        for label, by_share in found.items()
+    }

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 
@@ -136,8 +137,47 @@ def save_validation_curves(
         (line,) = ax.plot(steps, values, label=method)
         if wide is not None:
             ax.plot(steps, wide, linestyle="--", color=line.get_color())
-    ax.set_xlabel("step of the final stage")
-    ax.set_ylabel("validation Dice (solid; dashed: wide set)")
+    return _save_dice_axes(
+        figure,
+        ax,
+        "step of the final stage",
+        "validation Dice (solid; dashed: wide set)",
+        title,
+        path,
+    )
+
+
+def save_time_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    title: str,
+    clock_words: str,
+) -> Path:
+    """Test Dice against training time, one line per method, a marker per budget mark.
+
+    Args:
+        curves: method → (training minutes, mean test Dice) in time order.
+        path: the PNG to write.
+        title: figure title.
+        clock_words: what the minutes count (``"CPU time"``, ``"wall-clock time"``).
+
+    Returns:
+        ``path``.
+    """
+    figure = Figure(figsize=(7.0, 4.0))
+    ax = figure.subplots()
+    for method, (minutes, dice) in curves.items():
+        ax.plot(minutes, dice, marker="o", markersize=3, label=method)
+    xlabel = f"training, min ({clock_words}, median over runs)"
+    return _save_dice_axes(figure, ax, xlabel, "test Dice of the choice by then", title, path)
+
+
+def _save_dice_axes(
+    figure: Figure, ax: Axes, xlabel: str, ylabel: str, title: str, path: Path
+) -> Path:
+    """Label one panel of Dice lines (y in [0, 1], grid, legend), then write the PNG."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0.0, 1.0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

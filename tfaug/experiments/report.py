@@ -20,6 +20,7 @@ computed over all runs × test volumes (docs/method.md §7 "Evaluation"):
 - the compared pairs again at equal training time (:mod:`tfaug.experiments.equal_time`),
   when the runs kept budget marks: the costlier run of each pair as it stood at the other's
   time, by the wall clock or, on a shared machine, by the process's CPU time (``clock``);
+  and each method's test Dice against its training time, from the same marks;
 - the runs missing from the grid inferred as methods × draws × seeds present.
 
 Across settings: Dice against N_L (Fig. 3c) when several N_L exist, and joint vs
@@ -39,7 +40,7 @@ import numpy as np
 from tfaug.analysis.diagnostics import DiagnosticsError
 from tfaug.experiments import plots
 from tfaug.experiments.diagnostics_report import diagnostics_section
-from tfaug.experiments.equal_time import equal_time_runs, marks
+from tfaug.experiments.equal_time import equal_time_runs, marks, time_curves
 from tfaug.experiments.results import (
     CLOCK_WORDS,
     MEAN,
@@ -264,6 +265,51 @@ def equal_time_section(
     return lines + [""] + notes + ([""] if notes else [])
 
 
+def time_section(
+    runs: Sequence[RunResult], out_dir: Path, slug: str, clock: str = "wall"
+) -> list[str]:
+    """Markdown (and a PNG in ``out_dir``) of each method's test Dice against its training
+    time by ``clock``, from the budget marks (:func:`time_curves`); no lines without them."""
+    curves = time_curves(runs)
+    if not curves:
+        return []
+    methods = [m for m in ordered_methods(set(curves)) if m in curves]
+    words = CLOCK_WORDS[clock]
+    path = plots.save_time_curves(
+        {m: ([p.minutes for p in curves[m]], [p.dice for p in curves[m]]) for m in methods},
+        out_dir / f"{slug}-time.png",
+        slug,
+        words[1],
+    )
+    shares = sorted({p.share for points in curves.values() for p in points})
+    rows = []
+    for method in methods:
+        by_share = {p.share: p for p in curves[method]}
+        cells = [
+            f"{by_share[s].dice:.3f} ({by_share[s].minutes:.1f})" if s in by_share else "–"
+            for s in shares
+        ]
+        rows.append(
+            f"| {method} | {max(p.runs for p in curves[method])} | " + " | ".join(cells) + " |"
+        )
+    return [
+        f"### Test Dice against {words[1]}",
+        "",
+        "What each method delivers if stopped earlier: the mean test Dice (over runs × test "
+        "volumes) of the checkpoint it had chosen by each share of its final stage "
+        "(`train.budget_marks`; 100 %: its final choice), and in brackets the median "
+        f"{words[1]} in minutes it had trained by then (earlier stages included). Read across "
+        "a column for equal iterations, along the time for equal cost.",
+        "",
+        "| method | runs | " + " | ".join(f"{s:.0%}" for s in shares) + " |",
+        "|---|---|" + "---|" * len(shares),
+        *rows,
+        "",
+        f"![Test Dice against {words[1]}]({path.name})",
+        "",
+    ]
+
+
 def _setting_title(setting: tuple[str, int, str]) -> str:
     dataset, n_labeled, mode = setting
     return f"{dataset}, N_L = {n_labeled}, {mode} generators"
@@ -319,6 +365,7 @@ def setting_section(
     ]
     lines += selection_section(runs, out_dir, _slug(setting))
     lines += equal_time_section(runs, compare, clock)
+    lines += time_section(runs, out_dir, _slug(setting), clock)
     missing = missing_runs(runs)
     draws = sorted({r.draw for r in runs})
     seeds = sorted({r.seed for r in runs})
