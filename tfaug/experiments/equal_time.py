@@ -152,11 +152,12 @@ def time_curves(runs: Sequence[RunResult]) -> dict[str, list[TimePoint]]:
         lambda: defaultdict(lambda: ([], []))
     )
     for run in runs:
-        if not _timed(run) or not marks(run):
+        run_marks = marks(run)
+        if not _timed(run) or not run_marks:
             continue
         stops = [
             (m / run.iterations, mark_seconds(run, m), run.kept_dice[f"{MARK_PREFIX}{m}"])
-            for m in marks(run)
+            for m in run_marks
         ]
         stops.append((1.0, run.training_s, run.dice))
         for share, seconds, dice in stops:

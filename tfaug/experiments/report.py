@@ -273,7 +273,7 @@ def time_section(
     curves = time_curves(runs)
     if not curves:
         return []
-    methods = [m for m in ordered_methods(set(curves)) if m in curves]
+    methods = ordered_methods(set(curves))
     words = CLOCK_WORDS[clock]
     path = plots.save_time_curves(
         {m: ([p.minutes for p in curves[m]], [p.dice for p in curves[m]]) for m in methods},
@@ -298,8 +298,8 @@ def time_section(
         "What each method delivers if stopped earlier: the mean test Dice (over runs × test "
         "volumes) of the checkpoint it had chosen by each share of its final stage "
         "(`train.budget_marks`; 100 %: its final choice), and in brackets the median "
-        f"{words[1]} in minutes it had trained by then (earlier stages included). Read across "
-        "a column for equal iterations, along the time for equal cost.",
+        f"{words[1]} in minutes it had trained by then (earlier stages included). Read down "
+        "a column for equal iterations; compare the minutes for equal cost.",
         "",
         "| method | runs | " + " | ".join(f"{s:.0%}" for s in shares) + " |",
         "|---|---|" + "---|" * len(shares),
