@@ -389,6 +389,11 @@ class SslConfig:
             the affine augmentation in every case.
         rampup_iterations: T > 0 ramps the unlabeled terms' weight up over the first T
             steps, exp(−5(1 − t/T)²) (SSL4MIS's sigmoid ramp-up); 0: off (UniMatch).
+        distribution_alignment: multiply the teacher's per-pixel softmax by the ratio of the
+            labeled slices' running class shares to its own on the unlabeled pixels, and
+            renormalise, before its argmax and threshold (ReMixMatch's distribution
+            alignment), so that it cannot label far more pixels as one class than the labeled
+            slices have; false: off (UniMatch).
         learned_weight: weight of the learned strong view GI(GV(x_u)) of ``unimatch_gdgi``
             and ``unimatch_gdgi_joint``; ``null``: ``strong_weight``, as each generic view.
         learned_view: where those two methods use the generators: ``both`` (the generated
@@ -418,6 +423,7 @@ class SslConfig:
     unlabeled_fraction: float = setting(0.5, read_by=READ_BY_FINAL)
     labeled_augmentation: str = setting("weak", read_by=READ_BY_FINAL)
     rampup_iterations: int = setting(0, read_by=READ_BY_FINAL)
+    distribution_alignment: bool = setting(False, read_by=READ_BY_FINAL)
     learned_weight: float | None = setting(None, read_by=READ_BY_FINAL)
     learned_view: str = setting("both", read_by=READ_BY_FINAL)
     strong_views: int | None = setting(None, read_by=READ_BY_FINAL)

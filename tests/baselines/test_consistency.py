@@ -357,6 +357,50 @@ def test_rampup_scales_the_unlabeled_terms_from_exp_minus_5_to_1():
         _model(rampup_iterations=-1)
 
 
+def test_distribution_alignment_moves_the_teachers_class_shares_to_the_labeled_slices():
+    # The teacher answers foreground at every pixel (softmax 0.27 / 0.73, after the labeled
+    # branch's update); the labeled slices are ~11 % foreground (the discs of radius 5, 7).
+    (x_l, y_l), _ = _batch()
+    labeled_share = float(tf.reduce_mean(tf.cast(y_l, tf.float32)))
+    plain = _step(_with_head(_model(threshold=0.0), [-0.5, 0.5]), _batch())
+    assert plain["teacher_class_1"] == 1.0
+    model = _with_head(_model(threshold=0.0, distribution_alignment=True), [-0.5, 0.5])
+    aligned = _step(model, _batch())
+    assert aligned["teacher_class_1"] == 0.0  # 0.73 · 0.11 / 0.73 < 0.27 · 0.89 / 0.27
+    # The running shares: one step from zero, so (1 − momentum) × this step's shares.
+    momentum = ConsistencyModel.ALIGNMENT_MOMENTUM
+    np.testing.assert_allclose(
+        model.labeled_shares.numpy(), (1 - momentum) * np.array([1 - labeled_share, labeled_share]),
+        rtol=0.05,  # the weak (affine) view moves a few label pixels
+    )  # fmt: skip
+    assert model.teacher_shares.numpy()[1] > model.teacher_shares.numpy()[0] > 0
+    # Bias-corrected: the factors do not depend on how many steps the running shares have had.
+    factors = model.alignment_factors(tf.one_hot(y_l, N_CLASSES), tf.zeros((2, SIDE, SIDE, 2)))
+    assert np.all(np.isfinite(factors.numpy())) and factors.shape == (N_CLASSES,)
+    # State for a resumed run (non-trainable, saved with the statistics), and no gradient.
+    assert {v.name for v in model.non_trainable_variables} >= {"labeled_shares", "teacher_shares"}
+    assert not {"labeled_shares", "teacher_shares"} & {v.name for v in model.trainable_weights}
+    logits = tf.Variable(tf.random.normal((1, 4, 4, N_CLASSES)))
+    with tf.GradientTape() as tape:
+        labels, confidence, kept = confident_pseudo_labels(logits, 0.5, factors)
+        total = tf.reduce_sum(labels) + tf.reduce_sum(confidence) + tf.reduce_sum(kept)
+    assert tape.gradient(total, logits) is None
+    assert ConsistencyModel.from_config(model.get_config()).distribution_alignment
+    assert "labeled_shares" not in {v.name for v in _model().variables}  # off: no new state
+
+
+def test_alignment_factors_of_a_teacher_that_already_matches_are_one():
+    model = _model(distribution_alignment=True)
+    shares = np.array([0.8, 0.2], np.float32)
+    y_onehot = tf.one_hot(tf.cast(tf.random.uniform((4, SIDE, SIDE)) < shares[1], tf.int32), 2)
+    batch_shares = tf.reduce_mean(y_onehot, axis=(0, 1, 2))
+    logits = tf.math.log(tf.broadcast_to(batch_shares, (4, SIDE, SIDE, 2)))
+    for step in (0, 40):
+        model.s_optimizer.iterations.assign(step)
+        factors = model.alignment_factors(y_onehot, logits)
+        np.testing.assert_allclose(factors.numpy(), [1.0, 1.0], rtol=1e-4)
+
+
 # ----------------------------------------------------------------------- from the config
 
 
@@ -373,10 +417,13 @@ def test_the_config_builds_each_method(tmp_path):
     assert unimatch.strong.clip_to_input_range  # UniMatch's 8-bit jitter stays in range
     assert unimatch.class_weights == (1.0,) * 4  # UniMatch's unweighted cross-entropy
     assert unimatch.rampup_iterations == 0  # no ramp-up, as UniMatch
+    assert not unimatch.distribution_alignment  # no alignment, as UniMatch
     cfg.ssl.class_weights, cfg.ssl.rampup_iterations = cfg.train.class_weights, 40
+    cfg.ssl.distribution_alignment = True
     weighted = build_consistency_model(cfg, build_tiny_unet(4), seed=1)
     assert weighted.class_weights == tuple(cfg.train.class_weights)
-    assert weighted.rampup_iterations == 40
+    assert weighted.rampup_iterations == 40 and weighted.distribution_alignment
+    cfg.ssl.distribution_alignment = False
     assert unimatch.labeled is None  # the weak view, as UniMatch
     for choice, kind in (("heavy", HeavyAugmentation), ("rdri", ChainAugmentation)):
         cfg.ssl.labeled_augmentation = choice

@@ -71,6 +71,8 @@ def _model(name: str):
         # 0.5, where rounding would flip pixels in or out of a 0.5 threshold).
         # SGD: Adam's first updates are lr·sign(g), which turns the summation-order noise of
         # this step's near-zero gradients into 1e-3 differences by the third step.
+        # Distribution alignment on: its running class shares are cross-replica means, so
+        # the pseudo-labels of every replica are those of the single-device step.
         from tfaug.baselines.joint_consistency import JointConsistencyModel
 
         unet.build((None, SIDE, SIDE, 1))
@@ -86,6 +88,7 @@ def _model(name: str):
             unet, **generators, discriminator=discriminator, learned_view="unlabeled",
             z_dim=8, n_classes=2, class_weights=[0.5, 0.5], threshold=0.0,
             supervised_loss="cross_entropy", unlabeled_loss="cross_entropy", seed=5,
+            distribution_alignment=True,
         )  # fmt: skip
         model.compile(
             s_optimizer=keras.optimizers.SGD(0.05), d_optimizer=keras.optimizers.SGD(0.05)

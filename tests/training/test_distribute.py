@@ -87,8 +87,11 @@ def test_mirrored_matches_default_for_the_same_global_batch(strategy_runs, model
         assert one.keys() == two.keys()
         for name in one:
             # float32 sums in a different order (per-replica partial sums): ~1e-5 relative,
-            # growing to ~8e-5 by the third step where G and D train in the step too.
-            assert two[name] == pytest.approx(one[name], rel=2e-4, abs=1e-5), (step, name)
+            # growing to ~8e-5 by the third step where G and D train in the step too. The
+            # share of the foreground a warp removed divides by a pixel count of the soft
+            # warped labels: ~4e-4 by the third step.
+            rel = 1e-3 if name.endswith("foreground_lost") else 2e-4
+            assert two[name] == pytest.approx(one[name], rel=rel, abs=1e-5), (step, name)
     # The steps train: the losses change from step to step (a frozen model would also match).
     assert default[model][0]["seg_loss"] != default[model][-1]["seg_loss"]
 

@@ -298,6 +298,7 @@ def build_consistency_model(
         supervised_loss=ssl.supervised_loss,
         unlabeled_loss=ssl.unlabeled_loss,
         rampup_iterations=ssl.rampup_iterations,
+        distribution_alignment=ssl.distribution_alignment,
         seed=seed + SUBSTREAM["feature_dropout"],
         **options,
     )

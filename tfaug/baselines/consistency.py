@@ -32,19 +32,27 @@ from tfaug.losses import soft_dice_loss, weighted_cross_entropy
 from tfaug.methods import SUPERVISED_LOSSES, UNLABELED_LOSSES
 from tfaug.ops.augment import IMAGES, MASKS
 from tfaug.ops.cutmix import mix_boxes
-from tfaug.training.distribute import global_batch_size, replica_rows, scale_for_replicas
+from tfaug.training.distribute import (
+    cross_replica_mean,
+    global_batch_size,
+    replica_rows,
+    scale_for_replicas,
+)
 from tfaug.training.gradients import step_gradients
 from tfaug.training.precision import with_loss_scaling
 
 
 def confident_pseudo_labels(
-    logits: tf.Tensor, threshold: float
+    logits: tf.Tensor, threshold: float, alignment: tf.Tensor | None = None
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The teacher's targets from its logits, with no gradient path back to them.
 
     Args:
         logits: (B,H,W,C) teacher logits (any float dtype).
         threshold: minimum of the maximum softmax probability of a kept pixel, in [0, 1].
+        alignment: (C,) float32 positive factors, or ``None``: each pixel's softmax is
+            multiplied by them and renormalised before the argmax and the threshold
+            (distribution alignment, :meth:`ConsistencyModel.alignment_factors`).
 
     Returns:
         ``(labels, confidence, kept)``: one-hot argmax (B,H,W,C) float32, maximum
@@ -52,6 +60,9 @@ def confident_pseudo_labels(
         All three are ``tf.stop_gradient`` of the logits' functions.
     """
     probabilities = tf.nn.softmax(tf.stop_gradient(tf.cast(logits, tf.float32)), axis=-1)
+    if alignment is not None:
+        probabilities *= tf.stop_gradient(alignment)
+        probabilities /= tf.reduce_sum(probabilities, axis=-1, keepdims=True)
     confidence = tf.reduce_max(probabilities, axis=-1)
     labels = tf.one_hot(tf.argmax(probabilities, axis=-1), tf.shape(probabilities)[-1])
     return labels, confidence, tf.cast(confidence >= threshold, tf.float32)
@@ -75,8 +86,10 @@ class ConsistencyModel(keras.Model):
           dropout, in the same decoder batch (B_l + 2·B_u rows);
        b. ``seg_loss`` on the labeled rows (``supervised_loss``);
        c. the teacher: :func:`confident_pseudo_labels` of the unlabeled rows' clean logits
-          (no gradient); ``confidence`` and ``kept_fraction`` are its mean maximum
-          probability and the share of pixels at least ``threshold``;
+          (no gradient), with ``distribution_alignment`` after aligning its softmax to the
+          labeled slices' class shares (:meth:`alignment_factors`); ``confidence`` and
+          ``kept_fraction`` are its mean maximum probability and the share of pixels at
+          least ``threshold``;
        d. with ``learned``, the learned strong view (:meth:`learned_view`): the weak x_u
           transformed by ``learned``, with the pseudo-labels and confidence warped alike
           and the confidence re-checked against ``threshold``;
@@ -129,6 +142,11 @@ class ConsistencyModel(keras.Model):
             by r(t) = exp(−5(1 − t/T)²) (Laine & Aila 2017, the ramp-up of SSL4MIS's
             consistency weight), so the teacher learns from the labeled slices before its
             pseudo-labels count; 0: off (UniMatch).
+        distribution_alignment: align the teacher's class distribution on the unlabeled
+            pixels to the labeled slices' (ReMixMatch's distribution alignment, Berthelot et
+            al. 2020, per pixel; :meth:`alignment_factors`), so that a teacher cannot label
+            far more pixels as one class than the labeled slices have; ``False``: off
+            (UniMatch).
         seed: seed of the channel-dropout draws; ``None``: random.
 
     Distribution and precision: the step runs per replica under
@@ -143,6 +161,14 @@ class ConsistencyModel(keras.Model):
 
     NESTED_OBJECTS = ("segmenter", "weak", "labeled", "strong", "cutmix", "learned")
     """The constructor arguments that ``get_config`` serialises as Keras objects."""
+
+    ALIGNMENT_MOMENTUM = 0.99
+    """Momentum of the running class shares of distribution alignment (an average over the
+    last ~100 steps; ReMixMatch averages the last 128 batches)."""
+
+    ALIGNMENT_FLOOR = 1e-4
+    """Added to both running class shares before their ratio (a share of the pixels), so a
+    class that neither the labeled slices nor the teacher show keeps the factor 1."""
 
     def __init__(
         self,
@@ -165,6 +191,7 @@ class ConsistencyModel(keras.Model):
         supervised_loss: str = "cross_entropy_dice",
         unlabeled_loss: str = "dice",
         rampup_iterations: int = 0,
+        distribution_alignment: bool = False,
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -199,6 +226,20 @@ class ConsistencyModel(keras.Model):
         self.supervised_loss = supervised_loss
         self.unlabeled_loss = unlabeled_loss
         self.rampup_iterations = int(rampup_iterations)
+        self.distribution_alignment = bool(distribution_alignment)
+        if self.distribution_alignment:
+            # Running class shares (C,) of the labeled slices and of the teacher's softmax on
+            # the unlabeled ones; the same on every replica (cross-replica means).
+            self.labeled_shares, self.teacher_shares = (
+                self.add_weight(
+                    shape=(self.n_classes,),
+                    initializer="zeros",
+                    trainable=False,
+                    aggregation="only_first_replica",
+                    name=name,
+                )
+                for name in ("labeled_shares", "teacher_shares")
+            )
         self.seed = seed
         # Dropout masks for the global batch, identical on every replica (then sliced).
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -247,6 +288,39 @@ class ConsistencyModel(keras.Model):
             raise RuntimeError("ConsistencyModel: a ramp-up needs compile(s_optimizer=...) first.")
         progress = tf.cast(self.s_optimizer.iterations, tf.float32) / self.rampup_iterations
         return tf.exp(-5.0 * tf.square(1.0 - tf.minimum(progress, 1.0)))
+
+    def alignment_factors(self, y_onehot: tf.Tensor, teacher_logits: tf.Tensor) -> tf.Tensor:
+        """Distribution alignment's factors, after updating the running class shares.
+
+        Updates the running shares (momentum :attr:`ALIGNMENT_MOMENTUM`, from zero, with
+        Adam's bias correction by S's optimiser step) with this step's class shares of the
+        labeled one-hot labels and of the teacher's softmax on the unlabeled pixels (means
+        over the pixels of the global batch), and returns labeled / teacher share per class
+        (each + :attr:`ALIGNMENT_FLOOR`): multiplied into the teacher's softmax and
+        renormalised, they move its class distribution to the labeled slices'.
+
+        Args:
+            y_onehot: (B_l,H,W,C) the labeled rows' one-hot labels.
+            teacher_logits: (B_u,H,W,C) the teacher's logits on the unlabeled rows.
+
+        Returns:
+            (C,) float32 factors, no gradient.
+        """
+        if self.s_optimizer is None:
+            raise RuntimeError("ConsistencyModel: alignment needs compile(s_optimizer=...) first.")
+        probabilities = tf.nn.softmax(tf.stop_gradient(tf.cast(teacher_logits, tf.float32)), -1)
+        momentum = self.ALIGNMENT_MOMENTUM
+        steps = tf.cast(self.s_optimizer.iterations + 1, tf.float32)
+        correction = 1.0 - tf.pow(momentum, steps)
+        shares = []
+        for running, batch in (
+            (self.labeled_shares, tf.cast(y_onehot, tf.float32)),
+            (self.teacher_shares, probabilities),
+        ):
+            value = cross_replica_mean(tf.reduce_mean(batch, axis=(0, 1, 2)))
+            running.assign(momentum * running + (1.0 - momentum) * value)
+            shares.append(running / correction + self.ALIGNMENT_FLOOR)
+        return shares[0] / shares[1]
 
     def compile(self, s_optimizer: keras.optimizers.Optimizer, **kwargs: Any) -> None:
         """Set S's optimiser and create its slots now (a checkpoint restores them).
@@ -442,7 +516,15 @@ class ConsistencyModel(keras.Model):
         n_labeled = tf.shape(x_l)[0]
         clean, perturbed = self.weak_pass(tf.concat([x_l, x_u], axis=0), n_labeled)
         losses = {"seg_loss": self.labeled_loss(y_onehot, clean[:n_labeled])}
-        pseudo_labels, confidence, kept = confident_pseudo_labels(clean[n_labeled:], self.threshold)
+        teacher_logits = clean[n_labeled:]
+        alignment = (
+            self.alignment_factors(y_onehot, teacher_logits)
+            if self.distribution_alignment
+            else None
+        )
+        pseudo_labels, confidence, kept = confident_pseudo_labels(
+            teacher_logits, self.threshold, alignment
+        )
         views = list(strong)
         if self.has_learned_view:
             learned = self.learned_view(x_u, pseudo_labels, confidence)
@@ -558,6 +640,7 @@ class ConsistencyModel(keras.Model):
             supervised_loss=self.supervised_loss,
             unlabeled_loss=self.unlabeled_loss,
             rampup_iterations=self.rampup_iterations,
+            distribution_alignment=self.distribution_alignment,
             seed=self.seed,
         )
         return config

@@ -176,6 +176,15 @@ def scale_for_replicas(loss: tf.Tensor) -> tf.Tensor:
     return loss if replicas == 1 else loss / tf.cast(replicas, loss.dtype)
 
 
+def cross_replica_mean(value: tf.Tensor) -> tf.Tensor:
+    """The mean of ``value`` over the replicas in sync (any shape, float), the same on every
+    replica; ``value`` itself on one device or outside a replica context."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+
+
 def replica_rows(global_values: tf.Tensor, rows: tf.Tensor | int) -> tf.Tensor:
     """This replica's ``rows`` rows of values drawn for the whole global batch.
 
