@@ -218,11 +218,12 @@ def _teacher_watch(context: StageContext, model: ConsistencyModel) -> Callable[[
     class shares against the labeled slices'."""
     cfg = context.cfg
     advice = (
-        "Runs have recovered from this; if the validation Dice stays below rdri's, the "
-        "method does not suit these labels."
+        "Some runs recover from this and some do not; if the validation Dice stays below "
+        "rdri's, try the learned views (--method unimatch_gdgi --config bdv3R), which held "
+        "on the phantom where this setting collapsed."
         if cfg.ssl.labeled_augmentation == "rdri"
         else "Give the labeled slices rdri's augmentation (--config lrdri), which kept the "
-        "teacher near the labeled shares where the weak view alone did not."
+        "teacher near the labeled shares in most runs where the weak view alone did not."
     )
     watch = TeacherWatch(
         CONSISTENCY_STAGE,

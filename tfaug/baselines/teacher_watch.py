@@ -5,7 +5,8 @@ A drifting teacher is how weak-to-strong consistency fails with very few labels:
 student learns the drifted pseudo-labels, which drift further. On the phantom, plain
 ``unimatch`` labeled about 40 % of the unlabeled pixels LV (the labeled slices: about 5 %)
 and ended far below supervised training; ``unimatch`` with ``--config lrdri`` drifted the
-same way on ``hard`` for a third of its stage, then recovered. The validation Dice shows
+same way on ``hard`` for a third of its stage, then recovered, and on another draw of ``wide``
+labeled about 70 % Myo and did not. The validation Dice shows
 it late and on two volumes; the teacher's class shares (``teacher_class_<c>`` in
 ``metrics.jsonl`` and TensorBoard) show it at once. :class:`TeacherWatch` compares them with
 the labeled slices' shares at every validation and warns when one is off by a factor of
