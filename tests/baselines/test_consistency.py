@@ -374,7 +374,8 @@ def test_distribution_alignment_moves_the_teachers_class_shares_to_the_labeled_s
         rtol=0.05,  # the weak (affine) view moves a few label pixels
     )  # fmt: skip
     assert model.teacher_shares.numpy()[1] > model.teacher_shares.numpy()[0] > 0
-    # Bias-corrected: the factors do not depend on how many steps the running shares have had.
+    # One finite factor per class (that the bias correction keeps them step-independent is the
+    # next test's).
     factors = model.alignment_factors(tf.one_hot(y_l, N_CLASSES), tf.zeros((2, SIDE, SIDE, 2)))
     assert np.all(np.isfinite(factors.numpy())) and factors.shape == (N_CLASSES,)
     # State for a resumed run (non-trainable, saved with the statistics), and no gradient.
