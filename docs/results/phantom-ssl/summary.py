@@ -1,0 +1,202 @@
+"""The semi-supervised benchmark's standing on every variant, from the committed records.
+
+    python docs/results/phantom-ssl/summary.py [RECORDS] [--compare "A,B" ...]
+
+RECORDS (default: the records/ folder beside this file) holds one folder of finished runs'
+records per phantom variant (``tfaug records``). Prints two Markdown tables:
+
+1. per method and variant, the chosen checkpoint's mean foreground test Dice averaged over
+   the finished labeled draws, each draw's own value after it in draw order, and the median
+   CPU minutes of one run's training;
+2. per comparison ``A,B`` and variant, A − B per test volume pooled over the draws both have
+   finished (two-sided Wilcoxon signed-rank), the number of draws A is ahead in, and the same
+   at equal CPU time (the costlier run as it stood at the cheaper one's CPU time);
+3. per comparison, the runs paired per (variant, draw) over every variant: the test that does
+   not count one run's test volumes as independent pairs.
+
+The per-variant details (plateaus, checkpoint rules, Dice against time, generator
+diagnostics) are ``tfaug report``'s; this table is what the README's summary is built from.
+Nothing is trained or evaluated.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tfaug.experiments.equal_time import equal_time_runs
+from tfaug.experiments.report import parse_comparison
+from tfaug.experiments.results import (
+    MEAN,
+    RunResult,
+    load_runs,
+    ordered_methods,
+    run_means,
+    signed_rank,
+    wilcoxon_test,
+)
+
+VARIANT_ORDER = ("wide", "hard", "default")  # most between-subject variation first
+DEFAULT_COMPARISONS = (
+    ("unimatch", "rdri"),
+    ("unimatch [lrdri]", "rdri"),
+    ("unimatch [lrdri]", "heavy"),
+    ("unimatch [lrdri]", "gdgi [bdv3R]"),
+    ("gdgi [bdv3R]", "rdri"),
+    ("heavy", "rdri"),
+    ("unimatch_gdgi [bdv3R]", "unimatch [lrdri]"),
+    ("unimatch_gdgi_joint [bdv3R]", "unimatch [lrdri]"),
+    ("unimatch_gdgi_joint [bdv3R]", "unimatch_gdgi [bdv3R]"),
+)
+
+
+def load_variants(records: Path) -> dict[str, list[RunResult]]:
+    """Variant folder name → its finished runs (CPU clock), wide/hard/default first.
+
+    Raises:
+        SystemExit: ``records`` holds no variant folder with a finished run.
+    """
+    folders = [f for f in sorted(records.iterdir()) if f.is_dir()] if records.is_dir() else []
+    order = {name: i for i, name in enumerate(VARIANT_ORDER)}
+    folders.sort(key=lambda f: (order.get(f.name, len(order)), f.name))
+    variants = {f.name: runs for f in folders if (runs := load_runs(f, "cpu"))}
+    if not variants:
+        raise SystemExit(
+            f"{records}: no variant folder with finished runs' records (results.json); "
+            "pass the folder that `tfaug records` filled, one subfolder per variant"
+        )
+    return variants
+
+
+def run_dice(runs: Sequence[RunResult], label: str) -> list[float]:
+    """Each run of ``label``'s mean over its test volumes of the mean foreground Dice, in
+    (draw, seed) order."""
+    means = run_means(runs, label)
+    return [means[key] for key in sorted(means)]
+
+
+def method_cell(runs: Sequence[RunResult], label: str) -> str:
+    """``mean (draw values)`` of ``label`` on one variant, or ``–`` without runs."""
+    values = run_dice(runs, label)
+    if not values:
+        return "–"
+    each = ", ".join(f"{v:.3f}" for v in values)
+    return f"{np.mean(values):.3f} ({each})" if len(values) > 1 else f"{values[0]:.3f}"
+
+
+def method_table(variants: dict[str, list[RunResult]]) -> list[str]:
+    """Markdown rows: method × variant mean Dice over draws, and median CPU minutes."""
+    everything = [r for runs in variants.values() for r in runs]
+    lines = [
+        "| method | " + " | ".join(f"`{v}`" for v in variants) + " | CPU min per run |",
+        "|---|" + "---|" * len(variants) + "---|",
+    ]
+    for label in ordered_methods(r.label for r in everything):
+        minutes = [r.training_s / 60 for r in everything if r.label == label and r.training_s]
+        cpu = f"{np.median(minutes):.1f}" if minutes else "–"
+        cells = [method_cell(runs, label) for runs in variants.values()]
+        lines.append(f"| `{label}` | " + " | ".join(cells) + f" | {cpu} |")
+    return lines
+
+
+def _p(p: float | None) -> str:
+    return "–" if p is None else f"{p:.2g}"
+
+
+def comparison_row(runs: Sequence[RunResult], a: str, b: str) -> str | None:
+    """Cells of ``a`` − ``b`` on one variant: draws, Δ, p, draws ahead, then at equal CPU
+    time Δ and p; ``None`` when no draw has both."""
+    left, right = run_means(runs, a), run_means(runs, b)
+    shared = sorted(set(left) & set(right))
+    if not shared:
+        return None
+    volumes = wilcoxon_test(runs, a, b, MEAN)
+    ahead = sum(left[k] > right[k] for k in shared)
+    paired, cuts, _ = equal_time_runs(runs, a, b, "cpu")
+    timed = wilcoxon_test(paired, a, b, MEAN) if cuts else None
+    timed_cells = [f"{timed.difference:+.3f}", _p(timed.p)] if timed and timed.n else ["–", "–"]
+    cells = [
+        str(len(shared)),
+        f"{volumes.difference:+.3f}",
+        _p(volumes.p),
+        f"{ahead} of {len(shared)}",
+        *timed_cells,
+    ]
+    return " | ".join(cells)
+
+
+def comparison_table(
+    variants: dict[str, list[RunResult]], comparisons: Sequence[tuple[str, str]]
+) -> list[str]:
+    """Markdown rows: each comparison on each variant where both labels have a draw."""
+    lines = [
+        "| A − B | variant | draws | Δ per test volume | p | A ahead | at equal CPU time: Δ | p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for a, b in comparisons:
+        for variant, runs in variants.items():
+            row = comparison_row(runs, a, b)
+            if row is not None:
+                lines.append(f"| `{a}` − `{b}` | `{variant}` | {row} |")
+    return lines
+
+
+def pooled_run_table(
+    variants: dict[str, list[RunResult]], comparisons: Sequence[tuple[str, str]]
+) -> list[str]:
+    """Markdown rows: each comparison's runs paired per (variant, draw, seed) over every
+    variant, with the two-sided Wilcoxon signed-rank test of their mean Dice."""
+    lines = [
+        "| A − B | run pairs (variants) | Δ per run | A ahead | p |",
+        "|---|---|---|---|---|",
+    ]
+    for a, b in comparisons:
+        x, y, names = [], [], []
+        for variant, runs in variants.items():
+            left, right = run_means(runs, a), run_means(runs, b)
+            shared = sorted(set(left) & set(right))
+            x += [left[k] for k in shared]
+            y += [right[k] for k in shared]
+            names += [variant] if shared else []
+        if not x:
+            continue
+        test = signed_rank(np.array(x), np.array(y), a, b, MEAN)
+        ahead = sum(u > v for u, v in zip(x, y, strict=True))
+        lines.append(
+            f"| `{a}` − `{b}` | {len(x)} ({', '.join(names)}) | {test.difference:+.3f} | "
+            f"{ahead} of {len(x)} | {_p(test.p)} |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "records",
+        nargs="?",
+        type=Path,
+        default=Path(__file__).parent / "records",
+        help="folder of per-variant record folders (default: records/ beside this script)",
+    )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        type=parse_comparison,
+        default=None,
+        help='"A,B": report A − B (repeatable; default: the benchmark\'s decisive pairs)',
+    )
+    args = parser.parse_args()
+    variants = load_variants(args.records)
+    print("\n".join(method_table(variants)))
+    print()
+    comparisons = args.compare or DEFAULT_COMPARISONS
+    print("\n".join(comparison_table(variants, comparisons)))
+    print()
+    print("\n".join(pooled_run_table(variants, comparisons)))
+
+
+if __name__ == "__main__":
+    main()
