@@ -4,6 +4,7 @@ run as a user runs it, on records folders written here."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,9 +52,13 @@ def _write(records: Path, variant: str, method: str, draw: int, tag: str = "") -
     (run / "config.yaml").write_text(yaml.safe_dump({"method": method, "tag": tag}))
 
 
-def _summary(*args: str) -> subprocess.CompletedProcess:
+def _summary(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, encoding="utf-8", timeout=120
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        encoding="utf-8",
+        timeout=120,
+        env=env,
     )
 
 
@@ -107,6 +112,13 @@ def test_summary_averages_draws_per_variant_and_pools_the_paired_test(tmp_path):
     assert pooled[0] == "6 (wide, hard, odd)"
     assert pooled[1] == f"{np.mean(a - b):+.3f}"
     assert pooled[3] == f"{stats.wilcoxon(a, b).pvalue:.2g}"
+
+    # An ASCII terminal gets escapes for "−" and "Δ", not a traceback.
+    ascii_env = {k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"}
+    ascii_env.update(LC_ALL="C", PYTHONUTF8="0")
+    plain = _summary(str(records), env=ascii_env)
+    assert plain.returncode == 0, plain.stderr
+    assert "| A \\u2212 B |" in plain.stdout
 
 
 def test_summary_names_the_folder_when_it_holds_no_records(tmp_path):

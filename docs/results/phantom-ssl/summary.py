@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfaug.console import tolerate_ascii_streams
 from tfaug.experiments.equal_time import equal_time_runs
 from tfaug.experiments.report import parse_comparison
 from tfaug.experiments.results import (
@@ -189,6 +190,7 @@ def main() -> None:
         help='"A,B": report A − B (repeatable; default: the benchmark\'s decisive pairs)',
     )
     args = parser.parse_args()
+    tolerate_ascii_streams()  # an ASCII terminal gets \u2212 for "−", not a traceback
     variants = load_variants(args.records)
     print("\n".join(method_table(variants)))
     print()
