@@ -19,6 +19,7 @@ CASES = ("case01", "case02", "case03", "case04", "case05", "case06")
 
 METHOD_BASE = {"rdri": 0.5, "unimatch": 0.6}
 VARIANT_BASE = {"wide": 0.0, "hard": 0.1, "odd": 0.2}
+LAST_SHIFT, WIDE_SHIFT = -0.05, 0.02
 
 
 def _dice(method: str, variant: str, draw: int, case: int) -> float:
@@ -33,11 +34,14 @@ def _write(records: Path, variant: str, method: str, draw: int, tag: str = "") -
         records / variant / (f"phantom-nl1-{method}-split{draw}-seed0" + (f"-{tag}" if tag else ""))
     )
     run.mkdir(parents=True)
-    test = [
-        {"case_id": c, "dice": {"RV": d, "Myo": d, "LV": d}, "mean_dice": d}
-        for i, c in enumerate(CASES)
-        for d in [_dice(method, variant, draw, i)]
-    ]
+
+    def test(shift: float) -> list[dict]:
+        return [
+            {"case_id": c, "dice": {"RV": d, "Myo": d, "LV": d}, "mean_dice": d}
+            for i, c in enumerate(CASES)
+            for d in [_dice(method, variant, draw, i) + shift]
+        ]
+
     content = {
         "dataset": "phantom",
         "method": method,
@@ -45,8 +49,14 @@ def _write(records: Path, variant: str, method: str, draw: int, tag: str = "") -
         "draw": draw,
         "seed": 0,
         "generator_mode": "joint",
-        "test": test,
+        "test": test(0.0),
         "cpu_time_s": {"segmenter": 600.0},
+        "stages": {"segmenter": {"name": "segmenter", "best_step": 50, "iterations": 100}},
+        # the last step LAST_SHIFT below the chosen one, the wide choice WIDE_SHIFT above
+        "checkpoints": {
+            "last": {"step": 100, "test": test(LAST_SHIFT)},
+            "best_wide": {"step": 75, "test": test(WIDE_SHIFT)},
+        },
     }
     (run / "results.json").write_text(json.dumps(content))
     (run / "config.yaml").write_text(yaml.safe_dump({"method": method, "tag": tag}))
@@ -112,6 +122,12 @@ def test_summary_averages_draws_per_variant_and_pools_the_paired_test(tmp_path):
     assert pooled[0] == "6 (wide, hard, odd)"
     assert pooled[1] == f"{np.mean(a - b):+.3f}"
     assert pooled[3] == f"{stats.wilcoxon(a, b).pvalue:.2g}"
+
+    # The checkpoint rules: chosen / last step / chosen on the wide validation set.
+    rules_table = done.stdout.split("chosen / last / wide |")[-1]
+    hard = np.mean([run_mean("rdri", "hard", d) for d in range(2)])
+    expected = [hard, hard + LAST_SHIFT, hard + WIDE_SHIFT]
+    assert _cells(rules_table, "`rdri`")[1] == " / ".join(f"{v:.3f}" for v in expected)
 
     # An ASCII terminal gets escapes for "−" and "Δ", not a traceback.
     ascii_env = {k: v for k, v in os.environ.items() if k != "PYTHONIOENCODING"}

@@ -12,7 +12,11 @@ records per phantom variant (``tfaug records``). Prints two Markdown tables:
    finished (two-sided Wilcoxon signed-rank), the number of draws A is ahead in, and the same
    at equal CPU time (the costlier run as it stood at the cheaper one's CPU time);
 3. per comparison, the runs paired per (variant, draw) over every variant: the test that does
-   not count one run's test volumes as independent pairs.
+   not count one run's test volumes as independent pairs;
+4. per method and variant, the mean over draws of the test Dice of three checkpoint rules:
+   the one chosen on the config's validation volumes, the last step, and the one chosen on
+   the wider validation set (``split.n_extra_validation``): whether the rule changes the
+   ranking.
 
 The per-variant details (plateaus, checkpoint rules, Dice against time, generator
 diagnostics) are ``tfaug report``'s; this table is what the README's summary is built from.
@@ -173,6 +177,35 @@ def pooled_run_table(
     return lines
 
 
+RULES = ("chosen", "last", "best_wide")  # RunResult.checkpoints names, in column order
+
+
+def rule_cell(runs: Sequence[RunResult], label: str) -> str:
+    """``chosen / last / wide`` mean test Dice over ``label``'s draws on one variant (``–``
+    for a rule a run did not record)."""
+    own = [r for r in runs if r.label == label]
+    if not own:
+        return "–"
+    means = []
+    for rule in RULES:
+        values = [r.checkpoints[rule][1] for r in own if rule in r.checkpoints]
+        means.append(f"{np.mean(values):.3f}" if len(values) == len(own) else "–")
+    return " / ".join(means)
+
+
+def rule_table(variants: dict[str, list[RunResult]]) -> list[str]:
+    """Markdown rows: method × variant test Dice by each checkpoint rule (:data:`RULES`)."""
+    everything = [r for runs in variants.values() for r in runs]
+    lines = [
+        "| method | " + " | ".join(f"`{v}`: chosen / last / wide" for v in variants) + " |",
+        "|---|" + "---|" * len(variants),
+    ]
+    for label in ordered_methods(r.label for r in everything):
+        cells = [rule_cell(runs, label) for runs in variants.values()]
+        lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -198,6 +231,8 @@ def main() -> None:
     print("\n".join(comparison_table(variants, comparisons)))
     print()
     print("\n".join(pooled_run_table(variants, comparisons)))
+    print()
+    print("\n".join(rule_table(variants)))
 
 
 if __name__ == "__main__":
