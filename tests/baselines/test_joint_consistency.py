@@ -12,7 +12,11 @@ import tensorflow as tf
 from tiny import DISCRIMINATOR_FILTERS, GENERATOR_FILTERS, SIDE, build_tiny_unet, tiny_config
 
 from tfaug.baselines.comparisons import build_consistency_model
-from tfaug.baselines.joint_consistency import GENERATOR_TRACKERS, JointConsistencyModel
+from tfaug.baselines.joint_consistency import (
+    DIVERSITY_TRACKERS,
+    GENERATOR_TRACKERS,
+    JointConsistencyModel,
+)
 from tfaug.models.discriminator import Discriminator
 from tfaug.models.generator import Generator
 from tfaug.ops.augment import RandomAffine
@@ -151,18 +155,45 @@ def test_the_learned_view_switches():
         _model(real_label=0.3)
 
 
+def test_the_generators_mode_seeking_term():
+    # Generated labeled rows only and no feature stream: the second z is the step's last
+    # random draw, so the same step with and without the term differs by the term alone.
+    options = {"learned_view": "labeled", "views": 1, "feature_weight": 0.0}
+    plain = _model(**options)
+    assert not set(DIVERSITY_TRACKERS) & set(plain.tracker_names)
+    without = _losses(plain, tf.GradientTape())
+    assert not set(DIVERSITY_TRACKERS) & set(without)
+    model = _model(**options, lambda_diversity=2.0)
+    assert set(DIVERSITY_TRACKERS) <= set(model.tracker_names)
+    tape = tf.GradientTape(persistent=True)
+    losses = _losses(model, tape)
+    for name, generator in zip(DIVERSITY_TRACKERS, ("deformation", "intensity"), strict=True):
+        assert 0.0 < float(losses[name]) <= 1.0, name  # z changes a fresh generator's field
+        assert _reaches(tape, losses[name], getattr(model, generator).trainable_weights), name
+    term = 2.0 * sum(float(losses[name]) for name in DIVERSITY_TRACKERS)
+    np.testing.assert_allclose(
+        float(losses["total_loss"]), float(without["total_loss"]) - term, rtol=1e-5
+    )
+    # Both kinds of generated rows: each diversity is the mean over the two generations.
+    both = _losses(_model(lambda_diversity=2.0), tf.GradientTape())
+    assert all(0.0 < float(both[name]) <= 1.0 for name in DIVERSITY_TRACKERS)
+    with pytest.raises(ValueError, match="lambda_diversity >= 0"):
+        _model(lambda_diversity=-1.0)
+
+
 def test_config_and_checkpoint_round_trips(tmp_path):
-    model = _model("unlabeled", views=0, lambda_adv=0.5, lambda_ld=0.01)
+    model = _model("unlabeled", views=0, lambda_adv=0.5, lambda_ld=0.01, lambda_diversity=3.0)
     config = model.get_config()
     clone = JointConsistencyModel.from_config(config)
     assert clone.get_config() == config and "learned" not in config
+    assert clone.lambda_diversity == 3.0
     assert clone.deformation.kind == "deformation" and clone.learned_view_where == "unlabeled"
     # The stage's checkpoint (what a resumed run restores) holds G, D and their statistics.
     state = loop.StageState(model, tmp_path, keep={}, budget_marks=[])
     model.train_step(_batch())
     state.record(1, None, 0.0)
     state.save(improved=False, lap=loop.Lap(wall_s=1.0, cpu_s=1.0, steps=1))
-    fresh = _model("unlabeled", views=0, lambda_adv=0.5, lambda_ld=0.01)
+    fresh = _model("unlabeled", views=0, lambda_adv=0.5, lambda_ld=0.01, lambda_diversity=3.0)
     assert loop.StageState(fresh, tmp_path, keep={}, budget_marks=[]).step == 1
     for network in ("deformation", "intensity", "discriminator", "segmenter"):
         pairs = zip(getattr(model, network).weights, getattr(fresh, network).weights, strict=True)
@@ -174,13 +205,14 @@ def test_config_and_checkpoint_round_trips(tmp_path):
 
 def test_mixed_precision_step(tmp_path):
     cfg = tiny_config(tmp_path / "cache", tmp_path / "runs", method="unimatch_gdgi_joint")
+    cfg.train.lambda_diversity = 3.0  # the bdv3R setting: the second generator pass too
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:  # built as a run builds it: after the policy is set
         generators = {kind: build_generator(cfg, kind) for kind in ("deformation", "intensity")}
         model = build_consistency_model(
             cfg, build_tiny_unet(cfg.data.n_classes), 1, generators, build_discriminator(cfg)
         )
-        assert isinstance(model, JointConsistencyModel)
+        assert isinstance(model, JointConsistencyModel) and model.lambda_diversity == 3.0
         assert isinstance(model.d_optimizer, keras.optimizers.LossScaleOptimizer)
         (x_l, y_l), x_u = _batch()
         logs = model.train_step(((x_l, y_l), x_u))  # the dtypes are those of a graph

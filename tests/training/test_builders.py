@@ -15,10 +15,12 @@ from tfaug.ops.augment import RandomAffine
 from tfaug.ops.generated import ChainAugmentation, GeneratedAugmentation, SecondHalfAugmentation
 from tfaug.ops.heavy import HeavyAugmentation
 from tfaug.training.builders import (
+    build_affine,
     build_generator,
     build_generator_input_augmentation,
     build_labeled_augmentation,
     build_method_augmentation,
+    build_ssl_labeled_augmentation,
 )
 
 Z_DIM = 8
@@ -195,6 +197,29 @@ def test_generated_after_random_chains_rd_ri_then_the_generators(generators, tmp
     assert names == ["RandomElastic", "RandomIntensity", "GeneratedAugmentation"]
     out = layer(_pairs(4), training=True)
     np.testing.assert_allclose(tf.reduce_sum(out["segmentation_masks"], -1), 1.0, atol=1e-5)
+
+
+def test_the_joint_generators_rows_get_rd_ri_first_as_the_frozen_generators_rows_do(tmp_path):
+    # unimatch_gdgi_joint generates the second half of its labeled rows itself; with
+    # augment.generated_after_random those rows get RD and RI first, as unimatch_gdgi's.
+    cfg = tiny_config(tmp_path / "cache", tmp_path / "runs", method="unimatch_gdgi_joint")
+    assert build_ssl_labeled_augmentation(cfg, seed=5) is None  # the weak view alone
+    cfg.augment.generated_after_random = True
+    layer = build_ssl_labeled_augmentation(cfg, seed=5)
+    inputs = _pairs(4)
+    out = layer(inputs, training=True)
+    affine_only = build_affine(cfg, seed=5)(inputs, training=True)
+    # The first half as the weak view alone (the same affine draws), the second half changed.
+    for key in ("images", "segmentation_masks"):
+        np.testing.assert_allclose(out[key][:2], affine_only[key][:2], atol=1e-6)
+    assert not np.allclose(out["images"][2:], affine_only["images"][2:], atol=1e-3)
+    np.testing.assert_allclose(tf.reduce_sum(out["segmentation_masks"], -1), 1.0, atol=1e-5)
+    second = layer.stages[-1]
+    assert isinstance(second, SecondHalfAugmentation)
+    names = [type(stage).__name__ for stage in second.layer.stages]
+    assert names == ["RandomElastic", "RandomIntensity"]
+    cfg.ssl.learned_view = "unlabeled"  # no generated labeled rows: nothing to prepare
+    assert build_ssl_labeled_augmentation(cfg, seed=5) is None
 
 
 def test_generator_input_augmentation_is_affine_unless_random_before_generators(tmp_path):

@@ -257,8 +257,10 @@ def build_consistency_model(
     generated pairs in the second half of the labeled rows
     (:func:`build_ssl_labeled_augmentation`). ``unimatch_gdgi_joint``: a
     :class:`JointConsistencyModel` of the training ``generators`` and ``discriminator`` at
-    ``train.lambda_adv``, ``train.lambda_ld`` and ``train.real_label``, D with the generator
-    stages' optimiser (:func:`build_discriminator_optimizer`). Adam at
+    ``train.lambda_adv``, ``train.lambda_ld``, ``train.lambda_diversity`` and
+    ``train.real_label``, D with the generator stages' optimiser
+    (:func:`build_discriminator_optimizer`), its generated labeled rows after RD and RI with
+    ``augment.generated_after_random`` (:func:`build_ssl_labeled_augmentation`). Adam at
     ``train.learning_rate``.
     """
     ssl = cfg.ssl
@@ -278,6 +280,7 @@ def build_consistency_model(
             lambda_adv=cfg.train.lambda_adv,
             lambda_ld=cfg.train.lambda_ld,
             real_label=cfg.train.real_label,
+            lambda_diversity=cfg.train.lambda_diversity,
             z_dim=cfg.model.z_dim,
         )
     unimatch = cfg.method != "fixmatch"

@@ -30,7 +30,7 @@ from tfaug.methods import LEARNED_VIEWS
 from tfaug.ops.generated import apply_generators
 from tfaug.training.distribute import global_batch_size, replica_rows, scale_for_replicas
 from tfaug.training.gradients import step_gradients
-from tfaug.training.joint import field_statistics
+from tfaug.training.joint import field_diversity, field_statistics
 from tfaug.training.precision import with_loss_scaling
 
 FIELD_TRACKERS = (
@@ -45,6 +45,9 @@ every generated row of a step, prefixed by the generator's kind; the generator s
 the same statistics unprefixed (:mod:`tfaug.analysis.diagnostics` reads both)."""
 
 GENERATOR_TRACKERS = ("adv_loss", "ld_loss", "d_loss", "d_acc_real", "d_acc_fake", *FIELD_TRACKERS)
+DIVERSITY_TRACKERS = ("deformation_diversity", "intensity_diversity")
+"""With ``lambda_diversity > 0``: how much each generator's field changes with z
+(:func:`tfaug.training.joint.field_diversity`, in [0, 1]), as the generator stages log it."""
 
 
 @keras.saving.register_keras_serializable(package="tfaug")
@@ -62,8 +65,10 @@ class JointConsistencyModel(ConsistencyModel):
       pseudo-labels and confidence warped by the same flow, a pixel kept where the warped
       confidence is still >= ``threshold`` (the keep mask carries no gradient).
     - **Objective**: the consistency total (every term as in :class:`ConsistencyModel`) +
-      λ_adv·L_adv + λ_LD·L_LD, where L_adv is the non-saturating loss of D on every
-      generated image of the step and L_LD = −mean|v| − mean|ΔI| over its fields. One
+      λ_adv·L_adv + λ_LD·L_LD − λ_div·(div_GV + div_GI), where L_adv is the non-saturating
+      loss of D on every generated image of the step, L_LD = −mean|v| − mean|ΔI| over its
+      fields, and div_G the mode-seeking ratio of the generator stages (each generator
+      run again on the same inputs with a second z; only with ``lambda_diversity > 0``). One
       gradient of it updates S, GV and GI together (one optimiser: Adam's updates are
       per weight). The student's losses reach G through the generated images and through
       the warped labels and pseudo-labels; the teacher's outputs carry no gradient.
@@ -84,6 +89,8 @@ class JointConsistencyModel(ConsistencyModel):
         lambda_adv: weight of L_adv in the objective (Algorithm 1's λ_adv).
         lambda_ld: weight of L_LD (Algorithm 1's λ_LD).
         real_label: D's target for real images, in (0.5, 1].
+        lambda_diversity: weight of the generators' mode-seeking term (``train.lambda_diversity``
+            of the generator stages; 0: off, one pass of each generator per generated row).
         z_dim: size of z (the generators').
         **kwargs: :class:`ConsistencyModel`'s arguments, except ``learned``.
 
@@ -107,6 +114,7 @@ class JointConsistencyModel(ConsistencyModel):
         lambda_adv: float = 1.0,
         lambda_ld: float = 1e-3,
         real_label: float = 1.0,
+        lambda_diversity: float = 0.0,
         z_dim: int,
         **kwargs: Any,
     ) -> None:
@@ -115,16 +123,18 @@ class JointConsistencyModel(ConsistencyModel):
                 f"JointConsistencyModel: learned_view must be one of {LEARNED_VIEWS}, found "
                 f"{learned_view!r} (config ssl.learned_view)."
             )
-        if not 0.5 < real_label <= 1.0 or lambda_adv < 0 or lambda_ld < 0:
+        if not 0.5 < real_label <= 1.0 or min(lambda_adv, lambda_ld, lambda_diversity) < 0:
             raise ValueError(
                 "JointConsistencyModel: real_label must be in (0.5, 1] and lambda_adv, "
-                f"lambda_ld >= 0, found {real_label}, {lambda_adv}, {lambda_ld} (config "
-                "train.real_label, train.lambda_adv, train.lambda_ld)."
+                f"lambda_ld, lambda_diversity >= 0, found {real_label}, {lambda_adv}, "
+                f"{lambda_ld}, {lambda_diversity} (config train.real_label, train.lambda_adv, "
+                "train.lambda_ld, train.lambda_diversity)."
             )
         self.deformation = deformation
         self.intensity = intensity
         self.discriminator = discriminator
         self.learned_view_where = learned_view
+        self.lambda_diversity = float(lambda_diversity)  # read by tracker_names
         super().__init__(segmenter, **kwargs)
         self.lambda_adv = float(lambda_adv)
         self.lambda_ld = float(lambda_ld)
@@ -149,7 +159,8 @@ class JointConsistencyModel(ConsistencyModel):
 
     @property
     def tracker_names(self) -> tuple[str, ...]:
-        return (*super().tracker_names, *GENERATOR_TRACKERS)
+        diversity = DIVERSITY_TRACKERS if self.lambda_diversity > 0 else ()
+        return (*super().tracker_names, *GENERATOR_TRACKERS, *diversity)
 
     def compile(
         self,
@@ -167,37 +178,51 @@ class JointConsistencyModel(ConsistencyModel):
 
     # ----------------------------------------------------------------------- generation
 
-    def generate(
-        self, images: tf.Tensor, masks: tf.Tensor
-    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    def generate(self, images: tf.Tensor, masks: tf.Tensor) -> dict[str, tf.Tensor]:
         """G on a batch, differentiable in GV's and GI's weights (training mode).
 
         Args:
             images: (B,H,W,1) float. masks: (B,H,W,K) soft maps warped with the image.
 
         Returns:
-            ``(images (B,H,W,1), masks (B,H,W,K), flow (B,H,W,2), delta (B,H,W,1))``, all
-            float32: x ∘ v + ΔI with v = GV(x, z) and ΔI = GI(x ∘ v, z), the masks ∘ v.
+            float32 ``images`` (B,H,W,1), x ∘ v + ΔI with v = GV(x, z) and ΔI = GI(x ∘ v, z);
+            ``masks`` (B,H,W,K), the masks ∘ v; ``flow`` (B,H,W,2) and ``delta`` (B,H,W,1);
+            with ``lambda_diversity > 0`` also :data:`DIVERSITY_TRACKERS`: GV run again on x
+            and GI on x ∘ v with a second z, each field's ratio to the first.
         """
-        images = tf.cast(images, tf.float32)
-        rows = tf.shape(images)[0]
+        images, masks = tf.cast(images, tf.float32), tf.cast(masks, tf.float32)
+        z = self._noise(tf.shape(images)[0])
+        warped, masks, flow, _ = apply_generators(
+            self.deformation, None, images, masks, z, training=True
+        )
+        out, _, _, delta = apply_generators(None, self.intensity, warped, masks, z, training=True)
+        generated = {"images": out, "masks": masks, "flow": flow, "delta": delta}
+        if self.lambda_diversity > 0:
+            other = self._noise(tf.shape(images)[0])
+            other_flow = self.deformation((images, other), training=True)
+            other_delta = self.intensity((warped, other), training=True)
+            generated["deformation_diversity"] = field_diversity(flow, other_flow)
+            generated["intensity_diversity"] = field_diversity(delta, other_delta)
+        return generated
+
+    def _noise(self, rows: tf.Tensor) -> tf.Tensor:
+        """z (rows, z_dim) ~ N(0, I): drawn for the global batch, this replica's rows taken."""
         z = keras.random.normal((global_batch_size(rows), self.z_dim), seed=self.seed_generator)
-        return apply_generators(
-            self.deformation, self.intensity, images, tf.cast(masks, tf.float32),
-            replica_rows(z, rows), training=True,
-        )  # fmt: skip
+        return replica_rows(z, rows)
 
     def learned_view(
         self, x_u: tf.Tensor, pseudo_labels: tf.Tensor, confidence: tf.Tensor
     ) -> dict[str, tf.Tensor]:
         """The learned strong view from the training generators: as
         :meth:`ConsistencyModel.learned_view`, but the images and labels keep their gradient
-        to GV and GI (the keep mask does not); adds ``flow`` and ``delta``."""
+        to GV and GI (the keep mask does not); adds ``flow``, ``delta`` and, with
+        ``lambda_diversity > 0``, the fields' diversities (:meth:`generate`)."""
         targets = tf.concat([pseudo_labels, confidence[..., None]], axis=-1)
-        images, warped, flow, delta = self.generate(x_u, targets)
-        kept = tf.stop_gradient(tf.cast(warped[..., -1] >= self.threshold, tf.float32))
-        labels = warped[..., :-1]
-        return {"images": images, "labels": labels, "kept": kept, "flow": flow, "delta": delta}
+        view = self.generate(x_u, targets)
+        warped = view.pop("masks")
+        view["kept"] = tf.stop_gradient(tf.cast(warped[..., -1] >= self.threshold, tf.float32))
+        view["labels"] = warped[..., :-1]
+        return view
 
     def compute_losses(
         self,
@@ -211,12 +236,14 @@ class JointConsistencyModel(ConsistencyModel):
         learned view of the training generators, and G's adversarial and large-deviation
         terms added to ``total_loss`` (see the class docstring). Adds ``generated`` (every
         generated image of the step, (N,H,W,1)) for D's update."""
-        images, flows, deltas, before, after = [], [], [], [], []
+        images, flows, deltas, before, after, diversities = [], [], [], [], [], []
         if self.generates_labeled:
             half = tf.shape(x_l)[0] // 2
-            x_g, y_g, flow, delta = self.generate(x_l[half:], y_onehot[half:])
-            images, flows, deltas = [x_g], [flow], [delta]
+            pairs = self.generate(x_l[half:], y_onehot[half:])
+            x_g, y_g = pairs["images"], pairs["masks"]
+            images, flows, deltas = [x_g], [pairs["flow"]], [pairs["delta"]]
             before, after = [tf.cast(y_onehot[half:], tf.float32)], [y_g]
+            diversities.append(pairs)  # holds the DIVERSITY_TRACKERS with lambda_diversity
             x_l = tf.concat([x_l[:half], tf.cast(x_g, x_l.dtype)], axis=0)
             y_onehot = tf.concat([y_onehot[:half], tf.cast(y_g, y_onehot.dtype)], axis=0)
         losses = super().compute_losses(x_l, y_onehot, x_u, strong, boxes)
@@ -226,6 +253,8 @@ class JointConsistencyModel(ConsistencyModel):
             deltas.append(losses["learned_delta"])
             before.append(tf.cast(losses["pseudo_labels"], tf.float32))
             after.append(losses["learned_labels"])
+            if self.lambda_diversity > 0:
+                diversities.append({n: losses[f"learned_{n}"] for n in DIVERSITY_TRACKERS})
         generated, flow, delta, before, after = (
             tf.concat(t, axis=0) for t in (images, flows, deltas, before, after)
         )
@@ -235,6 +264,10 @@ class JointConsistencyModel(ConsistencyModel):
         losses["ld_loss"] = deformation_ld_loss(flow) + intensity_ld_loss(delta)
         losses["total_loss"] += self.lambda_adv * losses["adv_loss"]
         losses["total_loss"] += self.lambda_ld * losses["ld_loss"]
+        if self.lambda_diversity > 0:  # the mean over the step's generate() calls
+            for name in DIVERSITY_TRACKERS:
+                losses[name] = tf.add_n([d[name] for d in diversities]) / len(diversities)
+                losses["total_loss"] -= self.lambda_diversity * losses[name]
         losses["generated"] = generated
         losses.update(_field_trackers(flow, delta, before, after))
         return losses
@@ -267,6 +300,7 @@ class JointConsistencyModel(ConsistencyModel):
             lambda_adv=self.lambda_adv,
             lambda_ld=self.lambda_ld,
             real_label=self.real_label,
+            lambda_diversity=self.lambda_diversity,
             z_dim=self.z_dim,
         )
         return config

@@ -15,7 +15,13 @@ import keras
 import tensorflow as tf
 
 from tfaug.config import Config
-from tfaug.methods import COMPARISON_METHODS, GENERATOR_METHODS, METHODS, SUBSTREAM
+from tfaug.methods import (
+    COMPARISON_METHODS,
+    GENERATOR_METHODS,
+    LEARNED_CONSISTENCY_METHODS,
+    METHODS,
+    SUBSTREAM,
+)
 from tfaug.models.discriminator import Discriminator
 from tfaug.models.generator import Generator
 from tfaug.models.pixel_discriminator import PixelDiscriminator
@@ -175,7 +181,11 @@ def build_ssl_labeled_augmentation(
     with ``ssl.learned_view`` ``both`` or ``labeled``, that augmentation (the affine one for
     ``weak``) is followed by ``gdgi``'s layer of the frozen ``generators`` on the second half
     of the labeled rows (:class:`SecondHalfAugmentation`), as the ``gdgi`` segmenter stage
-    mixes its batch.
+    mixes its batch: with ``augment.generated_after_random``, RD and RI, then the generators.
+    For ``unimatch_gdgi_joint``, whose step generates that second half itself with the
+    training generators, the same rows get the same RD and RI first (with
+    ``augment.generated_after_random``), so both ways of getting the generators apply them to
+    the same inputs.
     """
     choice = cfg.ssl.labeled_augmentation
     if choice == "weak":
@@ -185,11 +195,15 @@ def build_ssl_labeled_augmentation(
     else:
         random = build_random(cfg, seed + SUBSTREAM["random_after_affine"])
         base = ChainAugmentation([build_affine(cfg, seed), *random])
-    if cfg.method != "unimatch_gdgi" or cfg.ssl.learned_view == "unlabeled":
+    generated_seed = seed + SUBSTREAM["labeled_generated"]
+    if cfg.method not in LEARNED_CONSISTENCY_METHODS or cfg.ssl.learned_view == "unlabeled":
         return base
-    generated = build_method_augmentation(
-        "gdgi", cfg, generators or {}, seed + SUBSTREAM["labeled_generated"]
-    )
+    if cfg.method == "unimatch_gdgi":
+        generated = build_method_augmentation("gdgi", cfg, generators or {}, generated_seed)
+    elif cfg.augment.generated_after_random:
+        generated = ChainAugmentation(list(build_random(cfg, generated_seed)))
+    else:
+        return base
     return ChainAugmentation([base or build_affine(cfg, seed), SecondHalfAugmentation(generated)])
 
 
