@@ -3,6 +3,7 @@
 TensorFlow 2 / Keras 3 implementation of Chaitanya et al., Medical Image Analysis 2021.
 """
 
+from tfaug import source_guard  # noqa: F401  (stamps the package's files at first import)
 from tfaug.version import __version__
 
 __all__ = ["LearnedAugmentation", "__version__"]

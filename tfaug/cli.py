@@ -4,8 +4,10 @@ Each command is added to the parser by one ``add_<command>_command(subparsers)``
 listed in :data:`COMMANDS`; it sets ``func``, a handler ``(args) -> exit code``. Library
 modules are imported inside the handlers, so ``tfaug --help`` does not load TensorFlow.
 
-Exit codes: 0 success, 1 a check found problems, 2 bad input (a :class:`ConfigError` or
-:class:`DatasetError`, printed as one message without a traceback).
+Exit codes: 0 success, 1 a check found problems (also a run stopped because tfaug's source
+changed under it, :class:`tfaug.source_guard.SourceChangedError`), 2 bad input (a
+:class:`ConfigError` or :class:`DatasetError`); each printed as one message without a
+traceback.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tfaug.methods import (
     TUNED_METHODS,
     TUNERS,
 )
+from tfaug.source_guard import SourceChangedError
 
 
 def config_options() -> argparse.ArgumentParser:
@@ -613,6 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError) as error:
         print(f"tfaug: error: {error}", file=sys.stderr)
         return 2
+    except SourceChangedError as error:
+        print(f"tfaug: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

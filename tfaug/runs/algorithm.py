@@ -46,6 +46,7 @@ from tfaug.methods import (
 from tfaug.models.generator import Generator
 from tfaug.runs.rundir import RunDirectory
 from tfaug.runs.shared import exclusive_lock, open_generator_directory
+from tfaug.source_guard import check_source_unchanged
 from tfaug.training.builders import (
     build_adam,
     build_discriminator,
@@ -256,6 +257,7 @@ class Algorithm:
 
     def _test(self, segmenter: keras.Model) -> list[dict]:
         """3D Dice per structure per test volume at native resolution (``evaluate_test``)."""
+        check_source_unchanged("the test evaluation")
         return evaluate_test(
             segmenter,
             self.cache,

@@ -21,6 +21,7 @@ from tfaug.data.pipeline import labeled_dataset, unlabeled_dataset
 from tfaug.data.records import Cache
 from tfaug.data.splits import Split
 from tfaug.methods import GENERATOR_STAGES, final_stage, stage_seed
+from tfaug.source_guard import check_source_unchanged
 from tfaug.training.loop import StageResult, run_stage
 
 
@@ -94,7 +95,12 @@ class StageContext:
                 select the kept weights by (with ``train.model_selection: best``);
                 ``None``: the stage keeps its last weights.
             on_validation: called with the step after each validation.
+
+        Raises:
+            tfaug.source_guard.SourceChangedError: tfaug's files changed since this process
+                started (the stage would trace their new source).
         """
+        check_source_unchanged(f"stage {name!r}")
         train = self.cfg.train
         validate = validate_wide = None
         marks: list[int] = []
