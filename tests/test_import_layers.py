@@ -1,9 +1,9 @@
 """The package's import graph: no cycle, and no import from a lower layer to a higher one.
 
-The layers read as the pipeline, from the bottom: names, files and the config; the
-TensorFlow building blocks; the data; what judges a model; the method and its engine; the
-comparison methods; Algorithm 1 in a run directory; many runs and deployment; the command
-line. A module may import from its own layer and the layers below it.
+The layers read as the pipeline, from the bottom: names, files, the config and the source
+guard; the TensorFlow building blocks; the data; what judges a model; the method and its
+engine; the comparison methods; Algorithm 1 in a run directory; many runs and deployment; the
+command line. A module may import from its own layer and the layers below it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tfaug"
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("tfaug.methods", "tfaug.io", "tfaug.config", "tfaug.version"),
+    ("tfaug.methods", "tfaug.io", "tfaug.config", "tfaug.version", "tfaug.source_guard"),
     ("tfaug.ops", "tfaug.models", "tfaug.losses", "tfaug.metrics"),
     ("tfaug.data",),
     ("tfaug.analysis",),
