@@ -243,7 +243,8 @@ class JointConsistencyModel(ConsistencyModel):
             x_g, y_g = pairs["images"], pairs["masks"]
             images, flows, deltas = [x_g], [pairs["flow"]], [pairs["delta"]]
             before, after = [tf.cast(y_onehot[half:], tf.float32)], [y_g]
-            diversities.append(pairs)  # holds the DIVERSITY_TRACKERS with lambda_diversity
+            if self.lambda_diversity > 0:
+                diversities.append({n: pairs[n] for n in DIVERSITY_TRACKERS})
             x_l = tf.concat([x_l[:half], tf.cast(x_g, x_l.dtype)], axis=0)
             y_onehot = tf.concat([y_onehot[:half], tf.cast(y_g, y_onehot.dtype)], axis=0)
         losses = super().compute_losses(x_l, y_onehot, x_u, strong, boxes)

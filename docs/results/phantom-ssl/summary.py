@@ -3,7 +3,7 @@
     python docs/results/phantom-ssl/summary.py [RECORDS] [--compare "A,B" ...]
 
 RECORDS (default: the records/ folder beside this file) holds one folder of finished runs'
-records per phantom variant (``tfaug records``). Prints two Markdown tables:
+records per phantom variant (``tfaug records``). Prints four Markdown tables:
 
 1. per method and variant, the chosen checkpoint's mean foreground test Dice averaged over
    the finished labeled draws, each draw's own value after it in draw order, and the median
@@ -39,6 +39,7 @@ from tfaug.experiments.results import (
     RunResult,
     load_runs,
     ordered_methods,
+    paired_arrays,
     run_means,
     signed_rank,
     wilcoxon_test,
@@ -114,20 +115,18 @@ def _p(p: float | None) -> str:
 def comparison_row(runs: Sequence[RunResult], a: str, b: str) -> str | None:
     """Cells of ``a`` − ``b`` on one variant: draws, Δ, p, draws ahead, then at equal CPU
     time Δ and p; ``None`` when no draw has both."""
-    left, right = run_means(runs, a), run_means(runs, b)
-    shared = sorted(set(left) & set(right))
-    if not shared:
+    x, y = paired_arrays(run_means(runs, a), run_means(runs, b))
+    if not len(x):
         return None
     volumes = wilcoxon_test(runs, a, b, MEAN)
-    ahead = sum(left[k] > right[k] for k in shared)
     paired, cuts, _ = equal_time_runs(runs, a, b, "cpu")
     timed = wilcoxon_test(paired, a, b, MEAN) if cuts else None
     timed_cells = [f"{timed.difference:+.3f}", _p(timed.p)] if timed and timed.n else ["–", "–"]
     cells = [
-        str(len(shared)),
+        str(len(x)),
         f"{volumes.difference:+.3f}",
         _p(volumes.p),
-        f"{ahead} of {len(shared)}",
+        f"{int(np.sum(x > y))} of {len(x)}",
         *timed_cells,
     ]
     return " | ".join(cells)
@@ -159,20 +158,17 @@ def pooled_run_table(
         "|---|---|---|---|---|",
     ]
     for a, b in comparisons:
-        x, y, names = [], [], []
-        for variant, runs in variants.items():
-            left, right = run_means(runs, a), run_means(runs, b)
-            shared = sorted(set(left) & set(right))
-            x += [left[k] for k in shared]
-            y += [right[k] for k in shared]
-            names += [variant] if shared else []
-        if not x:
+        pairs = {
+            v: paired_arrays(run_means(runs, a), run_means(runs, b)) for v, runs in variants.items()
+        }
+        names = [v for v, (x, _) in pairs.items() if len(x)]
+        if not names:
             continue
-        test = signed_rank(np.array(x), np.array(y), a, b, MEAN)
-        ahead = sum(u > v for u, v in zip(x, y, strict=True))
+        x, y = (np.concatenate([pairs[v][i] for v in names]) for i in (0, 1))
+        test = signed_rank(x, y, a, b, MEAN)
         lines.append(
             f"| `{a}` − `{b}` | {len(x)} ({', '.join(names)}) | {test.difference:+.3f} | "
-            f"{ahead} of {len(x)} | {_p(test.p)} |"
+            f"{int(np.sum(x > y))} of {len(x)} | {_p(test.p)} |"
         )
     return lines
 
