@@ -30,6 +30,7 @@ from tfaug.analysis.diagnostics import (
     write_run_diagnostics,
 )
 from tfaug.experiments.diagnostics_report import diagnostics_section, find_generator_runs
+from tfaug.experiments.records import copy_records
 from tfaug.runs.algorithm import Algorithm
 from tfaug.runs.rundir import open_run_directory
 
@@ -302,6 +303,40 @@ def test_report_groups_average_per_tag_and_list_old_runs_as_no_diagnostics(tmp_p
     ]
     assert "(diagnostics-phantom-nl1-joint.png)" in text
     assert "phantom-nl1-generators-split0-seed0]" in text  # the group's first draw
+
+
+def test_the_records_of_runs_sharing_generators_report_them_once_as_the_runs_folder_does(
+    tmp_path,
+):
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    _generator_dir(runs, 0, "b", [1.0, 9.0])
+    shared = runs / "phantom-nl1-generators-split0-seed0-b" / "checkpoints"
+    for method in ("gdgi", "unimatch_gdgi"):  # two finished runs linking the shared stage
+        run = runs / f"phantom-nl1-{method}-split0-seed0-b"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "generator_deformation").symlink_to(
+            shared / "generator_deformation", target_is_directory=True
+        )
+        config = {"method": method, "tag": "b",
+                  "preprocess": {"spacing_mm": 2.0, "crop_size": 50}}  # fmt: skip
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        (run / "results.json").write_text("{}")
+    assert copy_records(runs, records).copied == [
+        "phantom-nl1-gdgi-split0-seed0-b",
+        "phantom-nl1-unimatch_gdgi-split0-seed0-b",
+    ]
+    (tmp_path / "from-runs").mkdir()
+    (tmp_path / "from-records").mkdir()
+
+    from_runs = diagnostics_section(runs, tmp_path / "from-runs")
+    from_records = diagnostics_section(records, tmp_path / "from-records")
+
+    assert from_records == from_runs
+    found = find_generator_runs(records)
+    assert [run.name for run in found] == ["phantom-nl1-generators-split0-seed0-b"]
+    text = "\n".join(from_records)
+    assert "| phantom | 1 | joint | b | 1 | GV | 2.00 mm (2.0 %) |" in text  # one run, not two
+    assert "| 10 / 20 |" in text and "unfinished" not in text  # done.json is in the record
 
 
 def test_report_section_is_empty_without_generator_directories(tmp_path):

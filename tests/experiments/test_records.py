@@ -20,6 +20,7 @@ def _finished_run(runs: Path, name: str, dice: float = 0.5) -> Path:
     shared = runs / "phantom-nl1-generators-split0-seed0" / "checkpoints" / "gv"
     shared.mkdir(parents=True, exist_ok=True)
     (shared / "metrics.jsonl").write_text('{"step": 2}\n')
+    (shared / "done.json").write_text('{"iterations": 2}')
     (run / "checkpoints" / "gv").symlink_to(shared, target_is_directory=True)
     (run / "tb").mkdir()
     (run / "tb" / "events").write_bytes(b"\1")
@@ -45,6 +46,7 @@ def test_a_record_holds_what_reports_read_through_links_and_no_weights(tmp_path)
         f"{run.name}/{relative}": (run / relative).read_bytes()
         for relative in (
             "config.yaml",
+            "checkpoints/gv/done.json",
             "checkpoints/gv/metrics.jsonl",
             "checkpoints/segmenter/metrics.jsonl",
             "results.json",

@@ -3,7 +3,10 @@
 Every directory of a runs folder that trains generators of its own (the shared
 ``<dataset>-nl<N>-generators-split<k>-seed<s>[-<mode>][-<tag>]`` directories, runs trained
 before generators were shared, and ``unimatch_gdgi_joint`` runs, whose consistency stage
-trains them) is one *generator run*. Its traces are read with
+trains them) is one *generator run*. In a folder of records (``tfaug records``) every run
+holds a copy of the shared stages it linked to; copies with the same generator directory
+and the same logs are one generator run, named by that directory, as in the runs folder.
+Its traces are read with
 :mod:`tfaug.analysis.diagnostics` and shown at their chosen checkpoints, one row per
 generator; runs are then averaged per (dataset, N_L, generator mode, tag, where the
 generators were trained) group, and one figure per group is drawn. Nothing is trained or
@@ -32,7 +35,10 @@ from tfaug.analysis.diagnostics import (
     summarise_stage,
 )
 from tfaug.config import Config, ConfigError, config_from_dict, read_yaml
+from tfaug.experiments.records import STAGE_METRICS
 from tfaug.methods import CONSISTENCY_STAGE, FINAL_STAGE_GENERATORS
+from tfaug.runs.rundir import run_name
+from tfaug.runs.shared import generator_config
 
 _COLUMNS = (
     "G",
@@ -106,17 +112,27 @@ def _own_stages(folder: Path) -> tuple[str, ...]:
     return tuple(own)
 
 
+def _stage_logs(folder: Path, stages: Sequence[str]) -> tuple[bytes, ...]:
+    """The bytes of each stage's ``metrics.jsonl`` (empty when it has none)."""
+    paths = (folder / "checkpoints" / stage / STAGE_METRICS for stage in stages)
+    return tuple(path.read_bytes() if path.is_file() else b"" for path in paths)
+
+
 def find_generator_runs(runs_dir: Path) -> list[GeneratorRun]:
     """Every ``<runs_dir>/*/`` with generator stage folders of its own, sorted by name.
 
     Run folders whose stages are links into a generator directory are not listed again;
-    ``*.replaced-*`` folders are skipped.
+    neither are records whose generator stages repeat, log for log, those of an earlier
+    folder with the same generator directory (the copies ``tfaug records`` makes of one
+    shared stage). Generator stages are named by the generator directory their config
+    shares them in (:func:`tfaug.runs.shared.generator_config`), generators trained in a
+    consistency stage by their run. ``*.replaced-*`` folders are skipped.
 
     Raises:
         DiagnosticsError: a listed directory's ``config.yaml`` is not a valid config; see
             also :func:`tfaug.analysis.diagnostics.read_stage_trace`.
     """
-    found = []
+    found: dict[tuple[str, tuple[bytes, ...]], GeneratorRun] = {}
     for config_path in sorted(Path(runs_dir).glob("*/config.yaml")):
         folder = config_path.parent
         if ".replaced-" in folder.name:
@@ -125,24 +141,27 @@ def find_generator_runs(runs_dir: Path) -> list[GeneratorRun]:
         if not stages:
             continue
         cfg = _read_config(config_path)
-        found.append(
-            GeneratorRun(
-                name=folder.name,
-                dataset=cfg.data.dataset,
-                n_labeled=cfg.split.n_labeled,
-                draw=cfg.split.draw,
-                seed=cfg.train.seed,
-                mode=cfg.train.generator_mode,
-                tag=cfg.tag,
-                stages=stages,
-                traces=read_run_traces(
-                    folder,
-                    spacing_mm=cfg.preprocess.spacing_mm,
-                    crop_size=cfg.preprocess.crop_size,
-                ),
-            )
+        jointly = any(stage in JOINT_TRACES for stage in stages)
+        name = folder.name if jointly else run_name(generator_config(cfg))
+        key = (name, _stage_logs(folder, stages))
+        if key in found:
+            continue
+        found[key] = GeneratorRun(
+            name=name,
+            dataset=cfg.data.dataset,
+            n_labeled=cfg.split.n_labeled,
+            draw=cfg.split.draw,
+            seed=cfg.train.seed,
+            mode=cfg.train.generator_mode,
+            tag=cfg.tag,
+            stages=stages,
+            traces=read_run_traces(
+                folder,
+                spacing_mm=cfg.preprocess.spacing_mm,
+                crop_size=cfg.preprocess.crop_size,
+            ),
         )
-    return found
+    return sorted(found.values(), key=lambda run: run.name)
 
 
 def _mean(values: Sequence[float | None], scale: float = 1.0, digits: int = 2) -> str:

@@ -1,8 +1,8 @@
 """The records of finished runs: everything a report reads, without the weights.
 
-A run's *record* is its ``config.yaml``, its ``results.json`` and the ``metrics.jsonl`` of
-each of its stages (``checkpoints/<stage>/metrics.jsonl``, read through the links to shared
-generator stages). That is all ``tfaug report`` reads (tables, Wilcoxon tests, the
+A run's *record* is its ``config.yaml``, its ``results.json`` and the ``metrics.jsonl`` and
+``done.json`` of each of its stages (``checkpoints/<stage>/``, read through the links to
+shared generator stages). That is all ``tfaug report`` reads (tables, Wilcoxon tests, the
 equal-time comparison, validation curves, diagnostics), in a few hundred kB per run instead
 of the weights' megabytes, so records can be committed beside the results they support or
 carried to another machine.
@@ -21,6 +21,7 @@ from pathlib import Path
 RESULTS = "results.json"
 CONFIG = "config.yaml"
 STAGE_METRICS = "metrics.jsonl"
+STAGE_DONE = "done.json"  # a finished stage's iterations and chosen step
 PARTIAL = ".partial"  # records being copied; one level deeper than any run directory
 
 
@@ -46,7 +47,11 @@ def record_files(run_dir: Path) -> list[Path]:
     Args:
         run_dir: a finished run directory (or a record of one).
     """
-    stages = sorted(p.relative_to(run_dir) for p in run_dir.glob(f"checkpoints/*/{STAGE_METRICS}"))
+    stages = sorted(
+        path.relative_to(run_dir)
+        for name in (STAGE_METRICS, STAGE_DONE)
+        for path in run_dir.glob(f"checkpoints/*/{name}")
+    )
     present = [Path(CONFIG)] if (run_dir / CONFIG).is_file() else []
     return [*present, *stages, Path(RESULTS)]
 
