@@ -79,6 +79,26 @@ def _cells(output: str, first: str) -> list[str]:
     raise AssertionError(f"no row {first!r} in:\n{output}")
 
 
+def test_draws_that_are_not_the_first_ones_are_named(tmp_path):
+    records = tmp_path / "records"
+    _write(records, "odd", "unimatch", 0)
+    for draw in (1, 2):  # an ablation run first on later draws
+        _write(records, "wide", "unimatch", draw, tag="abl")
+    _write(records, "odd", "unimatch", 1, tag="abl")
+    done = _summary(str(records))
+    assert done.returncode == 0, done.stderr
+
+    def run_mean(variant, draw):
+        return np.mean([_dice("unimatch", variant, draw, i) for i in range(len(CASES))])
+
+    wide = {d: run_mean("wide", d) for d in (1, 2)}
+    cells = _cells(done.stdout, "`unimatch [abl]`")
+    named = f"draw 1: {wide[1]:.3f}, draw 2: {wide[2]:.3f}"
+    assert cells[0] == f"{np.mean(list(wide.values())):.3f} ({named})"
+    assert cells[1] == f"{run_mean('odd', 1):.3f} (draw 1)"
+    assert _cells(done.stdout, "`unimatch`")[1] == f"{run_mean('odd', 0):.3f}"  # draw 0 alone
+
+
 def test_summary_averages_draws_per_variant_and_pools_the_paired_test(tmp_path):
     records = tmp_path / "records"
     for variant, draws in (("odd", 1), ("hard", 2), ("wide", 3)):

@@ -6,8 +6,9 @@ RECORDS (default: the records/ folder beside this file) holds one folder of fini
 records per phantom variant (``tfaug records``). Prints four Markdown tables:
 
 1. per method and variant, the chosen checkpoint's mean foreground test Dice averaged over
-   the finished labeled draws, each draw's own value after it in draw order, and the median
-   CPU minutes of one run's training;
+   the finished labeled draws, each draw's own value after it in draw order (named by draw
+   when the finished draws are not 0, 1, …), and the median CPU minutes of one run's
+   training;
 2. per comparison ``A,B`` and variant, A − B per test volume pooled over the draws both have
    finished (two-sided Wilcoxon signed-rank), the number of draws A is ahead in, and the same
    at equal CPU time (the costlier run as it stood at the cheaper one's CPU time);
@@ -56,6 +57,9 @@ DEFAULT_COMPARISONS = (
     ("unimatch_gdgi [bdv3R]", "unimatch [lrdri]"),
     ("unimatch_gdgi_joint [bdv3R]", "unimatch [lrdri]"),
     ("unimatch_gdgi_joint [bdv3R]", "unimatch_gdgi [bdv3R]"),
+    ("unimatch_gdgi [bdv3R_labeled]", "unimatch_gdgi [bdv3R]"),
+    ("unimatch_gdgi [bdv3R_unlabeled]", "unimatch_gdgi [bdv3R]"),
+    ("unimatch_gdgi [bdv3R_replace]", "unimatch_gdgi [bdv3R_unlabeled]"),
 )
 
 
@@ -77,20 +81,25 @@ def load_variants(records: Path) -> dict[str, list[RunResult]]:
     return variants
 
 
-def run_dice(runs: Sequence[RunResult], label: str) -> list[float]:
-    """Each run of ``label``'s mean over its test volumes of the mean foreground Dice, in
-    (draw, seed) order."""
-    means = run_means(runs, label)
-    return [means[key] for key in sorted(means)]
-
-
 def method_cell(runs: Sequence[RunResult], label: str) -> str:
-    """``mean (draw values)`` of ``label`` on one variant, or ``–`` without runs."""
-    values = run_dice(runs, label)
-    if not values:
+    """``mean (draw values)`` of ``label`` on one variant, or ``–`` without runs.
+
+    The values follow in draw order; when the finished draws are not 0, 1, … (an ablation
+    run first on draw 1), each value is named by its draw: ``0.791 (draw 1)``.
+    """
+    means = run_means(runs, label)
+    if not means:
         return "–"
-    each = ", ".join(f"{v:.3f}" for v in values)
-    return f"{np.mean(values):.3f} ({each})" if len(values) > 1 else f"{values[0]:.3f}"
+    keys = sorted(means)
+    values = [means[key] for key in keys]
+    draws = [draw for _, draw, _ in keys]
+    mean = f"{np.mean(values):.3f}"
+    if draws != list(range(len(draws))):
+        if len(values) == 1:
+            return f"{mean} (draw {draws[0]})"
+        named = ", ".join(f"draw {d}: {v:.3f}" for d, v in zip(draws, values, strict=True))
+        return f"{mean} ({named})"
+    return f"{mean} ({', '.join(f'{v:.3f}' for v in values)})" if len(values) > 1 else mean
 
 
 def method_table(variants: dict[str, list[RunResult]]) -> list[str]:
