@@ -94,12 +94,11 @@ def method_cell(runs: Sequence[RunResult], label: str) -> str:
     values = [means[key] for key in keys]
     draws = [draw for _, draw, _ in keys]
     mean = f"{np.mean(values):.3f}"
-    if draws != list(range(len(draws))):
-        if len(values) == 1:
-            return f"{mean} (draw {draws[0]})"
-        named = ", ".join(f"draw {d}: {v:.3f}" for d, v in zip(draws, values, strict=True))
-        return f"{mean} ({named})"
-    return f"{mean} ({', '.join(f'{v:.3f}' for v in values)})" if len(values) > 1 else mean
+    if draws == list(range(len(draws))):
+        return f"{mean} ({', '.join(f'{v:.3f}' for v in values)})" if len(values) > 1 else mean
+    if len(values) == 1:
+        return f"{mean} (draw {draws[0]})"
+    return f"{mean} ({', '.join(f'draw {d}: {v:.3f}' for d, v in zip(draws, values, strict=True))})"
 
 
 def method_table(variants: dict[str, list[RunResult]]) -> list[str]:
