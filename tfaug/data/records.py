@@ -3,12 +3,15 @@
 Layout of a cache folder ``<cache_dir>/records/<dataset>-<hash>/``::
 
     patient001.tfrecord    one tf.train.Example per slice, in slice order
-    patient001.json        the case's slice count, geometry and metadata
+    patient001.json        the case's slice count, geometry, metadata and source files
     ...
     manifest.json          written last; a cache is complete only if it exists
 
 The hash covers everything that changes the records (see :func:`cache_key_inputs`), so a
-different crop size or spacing gives a different folder and old caches stay valid.
+different crop size or spacing gives a different folder and old caches stay valid. Edits
+inside the dataset folder are caught per case instead: ``<case>.json`` records ``sources``,
+the resolved path, size in bytes and modification time in ns of the case's image and label
+files, and a case whose files (or listing metadata) no longer match is rebuilt.
 Selecting the cases of a split is choosing files: no split is baked into the cache.
 
 Each Example holds one slice (features of :func:`example_features`):
@@ -43,13 +46,38 @@ RECORDS_FORMAT = 1
 MANIFEST = "manifest.json"
 
 
-def resolve_data_root(cfg: Config) -> Path:
-    """The dataset folder of ``cfg``, generating the phantom if it is needed.
+def dataset_folder(cfg: Config) -> Path:
+    """The dataset folder ``cfg`` names, which may not exist (yet): nothing is generated.
 
-    The phantom with ``data.root`` unset is generated (or reused, if complete) into
-    ``<cache_dir>/phantom-<variant>-s<seed>-n<subjects>``. Every other dataset needs
-    ``data.root`` (``--data-root``). This function does not check the folder's content
-    (:func:`tfaug.data.datasets.check_dataset` does).
+    ``data.root``, or for the phantom with ``data.root`` unset the folder
+    ``<cache_dir>/phantom-<variant>-s<seed>-n<subjects>`` that :func:`resolve_data_root`
+    generates it into.
+
+    Raises:
+        DatasetError: ``data.root`` is unset for a real dataset.
+    """
+    data = cfg.data
+    if data.root is not None:
+        return Path(data.root).expanduser()
+    if data.dataset != "phantom":
+        raise DatasetError(
+            f"dataset {data.dataset!r}: no data folder given (data.root is unset). "
+            f"{DOWNLOAD_HINTS.get(data.dataset, 'Pass its folder with --data-root')} "
+            "(or --set data.root=PATH)."
+        )
+    phantom = cfg.phantom
+    return (
+        Path(data.cache_dir).expanduser()
+        / f"phantom-{phantom.variant}-s{phantom.seed}-n{phantom.subjects}"
+    )
+
+
+def resolve_data_root(cfg: Config) -> Path:
+    """The dataset folder of ``cfg`` (:func:`dataset_folder`), generating the phantom if needed.
+
+    The phantom with ``data.root`` unset is generated (or reused, if complete). Every other
+    dataset needs ``data.root`` (``--data-root``). This function does not check the folder's
+    content (:func:`tfaug.data.datasets.check_dataset` does).
 
     Returns:
         The absolute dataset folder.
@@ -57,26 +85,16 @@ def resolve_data_root(cfg: Config) -> Path:
     Raises:
         DatasetError: ``data.root`` is unset for a real dataset, or the folder is missing.
     """
-    data = cfg.data
-    if data.root is None:
-        if data.dataset != "phantom":
-            raise DatasetError(
-                f"dataset {data.dataset!r}: no data folder given (data.root is unset). "
-                f"{DOWNLOAD_HINTS.get(data.dataset, 'Pass its folder with --data-root')} "
-                "(or --set data.root=PATH)."
-            )
+    folder = dataset_folder(cfg)
+    if cfg.data.root is None:
         phantom = cfg.phantom
-        out_dir = (
-            Path(data.cache_dir).expanduser()
-            / f"phantom-{phantom.variant}-s{phantom.seed}-n{phantom.subjects}"
-        )
         return generate_phantom(
-            out_dir, subjects=phantom.subjects, seed=phantom.seed, variant=phantom.variant
+            folder, subjects=phantom.subjects, seed=phantom.seed, variant=phantom.variant
         ).resolve()
-    root = Path(data.root).expanduser().resolve()
+    root = folder.resolve()
     if not root.is_dir():
         raise DatasetError(
-            f"{root}: data folder not found (dataset {data.dataset!r}, from --data-root / "
+            f"{root}: data folder not found (dataset {cfg.data.dataset!r}, from --data-root / "
             "data.root). Check the path; 'tfaug data inspect' lists what a dataset folder "
             "must contain."
         )
@@ -242,14 +260,18 @@ def open_cache(path: str | Path) -> Cache:
 def prepare_cache(cfg: Config, *, progress: bool = True) -> Cache:
     """Build (or reuse, or finish) the TFRecords cache of ``cfg``.
 
-    A complete cache whose case ids match the dataset listing is reused without reading
-    any image. Otherwise the dataset is checked (all problems reported at once), and every
-    case whose record file is not yet in the folder is loaded, preprocessed
-    (:func:`tfaug.data.preprocess.preprocess_volume`) and written atomically; cases
-    already written by an interrupted run are kept. The manifest is written last.
+    A complete cache whose case ids match the dataset listing, and whose cases' source
+    files still have the path, size and modification time recorded when they were written,
+    is reused without reading any image. Otherwise the dataset is checked (all problems
+    reported at once), and every case not yet written, or whose source files or metadata
+    changed since (one line on stderr names it and why), is loaded, preprocessed
+    (:func:`tfaug.data.preprocess.preprocess_volume`) and written atomically; the other
+    cases, e.g. those written by an interrupted run, are kept. Cases written by a tfaug
+    that recorded no source files are rebuilt once. The manifest is written last.
 
-    This function does not split the dataset, augment, or notice files edited inside the
-    dataset folder after their case was written (delete the cache folder to rebuild).
+    This function does not split the dataset, augment, or read file contents to decide
+    whether a case changed: a file whose modification time changed (even ``touch``) has
+    its case rebuilt.
 
     Args:
         cfg: the run configuration (``data``, ``phantom`` and ``preprocess`` are used).
@@ -268,13 +290,13 @@ def prepare_cache(cfg: Config, *, progress: bool = True) -> Cache:
         return cache
     refs = check_dataset(cfg.data, root)
     path.mkdir(parents=True, exist_ok=True)
+    written = _up_to_date_cases(path, refs)
     cases = []
     for ref in tqdm(
         refs, desc=f"preprocess {cfg.data.dataset}", disable=not progress, file=sys.stderr
     ):
-        if not (_record_path(path, ref).is_file() and _case_info_path(path, ref).is_file()):
-            _write_case(cfg, ref, path)
-        cases.append(json.loads(_case_info_path(path, ref).read_text(encoding="utf-8")))
+        info = written.get(ref.case_id)
+        cases.append(info if info is not None else _write_case(cfg, ref, path))
     manifest = {
         "format": RECORDS_FORMAT,
         "dataset": cfg.data.dataset,
@@ -328,15 +350,71 @@ def example_features() -> dict[str, tf.io.FixedLenFeature]:
 
 
 def _reusable_cache(cfg: Config, root: Path, path: Path) -> Cache | None:
-    """The complete cache at ``path`` if it holds exactly the dataset's cases, else None."""
+    """The complete cache at ``path`` if it holds exactly the dataset's cases, each built
+    from the files now listed for it, else None. Reads no image, only file sizes and times."""
     if not (path / MANIFEST).is_file():
         return None
     try:
         cache = open_cache(path)
     except DatasetError:
         return None  # damaged (e.g. a record deleted): preparing again repairs it
-    listed = [ref.case_id for ref in list_cases(cfg.data, root)]
-    return cache if cache.case_ids == listed else None
+    refs = list_cases(cfg.data, root)
+    if cache.case_ids != [ref.case_id for ref in refs]:
+        return None
+    cases = zip(cache.manifest["cases"], refs, strict=True)
+    return cache if all(_stale_reason(info, ref) is None for info, ref in cases) else None
+
+
+def _up_to_date_cases(path: Path, refs: list[CaseRef]) -> dict[str, dict[str, Any]]:
+    """Case id → case info of the cases already written in ``path`` from ``refs``' files.
+
+    A written case whose files or metadata changed is left out (so it is rebuilt), with
+    one line on stderr naming it and why.
+    """
+    written = {}
+    for ref in refs:
+        if not (_record_path(path, ref).is_file() and _case_info_path(path, ref).is_file()):
+            continue
+        info = json.loads(_case_info_path(path, ref).read_text(encoding="utf-8"))
+        reason = _stale_reason(info, ref)
+        if reason is None:
+            written[ref.case_id] = info
+        else:
+            print(f"{ref.case_id}: {reason}; rebuilding it", file=sys.stderr)
+    return written
+
+
+def _stale_reason(info: dict[str, Any], ref: CaseRef) -> str | None:
+    """Why the written case ``info`` may not hold what ``ref``'s files hold now; None if the
+    files (path, size, modification time) and the listing metadata are as recorded."""
+    recorded = info.get("sources")
+    if recorded is None:
+        return "it was cached by an older tfaug that did not record its source files"
+    for role, now in _source_fingerprints(ref).items():
+        then = recorded.get(role, {})
+        if then.get("path") != now["path"]:
+            return f"its {role} file is now {now['path']} (it was built from {then.get('path')})"
+        if then != now:
+            return f"its {role} file changed since the cache was built ({now['path']})"
+    listed = _json_round_trip(ref.meta)
+    changed = sorted(k for k in {*info["meta"], *listed} if info["meta"].get(k) != listed.get(k))
+    if changed:
+        return f"its metadata ({', '.join(changed)}) changed since the cache was built"
+    return None
+
+
+def _source_fingerprints(ref: CaseRef) -> dict[str, dict[str, Any]]:
+    """``"image"`` (and ``"label"`` if the case has one) → :func:`_fingerprint` of the file."""
+    files = {"image": ref.image_path, "label": ref.label_path}
+    return {role: _fingerprint(Path(file)) for role, file in files.items() if file is not None}
+
+
+def _fingerprint(file: Path) -> dict[str, Any]:
+    """The resolved ``path`` of ``file``, its ``size`` in bytes and ``mtime_ns`` (last
+    modification, ns since the epoch). Only the file system's metadata is read."""
+    resolved = file.resolve()
+    status = resolved.stat()
+    return {"path": str(resolved), "size": status.st_size, "mtime_ns": status.st_mtime_ns}
 
 
 def _record_path(path: Path, ref: CaseRef) -> Path:
@@ -347,8 +425,19 @@ def _case_info_path(path: Path, ref: CaseRef) -> Path:
     return path / f"{ref.case_id}.json"
 
 
-def _write_case(cfg: Config, ref: CaseRef, path: Path) -> None:
-    """Preprocess one case; write its case info, then its record file (the marker of done)."""
+def _write_case(cfg: Config, ref: CaseRef, path: Path) -> dict[str, Any]:
+    """Preprocess one case; write its case info, then its record file (the marker of done).
+
+    An old record file is removed first, so a failure or a kill before the new record is in
+    place leaves the case unwritten, never an old record beside new case info. The source
+    files are stat'ed before they are read: a file edited during the run has a newer time
+    than the recorded one, and its case is rebuilt next time.
+
+    Returns:
+        The case info written to ``<case>.json``.
+    """
+    _record_path(path, ref).unlink(missing_ok=True)
+    sources = _source_fingerprints(ref)
     pre = preprocess_volume(load_case(cfg.data, ref), cfg.preprocess)
     if pre.label is None:
         raise DatasetError(
@@ -363,14 +452,17 @@ def _write_case(cfg: Config, ref: CaseRef, path: Path) -> None:
         "meta": ref.meta,
         "image_path": str(ref.image_path),
         "label_path": None if ref.label_path is None else str(ref.label_path),
+        "sources": sources,
     }
-    write_text_atomic(_case_info_path(path, ref), _to_json(info))
+    text = _to_json(info)
+    write_text_atomic(_case_info_path(path, ref), text)
     with (
         atomic_path(_record_path(path, ref)) as temporary,
         tf.io.TFRecordWriter(str(temporary)) as writer,
     ):
         for serialized in _serialized_slices(pre):
             writer.write(serialized)
+    return json.loads(text)
 
 
 def _serialized_slices(pre: PreprocessedVolume) -> Iterator[bytes]:
@@ -390,6 +482,11 @@ def _json_default(value: Any) -> Any:
 
 def _to_json(value: Any) -> str:
     return json.dumps(value, indent=1, sort_keys=True, default=_json_default)
+
+
+def _json_round_trip(value: Any) -> Any:
+    """``value`` as read back from its JSON file (e.g. int dict keys become strings)."""
+    return json.loads(_to_json(value))
 
 
 def _bytes_feature(value: bytes) -> tf.train.Feature:
