@@ -39,6 +39,7 @@ import tensorflow as tf
 import yaml
 
 from tfaug.config import Config, config_from_dict
+from tfaug.deploy.orientation import ORIENTATION_KEY, training_orientation
 from tfaug.methods import (
     FINAL_STAGE_GENERATORS,
     GENERATOR_METHODS,
@@ -346,7 +347,9 @@ def export_run(
         ``out_dir`` and signatures), ``preprocess`` (spacing in mm, crop size in px, N4 and
         normalisation percentiles), ``data`` (dataset, class names, modality), ``input``
         (size, channels, z_dim, n_classes), ``run`` (path, name, method, test summary),
-        ``parity``, ``versions``, ``created``.
+        ``parity``, ``versions``, ``created``, and ``orientation`` (the training volumes'
+        voxel-axis codes, :func:`training_orientation`) when the training data is readable
+        here.
 
     Raises:
         ExportError: an unknown format, or see :func:`load_run_models`.
@@ -379,6 +382,9 @@ def export_run(
             )
         entries[name] = entry
     manifest = _manifest(cfg, Path(run_dir), entries, parity, opset if "onnx" in formats else None)
+    orientation = training_orientation(cfg)
+    if orientation is not None:
+        manifest[ORIENTATION_KEY] = orientation
     (out / EXPORT_JSON).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return manifest
 

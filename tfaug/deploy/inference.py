@@ -5,13 +5,15 @@ For every input volume, as ``tfaug/analysis/evaluation.py`` does for the test se
 
 1. read the NIfTI with nibabel (one channel of a 4D file with ``channel``), or the DICOM
    series with SimpleITK (:mod:`tfaug.data.dicom`);
-2. apply the training preprocessing recorded in ``export.json`` (N4 if it was used,
-   percentile normalisation, in-plane resampling to the training spacing, centre crop/pad),
-   with the ``--set preprocess.KEY=VALUE`` changes inference allows
-   (:mod:`tfaug.data.preprocess_overrides`);
+2. bring a volume stored in another voxel order than the training volumes (axis codes
+   recorded in ``export.json``; flips and a swap of the in-plane axes, never the slice axis)
+   to theirs (:func:`orientation_transform`), then apply the training preprocessing recorded
+   in ``export.json`` (N4 if it was used, percentile normalisation, in-plane resampling to the
+   training spacing, centre crop/pad), with the ``--set preprocess.KEY=VALUE`` changes
+   inference allows (:mod:`tfaug.data.preprocess_overrides`);
 3. predict the softmax slice by slice, in batches;
-4. map the probabilities back onto the native grid (un-crop, linear resampling) and take the
-   argmax there;
+4. map the probabilities back onto the native grid (un-crop, linear resampling, the inverse
+   reorientation) and take the argmax there;
 5. write a uint8 label NIfTI with the input's affine and header, or the series' geometry (and
    optionally the native probabilities as a float32 (X,Y,Z,C) NIfTI), under a temporary
    name renamed at the end, so no half-written output is ever left.
@@ -33,6 +35,7 @@ from typing import Any, Protocol
 
 import nibabel as nib
 import numpy as np
+from nibabel.orientations import apply_orientation
 from tqdm.auto import tqdm
 
 from tfaug.config import ConfigError, config_from_dict
@@ -43,6 +46,7 @@ from tfaug.data.preprocess import SliceGeometry, preprocess_volume, restore_prob
 from tfaug.data.preprocess_overrides import override_preprocess
 from tfaug.data.volume import DatasetError, Volume
 from tfaug.deploy.export import ExportError, find_export_json, read_export_json
+from tfaug.deploy.orientation import inverse_orientation, orientation_transform, reorient_input
 
 PROBABILITIES_SUFFIX = "_probabilities"
 
@@ -275,14 +279,22 @@ def segment_image(
     batch_size: int = 16,
     name: str = "image",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Segment one volume: preprocess, predict, map back to the native grid, argmax.
+    """Segment one volume: reorient to the training voxel order if export.json asks for it
+    (:func:`orientation_transform`), preprocess, predict, map back to the native grid and the
+    input's voxel order, argmax.
 
     Returns:
         ``(labels, probabilities)``: uint8 (X, Y, Z) class indices and float32 (X, Y, Z, C)
         probabilities, both on the input's voxel grid.
     """
+    transform = orientation_transform(nifti.affine, manifest, name)
+    if transform is not None:
+        image, nifti = reorient_input(image, nifti, transform)
     slices, geometry = preprocess_image(image, nifti, manifest, name)
     probabilities = restore_probabilities(predict_slices(predictor, slices, batch_size), geometry)
+    if transform is not None:
+        restored = apply_orientation(probabilities, inverse_orientation(transform))
+        probabilities = np.ascontiguousarray(restored)
     return probabilities.argmax(axis=-1).astype(np.uint8), probabilities
 
 
