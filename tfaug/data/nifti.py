@@ -8,6 +8,7 @@ expected, what was found and the fix. Nothing here resamples, reorients or norma
 
 from __future__ import annotations
 
+import gzip
 import os
 import zlib
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel import orientations
 from nibabel.filebasedimages import ImageFileError
 
 from tfaug.data.volume import CaseRef, DatasetError, Volume
@@ -22,7 +24,17 @@ from tfaug.data.volume import CaseRef, DatasetError, Volume
 AFFINE_ATOL_MM = 1e-3
 """Largest element-wise difference (mm) tolerated between an image and a label affine."""
 
+ZOOM_RTOL = 1e-3
+"""Largest relative difference tolerated between a header voxel size (pixdim) and the length
+of the matching affine column. Scanner converters store both in float32 (relative rounding
+~1e-7) and derive the affine from DICOM direction cosines written with ~6 decimals (~1e-5);
+1e-3 leaves a 100-fold margin over that and still catches any real mismatch (0.1 % or more)."""
+
+MAX_FRACTIONAL_LABEL_VALUES = 50
+"""More distinct non-integer values than this and a "label" is taken for an intensity image."""
+
 _READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error)
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _open(path: Path, what: str) -> nib.Nifti1Image:
@@ -69,21 +81,77 @@ def spatial_shape(shape: Sequence[int]) -> tuple[int, ...]:
 def _describe(
     image: nib.Nifti1Image, path: Path, what: str
 ) -> tuple[tuple[int, ...], np.ndarray, tuple[float, ...]]:
-    """Shape, affine and zooms of an opened file; rejects a zero-length axis."""
+    """Shape, affine and zooms of an opened file.
+
+    Rejects a zero-length axis, a voxel type that is not a real number (RGB, complex) and
+    spatial zooms that disagree with the affine (:func:`_check_zooms_match_affine`).
+    """
     shape = tuple(int(n) for n in image.shape)
     if not shape or min(shape) == 0:
         raise DatasetError(
             f"{path}: {what} array is empty (shape {shape}), expected every axis to have at "
             "least one voxel. Re-export the file or remove the case."
         )
+    _check_real_dtype(image.get_data_dtype(), path, what)
     zooms = tuple(float(z) for z in image.header.get_zooms())
-    return shape, np.asarray(image.affine, dtype=np.float64), zooms
+    affine = np.asarray(image.affine, dtype=np.float64)
+    _check_zooms_match_affine(zooms[: min(3, len(shape))], affine, path, what)
+    return shape, affine, zooms
+
+
+def _check_real_dtype(dtype: np.dtype, path: Path, what: str) -> None:
+    """Accept bool, integer and float voxels; reject complex and RGB (structured) ones."""
+    if dtype.kind in "biuf":
+        return
+    if dtype.kind == "c":
+        found, fix = f"complex voxels ({dtype})", "Take the magnitude (np.abs) and save it"
+    else:
+        fields = ", ".join(dtype.names or ())
+        found = f"voxels of type {dtype}" if not fields else f"colour voxels ({fields})"
+        fix = "Convert the image to grey levels and save it"
+    raise DatasetError(
+        f"{path}: {what} has {found}, expected real numbers (bool, integer or float). "
+        f"{fix} as float32, or remove the case."
+    )
+
+
+def _check_zooms_match_affine(
+    zooms: Sequence[float], affine: np.ndarray, path: Path, what: str
+) -> None:
+    """Check the header voxel sizes (pixdim, mm) against the affine's column lengths (mm).
+
+    tfaug takes the spacing from the zooms, while nibabel and viewers place the voxels with
+    the affine, so a file whose sform gives another voxel size than its pixdim would be
+    resampled with the wrong spacing. Files without sform/qform (affine built from pixdim)
+    and qform-only files agree by construction. nibabel reads a pixdim of 0 as 1.
+    """
+    columns = np.linalg.norm(affine[:3, : len(zooms)], axis=0)
+    header = np.asarray(zooms, dtype=np.float64)
+    wrong = (np.abs(header - columns) > ZOOM_RTOL * columns) | (header <= 0)
+    if not np.any(wrong):
+        return
+    read_as_one = " (nibabel reads a pixdim of 0 as 1)" if np.any(header[wrong] == 1.0) else ""
+    raise DatasetError(
+        f"{path}: {what} header voxel size (pixdim) {_mm(header)} mm{read_as_one} differs "
+        f"from the affine's voxel size {_mm(columns)} mm (the lengths of its columns), "
+        f"expected them equal within {ZOOM_RTOL:.1%}. Find which is right and rewrite the "
+        "header to match (nibabel: img.header.set_zooms(...) with the affine's sizes, or "
+        "img.set_sform(...) with a corrected affine, then nib.save), or remove the case."
+    )
+
+
+def _mm(values: np.ndarray) -> tuple[float, ...]:
+    """Voxel sizes rounded for a message."""
+    return tuple(round(float(v), 5) for v in values)
 
 
 def read_header(
     path: Path, *, what: str = "image"
 ) -> tuple[tuple[int, ...], np.ndarray, tuple[float, ...]]:
     """Read only the header of a NIfTI file; no voxel data is decompressed.
+
+    A gzipped file's CRC is therefore not checked here (it sits at the end of the stream);
+    :func:`load_nifti` checks it.
 
     Args:
         path: a ``.nii`` or ``.nii.gz`` file.
@@ -94,8 +162,9 @@ def read_header(
         matrix (mm), and the voxel sizes of every axis (mm for spatial axes).
 
     Raises:
-        DatasetError: a missing, empty (0 bytes) or unreadable file, or a shape with a
-            zero-length axis.
+        DatasetError: a missing, empty (0 bytes) or unreadable file, a shape with a
+            zero-length axis, a voxel type that is not a real number (RGB, complex), or
+            spatial header voxel sizes (pixdim) that disagree with the affine.
     """
     return _describe(_open(path, what), Path(path), what)
 
@@ -120,9 +189,10 @@ def load_nifti(
         of the file (mm for the first three). The data is not reoriented or resampled.
 
     Raises:
-        DatasetError: a missing, empty, unreadable or truncated file; an array with a
-            zero-length axis; a channel that does not exist; NaN or infinite voxels
-            (the message says how many).
+        DatasetError: a missing, empty, unreadable, truncated or damaged file (a gzipped
+            file is decompressed to its end, so a failed CRC check is caught); every problem
+            :func:`read_header` checks; a channel that does not exist; NaN or infinite
+            voxels, or values beyond float32's range (the message says how many).
     """
     image = _open(path, what)
     shape, affine, zooms = _describe(image, path, what)
@@ -133,7 +203,7 @@ def load_nifti(
             "the dataset's dataset.json."
         )
     try:
-        proxy = image.dataobj
+        proxy = _fully_decompressed(image, Path(path)).dataobj
         data = np.asanyarray(proxy[..., channel] if channel is not None else proxy)
         if channel is None:
             data = data.reshape(spatial_shape(data.shape))
@@ -143,14 +213,50 @@ def load_nifti(
             "damaged. Re-download or re-extract the dataset."
         ) from error
     if data.dtype.kind not in "iub":
-        data = data.astype(np.float32)
-        bad = int(np.count_nonzero(~np.isfinite(data)))
-        if bad:
-            raise DatasetError(
-                f"{path}: {what} has {bad} NaN or infinite voxel(s) out of {data.size}, "
-                "expected finite values. Repair the file or remove the case."
-            )
+        data = _finite_float32(data, path, what)
     return data, affine, zooms
+
+
+def _fully_decompressed(image: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:
+    """``image`` backed by the whole decompressed content of a gzipped ``path``.
+
+    nibabel decompresses only the bytes it needs, so gzip's CRC-32 and length check at the
+    end of the stream never runs and a flipped byte silently changes voxels. Decompressing
+    the whole stream once, in memory, runs that check. A file that is not gzipped (plain
+    ``.nii``) is returned as opened.
+
+    Raises:
+        OSError, EOFError, zlib.error: a damaged (CRC mismatch) or truncated gzip stream.
+    """
+    with open(path, "rb") as file:
+        if file.read(len(_GZIP_MAGIC)) != _GZIP_MAGIC:
+            return image
+        file.seek(0)
+        content = gzip.decompress(file.read())
+    return type(image).from_bytes(content)
+
+
+def _finite_float32(data: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """``data`` as float32; rejects NaN or infinite voxels and values beyond float32's range."""
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise DatasetError(
+            f"{path}: {what} has {bad} NaN or infinite voxel(s) out of {data.size}, "
+            "expected finite values. Repair the file or remove the case."
+        )
+    with np.errstate(over="ignore"):  # overflow is counted and reported below
+        converted = data.astype(np.float32, copy=False)
+    if converted.dtype != data.dtype:
+        overflow = int(np.count_nonzero(~np.isfinite(converted)))
+        if overflow:
+            largest = float(np.max(np.abs(data)))
+            raise DatasetError(
+                f"{path}: {what} has {overflow} voxel(s) out of {data.size} whose magnitude "
+                f"(up to {largest:.3g}) exceeds float32's range ({np.finfo(np.float32).max:.3g}), "
+                "expected values float32 can hold. Rescale the intensities and save the "
+                "file as float32, or remove the case."
+            )
+    return converted
 
 
 def check_label_matches_image(
@@ -171,22 +277,71 @@ def check_label_matches_image(
 
     Raises:
         DatasetError: the shapes differ, or the affines differ by more than ``atol_mm``.
+            A label that covers the image's grid with its axes flipped or permuted gets
+            its own message (reorient it; copying the image header would misalign it).
     """
-    if tuple(label_shape) != tuple(image_shape):
+    image_affine, label_affine = np.asarray(image_affine), np.asarray(label_affine)
+    same_shape = tuple(label_shape) == tuple(image_shape)
+    difference = float(np.max(np.abs(label_affine - image_affine)))
+    if same_shape and difference <= atol_mm:
+        return
+    axes = _reoriented_axes(image_shape, image_affine, label_shape, label_affine, atol_mm)
+    if axes:
+        raise DatasetError(
+            f"{label_path}: label covers the image's voxel grid ({image_path}) but stores it "
+            f"in another axis order ({axes}), expected the image's voxel order. Reorient the "
+            "label to the image's order (nibabel: label.as_reoriented(ornt_transform("
+            "io_orientation(label.affine), io_orientation(image.affine)))) or resample it "
+            "onto the image grid; do not copy the image header onto it, that would "
+            "misalign it."
+        )
+    if not same_shape:
         raise DatasetError(
             f"{label_path}: label shape {tuple(label_shape)} differs from image shape "
             f"{tuple(image_shape)} ({image_path}). Resample the label onto the image grid "
             "or remove the case."
         )
-    difference = float(np.max(np.abs(np.asarray(label_affine) - np.asarray(image_affine))))
-    if difference > atol_mm:
-        raise DatasetError(
-            f"{label_path}: label affine differs from the image affine ({image_path}) by up "
-            f"to {difference:.4g} mm, expected at most {atol_mm:g} mm.\n"
-            f"image affine:\n{np.round(image_affine, 4)}\nlabel affine:\n"
-            f"{np.round(label_affine, 4)}\nCopy the image header onto the label if they "
-            "truly share a grid, otherwise resample the label or remove the case."
-        )
+    raise DatasetError(
+        f"{label_path}: label affine differs from the image affine ({image_path}) by up "
+        f"to {difference:.4g} mm, expected at most {atol_mm:g} mm.\n"
+        f"image affine:\n{np.round(image_affine, 4)}\nlabel affine:\n"
+        f"{np.round(label_affine, 4)}\nCopy the image header onto the label if they "
+        "truly share a grid, otherwise resample the label or remove the case."
+    )
+
+
+def _reoriented_axes(
+    image_shape: Sequence[int],
+    image_affine: np.ndarray,
+    label_shape: Sequence[int],
+    label_affine: np.ndarray,
+    atol_mm: float,
+) -> str:
+    """How a 3D label's voxel axes map onto the image's when it covers the same grid.
+
+    Returns e.g. ``"label axis 0 = image axis 0 reversed"`` when reorienting the label
+    (flipping and/or permuting its axes, no resampling) gives the image's shape and an
+    affine within ``atol_mm`` of the image's; otherwise ``""`` (also when no flip or
+    permutation is involved, or the affines have no clear axis directions).
+    """
+    if len(image_shape) != 3 or len(label_shape) != 3:
+        return ""
+    start = orientations.io_orientation(label_affine)
+    end = orientations.io_orientation(image_affine)
+    if np.isnan(start).any() or np.isnan(end).any():
+        return ""
+    transform = orientations.ornt_transform(start, end)
+    reoriented = label_affine @ orientations.inv_ornt_aff(transform, label_shape)
+    shape = [0, 0, 0]
+    for axis, (target, _) in enumerate(transform):
+        shape[int(target)] = int(label_shape[axis])
+    if tuple(shape) != tuple(image_shape) or np.max(np.abs(reoriented - image_affine)) > atol_mm:
+        return ""
+    return ", ".join(
+        f"label axis {axis} = image axis {int(target)}{' reversed' if flip < 0 else ''}"
+        for axis, (target, flip) in enumerate(transform)
+        if int(target) != axis or flip < 0
+    )
 
 
 def check_label_values(label: np.ndarray, allowed: set[int], path: Path) -> None:
@@ -198,12 +353,21 @@ def check_label_values(label: np.ndarray, allowed: set[int], path: Path) -> None
         path: the label file, for the message.
 
     Raises:
-        DatasetError: non-integer values, or values outside ``allowed`` (all offending
-            values are listed with their voxel counts).
+        DatasetError: non-integer values (more than ``MAX_FRACTIONAL_LABEL_VALUES``
+            distinct ones are reported as "not a label map"), or values outside ``allowed``
+            (all offending values are listed with their voxel counts).
     """
     values, counts = np.unique(label, return_counts=True)
     if label.dtype.kind not in "iub":
         fractional = values[values != np.round(values)]
+        if fractional.size > MAX_FRACTIONAL_LABEL_VALUES:
+            examples = [float(f"{v:.4g}") for v in fractional[:5]]
+            raise DatasetError(
+                f"{path}: label has {fractional.size} distinct non-integer values (e.g. "
+                f"{examples}), expected whole numbers in {sorted(allowed)}; "
+                "it does not look like a label map. Check that the image and label files "
+                "are not swapped, or replace it with the case's label map."
+            )
         if fractional.size:
             raise DatasetError(
                 f"{path}: label has non-integer values {fractional[:10].tolist()}, expected "
@@ -260,10 +424,7 @@ def read_volume(
         )
     image, affine, zooms = load_nifti(ref.image_path, what="image", channel=channel)
     if image.ndim != 3:
-        raise DatasetError(
-            f"{ref.image_path}: expected a 3D image (X, Y, Z), found shape {image.shape}. "
-            "For a 4D multi-modal image set data.modality; otherwise remove the case."
-        )
+        raise DatasetError(_not_3d_message(ref, image.shape))
     label, label_affine, _ = load_nifti(ref.label_path, what="label")
     check_label_matches_image(
         image.shape, affine, label.shape, label_affine, ref.image_path, ref.label_path
@@ -280,6 +441,25 @@ def read_volume(
         spacing=(zooms[0], zooms[1], zooms[2]),
         affine=affine,
         meta=meta,
+    )
+
+
+def _not_3d_message(ref: CaseRef, shape: tuple[int, ...]) -> str:
+    """Why ``ref``'s image of ``shape`` is refused, with the fix for its dataset.
+
+    An ACDC case (its ``meta`` has a ``frame``) names one 3D time frame; multi-channel
+    images of other datasets are read one channel at a time through data.modality.
+    """
+    if "frame" in ref.meta:
+        return (
+            f"{ref.image_path}: expected one 3D frame (X, Y, Z) of the cine sequence (frame "
+            f"{ref.meta['frame']}), found shape {shape}. ACDC's '_4d' files hold the whole "
+            "sequence and are not frames; restore this frame file from the original "
+            "download or remove the case."
+        )
+    return (
+        f"{ref.image_path}: expected a 3D image (X, Y, Z), found shape {shape}. "
+        "For a 4D multi-modal image set data.modality; otherwise remove the case."
     )
 
 
