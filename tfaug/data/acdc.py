@@ -11,7 +11,10 @@ Accepted roots: the folder holding ``training/`` (and optionally ``testing/``), 
 patient folders (e.g. ``training/`` itself), or the 2023 re-release root holding
 ``database/training`` and ``database/testing``. A ``testing/`` folder is read only when it
 holds ground truth (``*_gt`` files, as in the re-release); the 2017 challenge's testing set
-has none and is skipped. ``.nii`` is accepted as well as ``.nii.gz``. The synthetic phantom
+has none and is skipped. ``.nii`` is accepted as well as ``.nii.gz``, and file names match in
+any case (``patient001_frame12.NII.GZ``), as they do on macOS and Windows disks; two files
+matching one expected name (``_gt.nii`` and ``_gt.nii.gz``) are an error. A file used by two
+cases (a frame linked to another patient's file) is an error too. The synthetic phantom
 (``tfaug/data/phantom.py``) is written in this layout and read by this module.
 
 Frames (``data.frames``): ``es`` (the default, the paper's protocol) gives one case per
@@ -28,6 +31,7 @@ from collections import abc
 from pathlib import Path
 from typing import Any
 
+from tfaug.data.inputs import NIFTI_SUFFIXES, is_nifti_name, nifti_stem, reused_file_problem
 from tfaug.data.nifti import read_volume
 from tfaug.data.volume import CaseRef, DatasetError, Volume
 
@@ -38,8 +42,8 @@ FRAMES: tuple[str, ...] = ("es", "both")
 """Values of ``data.frames``: the ES frame only, or the ED and the ES frame of every patient."""
 
 _PATIENT = re.compile(r"patient\d+")
-_SUFFIXES = (".nii.gz", ".nii")
 _PHASES = {"ED": "end-diastole", "ES": "end-systole"}
+_REUSED_FIX = "Remove the patient folder that duplicates another one, or give it its own files."
 
 
 def _number(text: str) -> int | float | str:
@@ -52,8 +56,24 @@ def _number(text: str) -> int | float | str:
     return text
 
 
+def _read_text(path: Path) -> str:
+    """A text file decoded as UTF-8 (ASCII is a subset), without a leading byte-order mark."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path}, line {line}: byte 0x{data[error.start]:02x} at offset {error.start} is "
+            "not UTF-8, expected a UTF-8 or ASCII text file. Save Info.cfg as UTF-8 (or ASCII), "
+            "or restore it from the ACDC download."
+        ) from error
+
+
 def read_info_cfg(path: Path) -> dict[str, Any]:
-    """Parse an ACDC ``Info.cfg`` file (lines ``Key: value``).
+    """Parse an ACDC ``Info.cfg`` file (lines ``Key: value``, UTF-8 or ASCII).
+
+    A UTF-8 byte-order mark is ignored and Windows line ends (CRLF) are accepted.
 
     Returns:
         ``{key: value}`` with integers and decimals converted to ``int`` / ``float``
@@ -62,7 +82,8 @@ def read_info_cfg(path: Path) -> dict[str, Any]:
         validated here.
 
     Raises:
-        DatasetError: the file is missing or a line is not ``Key: value``.
+        DatasetError: the file is missing, is not UTF-8 text, or a line is not
+            ``Key: value``.
     """
     if not path.is_file():
         raise DatasetError(
@@ -70,7 +91,7 @@ def read_info_cfg(path: Path) -> dict[str, Any]:
             "Height, NbFrame, Weight). Restore it from the ACDC download."
         )
     info: dict[str, Any] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         key, separator, value = line.partition(":")
@@ -103,11 +124,16 @@ def _phase_frame(info: dict[str, Any], phase: str, path: Path) -> int:
 
 
 def _find_nifti(folder: Path, stem: str, what: str, phase: str, frame: int) -> Path:
-    """``folder/stem.nii.gz`` or ``folder/stem.nii``, whichever exists."""
-    for suffix in _SUFFIXES:
-        path = folder / f"{stem}{suffix}"
-        if path.is_file():
-            return path
+    """The one file ``folder/stem.nii.gz`` or ``folder/stem.nii``, its name in any case."""
+    wanted = {f"{stem}{suffix}".lower() for suffix in NIFTI_SUFFIXES}
+    found = sorted(p for p in folder.iterdir() if p.name.lower() in wanted and p.is_file())
+    if len(found) > 1:
+        raise DatasetError(
+            f"{folder}: {len(found)} files hold the {what} ({', '.join(p.name for p in found)}), "
+            f"expected one; Info.cfg gives {phase} = {frame}. Keep one file and delete the others."
+        )
+    if found:
+        return found[0]
     raise DatasetError(
         f"{folder / stem}.nii.gz: {what} not found (nor .nii); Info.cfg gives {phase} = {frame}. "
         f"Restore the file from the ACDC download, or correct {phase} in Info.cfg."
@@ -196,7 +222,11 @@ def acdc_cases(folder: Path, frames: str = "es") -> list[CaseRef]:
 
 
 def _has_ground_truth(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.glob("patient*/patient*_gt.nii*"))
+    """Whether a patient folder in ``folder`` holds a ``*_gt`` NIfTI file (any case)."""
+    return folder.is_dir() and any(
+        is_nifti_name(path.name) and nifti_stem(path.name).lower().endswith("_gt")
+        for path in folder.glob("patient*/patient*")
+    )
 
 
 def _patient_folders(root: Path) -> list[Path]:
@@ -233,7 +263,8 @@ def scan_acdc(root: Path, frames: str = "es") -> tuple[list[CaseRef], list[str]]
     Returns:
         ``(cases, problems)``: the readable cases sorted by id, and one message per
         patient folder that could not be described (see :func:`acdc_cases`), plus one per
-        duplicated case id. No voxel data is read.
+        duplicated case id and one per case using a file another case uses (compared by
+        resolved path). A case with a problem is left out of ``cases``. No voxel data is read.
 
     Raises:
         DatasetError: ``root`` is not a folder or holds no patient folders.
@@ -242,6 +273,7 @@ def scan_acdc(root: Path, frames: str = "es") -> tuple[list[CaseRef], list[str]]
     if not root.is_dir():
         raise DatasetError(f"{root}: ACDC folder not found. Pass the dataset folder.")
     cases: dict[str, CaseRef] = {}
+    owners: dict[Path, str] = {}
     problems: list[str] = []
     for folder in _patient_folders(root):
         try:
@@ -255,6 +287,11 @@ def scan_acdc(root: Path, frames: str = "es") -> tuple[list[CaseRef], list[str]]
                     f"{folder}: case id {case.case_id} also found at "
                     f"{cases[case.case_id].image_path.parent}. Keep one copy."
                 )
+                continue
+            owner = f"{folder} case {case.case_id}"
+            reused = reused_file_problem(case, owner, owners, _REUSED_FIX)
+            if reused:
+                problems.append(reused)
                 continue
             cases[case.case_id] = case
     return [cases[key] for key in sorted(cases)], problems

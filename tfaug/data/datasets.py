@@ -65,8 +65,16 @@ def _check_known(data: DataConfig) -> None:
         )
 
 
-def _scan(data: DataConfig, root: Path) -> tuple[list[CaseRef], list[str]]:
-    """Cases and listing problems; raises only when ``root`` itself is unusable."""
+def scan_cases(data: DataConfig, root: Path) -> tuple[list[CaseRef], list[str]]:
+    """Every case that could be listed, and one message per entry that could not.
+
+    No voxel data is read. :func:`list_cases` refuses a dataset with any listing problem;
+    ``tfaug data inspect`` reports the problems beside the good cases.
+
+    Raises:
+        DatasetError: ``root`` itself is unusable (missing), or ``data`` names an unknown
+            dataset or frames outside the ACDC layout.
+    """
     _check_known(data)
     root = Path(root)
     if not root.is_dir():
@@ -90,7 +98,7 @@ def list_cases(data: DataConfig, root: Path) -> list[CaseRef]:
         DatasetError: an unknown dataset, a missing folder (the message says where to
             download it), or one error listing every listing problem.
     """
-    cases, problems = _scan(data, root)
+    cases, problems = scan_cases(data, root)
     if problems:
         raise DatasetError(problems_message(root, problems))
     return cases
@@ -119,7 +127,7 @@ def load_case(data: DataConfig, ref: CaseRef) -> Volume:
 
 def _verify(data: DataConfig, root: Path) -> tuple[list[CaseRef], list[str]]:
     """Listed cases and the problems of listing and of loading every case in full."""
-    cases, problems = _scan(data, root)
+    cases, problems = scan_cases(data, root)
     for ref in cases:
         try:
             load_case(data, ref)

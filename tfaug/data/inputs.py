@@ -6,6 +6,10 @@ one label file in the output folder: a NIfTI file keeps its name, a DICOM series
 after its SeriesInstanceUID (``<uid>.nii.gz``: unique by the DICOM standard, stable from one
 run to the next, and already safe for file names, where SeriesDescriptions repeat across
 patients and repeated scans). Listing reads no voxel data.
+
+The file-name rules every reader shares live here too: a NIfTI name ends in ``.nii.gz`` or
+``.nii`` in any case (``.NII.GZ``, as nibabel reads it), and no file may serve as two listed
+volumes (:func:`reused_file_problem`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from tfaug.data.dicom import (
     mixed_series_message,
     safe_file_name,
 )
-from tfaug.data.volume import DatasetError
+from tfaug.data.volume import CaseRef, DatasetError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+"""NIfTI file name endings, lower case; names are matched against them in any case."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,62 @@ class SegmentInput:
         return f"{safe_file_name(self.series_uid, self.source.name)}.nii.gz"
 
 
+def nifti_suffix(name: str) -> str | None:
+    """The NIfTI ending of a file name as written, matched in any case; ``None`` if none.
+
+    ``"case_0.NII.GZ"`` → ``".NII.GZ"``, ``"case_0.nii"`` → ``".nii"``, ``"notes.txt"`` → ``None``.
+    """
+    lowered = name.lower()
+    for suffix in NIFTI_SUFFIXES:
+        if lowered.endswith(suffix):
+            return name[len(name) - len(suffix) :]
+    return None
+
+
 def is_nifti_name(name: str) -> bool:
-    return name.endswith(NIFTI_SUFFIXES)
+    """Whether ``name`` ends in ``.nii.gz`` or ``.nii``, in any case."""
+    return nifti_suffix(name) is not None
+
+
+def nifti_stem(name: str) -> str:
+    """A file name without its NIfTI ending (any case): ``"case_0.NII.GZ"`` → ``"case_0"``.
+
+    A name without a NIfTI ending is returned unchanged.
+    """
+    suffix = nifti_suffix(name)
+    return name[: len(name) - len(suffix)] if suffix else name
+
+
+def reused_file_problem(case: CaseRef, owner: str, owners: dict[Path, str], fix: str) -> str | None:
+    """Claim ``case``'s image and label files for ``owner``; a message if one is already claimed.
+
+    Files are compared by resolved path (:meth:`Path.resolve`), so a symlink to another
+    entry's file, or an entry whose path was copied from another one, is caught: such a
+    volume would otherwise be listed twice and could land in both the training and the test
+    set. Byte-identical copies under different paths are not detected (no file is read).
+
+    Args:
+        case: the listed case (``label_path`` may be ``None``).
+        owner: how to name the case in messages, e.g. ``"dataset.json training[5]"``.
+        owners: ``{resolved path: "<owner> image"}`` of the files claimed so far; updated
+            with every file of ``case`` up to the first reused one.
+        fix: the last sentence of the message, saying how to repair the listing.
+
+    Returns:
+        ``None`` if every file of ``case`` is new, else one message naming both users.
+    """
+    for what, path in (("image", case.image_path), ("label", case.label_path)):
+        if path is None:
+            continue
+        resolved = path.resolve()
+        if resolved in owners:
+            via = "" if path == resolved else f" (resolves to {resolved})"
+            return (
+                f"{owner} {what}: {path}{via} is already listed as {owners[resolved]}; a volume "
+                f"listed twice can end up in both the training and the test set. {fix}"
+            )
+        owners[resolved] = f"{owner} {what}"
+    return None
 
 
 def find_inputs(path: Path) -> list[SegmentInput]:

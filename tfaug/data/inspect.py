@@ -1,4 +1,9 @@
-"""What ``tfaug data inspect`` reports: every volume, its labels, the split, every problem."""
+"""What ``tfaug data inspect`` reports: every volume, its labels, the split, every problem.
+
+Unlike ``tfaug data prepare`` and training, which refuse a dataset with any bad entry
+(:func:`~tfaug.data.datasets.list_cases`), inspect lists every good case and reports every
+bad entry (a dataset.json entry, a patient folder) as a problem of its own.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tfaug.config import Config
-from tfaug.data.datasets import list_cases, load_case, verify_dataset
+from tfaug.data.datasets import load_case, scan_cases
 from tfaug.data.preprocess import normalise_volume
 from tfaug.data.records import resolve_data_root
 from tfaug.data.splits import split_cases
@@ -18,32 +23,35 @@ from tfaug.data.volume import DatasetError
 def inspection_report(cfg: Config) -> dict[str, Any]:
     """What ``tfaug data inspect`` shows, gathered from the dataset library functions.
 
-    Every case is loaded once more after :func:`verify_dataset` to read its shape,
-    spacing and label values, so this reads every voxel twice; nothing is cached.
+    Lists the dataset as :func:`~tfaug.data.datasets.verify_dataset` does, keeping the
+    cases that could be listed, then loads each of them once in full (every voxel is read;
+    nothing is cached). The split is drawn only when every entry could be listed: a split of
+    the good cases alone would not be the split ``data prepare`` draws once they are fixed.
 
     Returns:
         ``dataset``, ``root``; ``cases``: one dict per loadable case with ``case_id``,
         ``group`` and ``frame`` (ACDC/phantom, else None), ``shape`` (X, Y, Z) in voxels,
         ``spacing`` (mm) and ``labels`` (sorted values found); ``split``: the
-        :class:`Split` of draw 0 as a dict, or None if the dataset cannot be split;
-        ``problems``: every problem found (messages), including images that
-        ``preprocess.normalisation`` cannot normalise (constant ones).
+        :class:`Split` of draw 0 as a dict, or None if the dataset cannot be split or was
+        not split; ``split_skipped``: why the split was not drawn (entries that could not
+        be listed), else None; ``problems``: every problem found (messages), one per bad
+        entry, including images that ``preprocess.normalisation`` cannot normalise
+        (constant ones).
 
     Raises:
-        DatasetError: the dataset folder is missing or ``data.root`` is unset.
+        DatasetError: the dataset folder is missing, its dataset.json is unreadable,
+            ``data.dataset`` is unknown or ``data.root`` is unset.
     """
     root = resolve_data_root(cfg)
-    problems = verify_dataset(cfg.data, root)
-    try:
-        refs = list_cases(cfg.data, root)
-    except DatasetError:
-        refs = []  # the listing problems are already in `problems`
+    refs, listing_problems = scan_cases(cfg.data, root)
+    problems = list(listing_problems)
     cases = []
     for ref in refs:
         try:
             volume = load_case(cfg.data, ref)
-        except DatasetError:
-            continue  # reported by verify_dataset
+        except DatasetError as error:
+            problems.append(str(error))
+            continue
         try:
             normalise_volume(volume.image, cfg.preprocess, name=str(ref.image_path))
         except DatasetError as error:
@@ -58,16 +66,23 @@ def inspection_report(cfg: Config) -> dict[str, Any]:
                 "labels": [int(v) for v in np.unique(volume.label)],
             }
         )
-    split = None
-    try:
-        split = split_cases(refs, dataclasses.replace(cfg.split, draw=0)).to_dict()
-    except DatasetError as error:
-        problems.append(str(error))
+    split, split_skipped = None, None
+    if listing_problems:
+        split_skipped = (
+            f"not drawn, because of the {len(listing_problems)} listing problem(s) below; fix "
+            "them and run 'tfaug data inspect' again"
+        )
+    else:
+        try:
+            split = split_cases(refs, dataclasses.replace(cfg.split, draw=0)).to_dict()
+        except DatasetError as error:
+            problems.append(str(error))
     return {
         "dataset": cfg.data.dataset,
         "root": str(root),
         "cases": cases,
         "split": split,
+        "split_skipped": split_skipped,
         "problems": problems,
     }
 
@@ -97,6 +112,8 @@ def format_inspection(report: dict[str, Any]) -> str:
         lines += ["", f"split (draw {split['draw']}):"]
         for name in ("labeled", "unlabeled", "validation", "test", "pool"):
             lines.append(f"  {name:<10} {len(split[name]):>3}  {' '.join(split[name])}")
+    if report["split_skipped"]:
+        lines += ["", f"split: {report['split_skipped']}"]
     problems = report["problems"]
     lines += ["", f"{len(problems)} problem(s)" + (":" if problems else "")]
     lines += [f"  - {problem}" for problem in problems]

@@ -11,9 +11,11 @@ Decisions:
 - macOS metadata files (``._prostate_16.nii.gz``, AppleDouble) found in the folders are
   never read, since nothing is globbed. A ``._*`` file *listed* in dataset.json is an
   error: it is not an image, and silently dropping a listed case would change the splits.
-- Case ids are the file names without ``.nii.gz`` (``prostate_16``); gaps in the
-  numbering are normal. Cases are sorted in natural order (``prostate_2`` before
-  ``prostate_10``).
+- Case ids are the file names without ``.nii.gz`` or ``.nii``, in any case (``prostate_16``
+  from ``prostate_16.NII.GZ`` too); gaps in the numbering are normal. Cases are sorted in
+  natural order (``prostate_2`` before ``prostate_10``).
+- A file used by two entries (the same path, or a symlink to another entry's file) is an
+  error naming both entries: that volume could land in both the training and the test set.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from collections import abc
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from tfaug.data.inputs import is_nifti_name, nifti_stem, reused_file_problem
 from tfaug.data.nifti import read_header, read_volume, spatial_shape
 from tfaug.data.volume import CaseRef, DatasetError, Volume
 
-_SUFFIXES = (".nii.gz", ".nii")
+_REUSED_FIX = "Remove the duplicated entry from dataset.json, or point it to its own files."
 
 
 def _natural_key(text: str) -> list[Any]:
@@ -109,9 +112,9 @@ def _resolve(root: Path, text: Any, where: str) -> Path:
 
 
 def _case_id(path: Path, where: str) -> str:
-    for suffix in _SUFFIXES:
-        if path.name.endswith(suffix):
-            return path.name[: -len(suffix)]
+    """``prostate_16`` from ``prostate_16.nii.gz`` (any case of ``.nii.gz`` / ``.nii``)."""
+    if is_nifti_name(path.name):
+        return nifti_stem(path.name)
     raise DatasetError(f"{where}: {path.name!r} is not a .nii.gz or .nii file. Fix the entry.")
 
 
@@ -144,7 +147,8 @@ def scan_msd(root: Path) -> tuple[list[CaseRef], list[str]]:
         ``(cases, problems)``: the readable training cases in natural id order, each with
         ``meta`` ``modality`` ({channel: name}, e.g. ``{0: "T2", 1: "ADC"}``), ``labels``
         ({value: name}) and ``dataset`` (dataset.json's ``name``); and one message per bad
-        or duplicated entry. No voxel data is read.
+        entry, per repeated case id and per entry using a file another entry uses (compared
+        by resolved path). A bad entry is left out of ``cases``. No voxel data is read.
 
     Raises:
         DatasetError: ``root`` or its dataset.json is missing or malformed.
@@ -160,6 +164,7 @@ def scan_msd(root: Path) -> tuple[list[CaseRef], list[str]]:
         "dataset": content.get("name"),
     }
     cases: dict[str, CaseRef] = {}
+    owners: dict[Path, str] = {}
     problems: list[str] = []
     for index, entry in enumerate(content["training"]):
         where = f"{path} training[{index}]"
@@ -170,6 +175,10 @@ def scan_msd(root: Path) -> tuple[list[CaseRef], list[str]]:
             continue
         if case.case_id in cases:
             problems.append(f"{where}: case {case.case_id} is listed twice. Remove one entry.")
+            continue
+        reused = reused_file_problem(case, where, owners, _REUSED_FIX)
+        if reused:
+            problems.append(reused)
             continue
         cases[case.case_id] = case
     if not cases and not problems:

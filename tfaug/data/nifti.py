@@ -19,6 +19,7 @@ import numpy as np
 from nibabel import orientations
 from nibabel.filebasedimages import ImageFileError
 
+from tfaug.data.inputs import nifti_suffix
 from tfaug.data.volume import CaseRef, DatasetError, Volume
 
 AFFINE_ATOL_MM = 1e-3
@@ -481,9 +482,10 @@ def save_nifti_atomic(image: nib.Nifti1Image, path: Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = next((s for s in (".nii.gz", ".nii") if path.name.endswith(s)), "")
+    suffix = nifti_suffix(path.name) or ""
     stem = path.name[: len(path.name) - len(suffix)]
-    temporary = path.with_name(f".{stem}.partial-{os.getpid()}{suffix}")
+    # lower case, so that nibabel knows the type (and compresses .nii.gz) whatever the case
+    temporary = path.with_name(f".{stem}.partial-{os.getpid()}{suffix.lower()}")
     try:
         nib.save(image, str(temporary))
         os.replace(temporary, path)

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from tfaug.config import ConfigError, config_from_dict
 from tfaug.data.dicom import read_series
-from tfaug.data.inputs import NIFTI_SUFFIXES, SegmentInput, SegmentReport, plan_outputs
+from tfaug.data.inputs import SegmentInput, SegmentReport, nifti_stem, plan_outputs
 from tfaug.data.nifti import load_nifti, read_header, save_nifti_atomic, spatial_shape
 from tfaug.data.preprocess import SliceGeometry, preprocess_volume, restore_probabilities
 from tfaug.data.preprocess_overrides import override_preprocess
@@ -166,7 +166,7 @@ def load_predictor(model: str | Path) -> tuple[Predictor, dict[str, Any]]:
         raise ExportError(f"{path}: model not found; pass DIR/segmenter.onnx or DIR/segmenter")
     manifest_path = find_export_json(path)
     manifest = read_export_json(manifest_path)
-    if path.is_file() and path.suffix == ".onnx":
+    if path.is_file() and path.suffix.lower() == ".onnx":
         predictor: Predictor = OnnxPredictor(path)
     else:
         predictor = SavedModelPredictor(_savedmodel_folder(path))
@@ -311,16 +311,9 @@ def write_like(data: np.ndarray, reference: nib.Nifti1Image, path: Path) -> None
     save_nifti_atomic(image, path)
 
 
-def _strip_suffix(name: str) -> str:
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def probabilities_path(label_path: Path) -> Path:
     """``case.nii.gz`` → ``case_probabilities.nii.gz`` beside it."""
-    return label_path.with_name(_strip_suffix(label_path.name) + PROBABILITIES_SUFFIX + ".nii.gz")
+    return label_path.with_name(nifti_stem(label_path.name) + PROBABILITIES_SUFFIX + ".nii.gz")
 
 
 def segment_file(
