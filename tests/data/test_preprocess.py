@@ -1,6 +1,7 @@
 """Tests of tfaug/data/preprocess.py: forward preprocessing and its inverse."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from tfaug.data.preprocess import (
     restore_prediction,
     restore_probabilities,
 )
-from tfaug.data.volume import DatasetError, Volume
+from tfaug.data.volume import DatasetError, DatasetWarning, Volume
 
 
 def _volume(image, label=None, spacing=(1.5, 1.5, 8.0), case_id="patient001"):
@@ -452,3 +453,18 @@ def test_default_preprocessing_is_unchanged_by_the_new_keys():
     expected = crop_or_pad(resample_slices(normalised, (1.5, 1.5, 8.0), 2.0, "linear"), 32)
     np.testing.assert_array_equal(result.image, expected)
     assert result.geometry.resize == "spacing" and "resize" in result.geometry.to_dict()
+
+
+@pytest.mark.parametrize("spacing", [(0.5, 10.0, 0.5), (4.0, 1.0, 2.0)])
+def test_a_volume_whose_thick_axis_is_in_plane_gets_a_warning_naming_it(spacing):
+    image = np.random.default_rng(0).random((12, 12, 4)).astype(np.float32)
+    with pytest.warns(DatasetWarning, match=r"patient001: voxel sizes .* is thicker than the"):
+        preprocess_volume(_volume(image, spacing=spacing), _config(2.0, 12))
+
+
+@pytest.mark.parametrize("spacing", [(1.5, 1.5, 8.0), (1.0, 1.0, 1.0), (1.4, 1.2, 1.0)])
+def test_slices_along_the_thickest_or_an_isotropic_axis_give_no_warning(spacing):
+    image = np.random.default_rng(0).random((12, 12, 4)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DatasetWarning)
+        preprocess_volume(_volume(image, spacing=spacing), _config(2.0, 12))

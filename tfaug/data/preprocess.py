@@ -185,6 +185,7 @@ def preprocess_volume(volume: Volume, cfg: PreprocessConfig) -> PreprocessedVolu
             "resample the label onto the image grid or remove the case"
         )
     spacing = _check_spacing(volume.spacing, where)
+    _warn_if_slice_axis_is_not_the_thickest(spacing, where)
     if cfg.n4:
         image = n4_correct(
             image, spacing, cfg.n4_shrink, cfg.n4_iterations, name=where, negatives=cfg.n4_negatives
@@ -727,6 +728,35 @@ def _check_spacing(spacing: Sequence[float], where: str) -> tuple[float, float, 
             "check the NIfTI header (pixdim)"
         )
     return values
+
+
+THICK_AXIS_RATIO = 1.5
+"""An in-plane voxel size this many times the slice spacing or more means the volume is
+stored with its thick (slice) axis in plane: a coronal stack in an axial voxel order, say."""
+
+
+def _warn_if_slice_axis_is_not_the_thickest(
+    spacing: tuple[float, float, float], where: str
+) -> None:
+    """Warn when an in-plane voxel size (mm) is :data:`THICK_AXIS_RATIO` times the third's.
+
+    tfaug cuts 2D slices along the third voxel axis; a volume whose thickest axis is one of
+    the first two gives slices resampled across its thick axis, which the model never saw in
+    training and which segment badly. Isotropic volumes never warn.
+    """
+    thickest = int(np.argmax(spacing[:2]))
+    if spacing[thickest] < THICK_AXIS_RATIO * spacing[2]:
+        return
+    sizes = ", ".join(f"{size:g}" for size in spacing)
+    warnings.warn(
+        f"{where}: voxel sizes ({sizes}) mm: axis {thickest} ({spacing[thickest]:g} mm) is "
+        f"thicker than the slice axis (the third, {spacing[2]:g} mm), so each 2D slice is "
+        "resampled across the thick axis. Reorient the volume so that its thickest axis is "
+        "the third (nibabel: img.as_reoriented(...); SimpleITK: PermuteAxes), as in the "
+        "other volumes",
+        DatasetWarning,
+        stacklevel=3,
+    )
 
 
 def _case_name(volume: Volume) -> str:
