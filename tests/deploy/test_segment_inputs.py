@@ -274,3 +274,17 @@ def test_a_folder_mixing_nifti_files_and_dicom_series_segments_all_and_names_the
     assert "5 input(s): 3 segmented, 0 skipped (output already there), 2 failed" in out
     assert "expected one DICOM series per folder, found 2" in out
     assert "mf.dcm is a multi-frame DICOM file" in out
+
+
+def test_written_labels_get_their_own_display_range_and_the_label_intent(tmp_path):
+    scan = nib.Nifti1Image(np.zeros((4, 4, 2), np.int16), np.diag([1.5, 1.5, 8.0, 1.0]))
+    scan.header["cal_min"], scan.header["cal_max"] = 0.0, 900.0
+    scan.header.set_intent("estimate")
+    labels = np.zeros((4, 4, 2), np.uint8)
+    labels[1:3, 1:3] = 3
+    write_like(labels, scan, tmp_path / "seg.nii.gz")
+    header = nib.load(tmp_path / "seg.nii.gz").header
+    assert (float(header["cal_min"]), float(header["cal_max"])) == (0.0, 3.0)
+    assert header.get_intent()[0] == "label"
+    write_like(labels.astype(np.float32) / 3, scan, tmp_path / "p.nii.gz")
+    assert nib.load(tmp_path / "p.nii.gz").header.get_intent()[0] == "none"

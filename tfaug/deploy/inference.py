@@ -301,13 +301,18 @@ def segment_image(
 def write_like(data: np.ndarray, reference: nib.Nifti1Image, path: Path) -> None:
     """Write ``data`` as NIfTI with ``reference``'s affine and header, in ``data``'s dtype.
 
-    The header's intensity scaling is reset (slope 1, intercept 0); its shape follows ``data``.
-    The file appears complete or not at all (:func:`~tfaug.data.nifti.save_nifti_atomic`).
+    The header's intensity scaling is reset (slope 1, intercept 0), its display range
+    (``cal_min``, ``cal_max``) set to ``data``'s, so viewers do not show the labels with the
+    scan's window (nearly black), and its intent set to ``label`` for integer data (class
+    indices) and cleared otherwise; its shape follows ``data``. The file appears complete or
+    not at all (:func:`~tfaug.data.nifti.save_nifti_atomic`).
     """
     header = reference.header.copy()
     image = nib.Nifti1Image(data, reference.affine, header)
     image.set_data_dtype(data.dtype)
     image.header.set_slope_inter(1.0, 0.0)
+    image.header["cal_min"], image.header["cal_max"] = float(data.min()), float(data.max())
+    image.header.set_intent("label" if data.dtype.kind in "iub" else "none")
     save_nifti_atomic(image, path)
 
 
