@@ -426,17 +426,18 @@ def _case_info_path(path: Path, ref: CaseRef) -> Path:
 
 
 def _write_case(cfg: Config, ref: CaseRef, path: Path) -> dict[str, Any]:
-    """Preprocess one case; write its case info, then its record file (the marker of done).
+    """Preprocess one case; write its record file, then its case info (the marker of done).
 
-    An old record file is removed first, so a failure or a kill before the new record is in
-    place leaves the case unwritten, never an old record beside new case info. The source
-    files are stat'ed before they are read: a file edited during the run has a newer time
-    than the recorded one, and its case is rebuilt next time.
+    Both are written under temporary names and renamed into place, so a process reading the
+    cache meanwhile (another grid shard) sees the old file or the new one, never none. The
+    case info, which records the source files' fingerprints, comes last: a failure or a
+    kill in between leaves the old case info (or none) beside the new record, and the case
+    is rebuilt next time. The source files are stat'ed before they are read: a file edited
+    during the run has a newer time than the recorded one, and its case is rebuilt next time.
 
     Returns:
         The case info written to ``<case>.json``.
     """
-    _record_path(path, ref).unlink(missing_ok=True)
     sources = _source_fingerprints(ref)
     pre = preprocess_volume(load_case(cfg.data, ref), cfg.preprocess)
     if pre.label is None:
@@ -454,14 +455,14 @@ def _write_case(cfg: Config, ref: CaseRef, path: Path) -> dict[str, Any]:
         "label_path": None if ref.label_path is None else str(ref.label_path),
         "sources": sources,
     }
-    text = _to_json(info)
-    write_text_atomic(_case_info_path(path, ref), text)
     with (
         atomic_path(_record_path(path, ref)) as temporary,
         tf.io.TFRecordWriter(str(temporary)) as writer,
     ):
         for serialized in _serialized_slices(pre):
             writer.write(serialized)
+    text = _to_json(info)
+    write_text_atomic(_case_info_path(path, ref), text)
     return json.loads(text)
 
 
