@@ -14,12 +14,12 @@ import pytest
 from nibabel import orientations
 
 from data.fixtures import grid_affine, make_label, write_nifti
+from tfaug.data.acdc import load_acdc
 from tfaug.data.nifti import (
     check_label_matches_image,
     check_label_values,
     load_nifti,
     read_header,
-    read_volume,
 )
 from tfaug.data.volume import CaseRef, DatasetError
 
@@ -229,6 +229,6 @@ def test_a_4d_acdc_frame_is_told_it_is_not_a_frame(tmp_path):
         {"group": "NOR", "frame": 12},
     )
     with pytest.raises(DatasetError, match=r"frame12\.nii\.gz: expected one 3D frame") as raised:
-        read_volume(ref, label_set={0, 1, 2, 3})
+        load_acdc(ref)
     assert "'_4d' files hold the whole sequence" in str(raised.value)
     assert "data.modality" not in str(raised.value)

@@ -297,6 +297,16 @@ def scan_acdc(root: Path, frames: str = "es") -> tuple[list[CaseRef], list[str]]
     return [cases[key] for key in sorted(cases)], problems
 
 
+def _not_a_frame_message(ref: CaseRef, shape: tuple[int, ...]) -> str:
+    """Why an ACDC case's image of ``shape`` is refused: a case names one 3D time frame."""
+    return (
+        f"{ref.image_path}: expected one 3D frame (X, Y, Z) of the cine sequence (frame "
+        f"{ref.meta['frame']}), found shape {shape}. ACDC's '_4d' files hold the whole "
+        "sequence and are not frames; restore this frame file from the original "
+        "download or remove the case."
+    )
+
+
 def load_acdc(ref: CaseRef, *, label_set: abc.Set[int] = ACDC_LABELS) -> Volume:
     """Load one ACDC case (the frame its CaseRef names) as a :class:`Volume`.
 
@@ -308,4 +318,4 @@ def load_acdc(ref: CaseRef, *, label_set: abc.Set[int] = ACDC_LABELS) -> Volume:
         DatasetError: unreadable files, a non-3D frame, a label off the image grid, NaN
             voxels or label values outside ``label_set``.
     """
-    return read_volume(ref, label_set=set(label_set))
+    return read_volume(ref, label_set=set(label_set), not_3d_message=_not_a_frame_message)

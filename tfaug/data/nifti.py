@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -393,6 +393,7 @@ def read_volume(
     label_set: set[int],
     channel: int | None = None,
     merge_labels: dict[int, int] | None = None,
+    not_3d_message: Callable[[CaseRef, tuple[int, ...]], str] | None = None,
 ) -> Volume:
     """Load one labeled case into a :class:`Volume` and check it.
 
@@ -402,6 +403,8 @@ def read_volume(
         channel: channel of a 4D image to read (see :func:`load_nifti`); ``None`` for 3D.
         merge_labels: ``{source: target}`` remapping applied to the label on load; the
             raw file may hold the sources, the result holds only ``label_set`` values.
+        not_3d_message: the reader's message for an image that is not 3D after channel
+            selection, from the case and the shape found (default: set data.modality).
 
     Returns:
         A Volume with ``image`` float32 (X, Y, Z) in the file's intensity units,
@@ -425,7 +428,7 @@ def read_volume(
         )
     image, affine, zooms = load_nifti(ref.image_path, what="image", channel=channel)
     if image.ndim != 3:
-        raise DatasetError(_not_3d_message(ref, image.shape))
+        raise DatasetError((not_3d_message or _not_3d_message)(ref, image.shape))
     label, label_affine, _ = load_nifti(ref.label_path, what="label")
     check_label_matches_image(
         image.shape, affine, label.shape, label_affine, ref.image_path, ref.label_path
@@ -446,18 +449,8 @@ def read_volume(
 
 
 def _not_3d_message(ref: CaseRef, shape: tuple[int, ...]) -> str:
-    """Why ``ref``'s image of ``shape`` is refused, with the fix for its dataset.
-
-    An ACDC case (its ``meta`` has a ``frame``) names one 3D time frame; multi-channel
-    images of other datasets are read one channel at a time through data.modality.
-    """
-    if "frame" in ref.meta:
-        return (
-            f"{ref.image_path}: expected one 3D frame (X, Y, Z) of the cine sequence (frame "
-            f"{ref.meta['frame']}), found shape {shape}. ACDC's '_4d' files hold the whole "
-            "sequence and are not frames; restore this frame file from the original "
-            "download or remove the case."
-        )
+    """Why ``ref``'s image of ``shape`` is refused: multi-channel images are read one
+    channel at a time through data.modality."""
     return (
         f"{ref.image_path}: expected a 3D image (X, Y, Z), found shape {shape}. "
         "For a 4D multi-modal image set data.modality; otherwise remove the case."
