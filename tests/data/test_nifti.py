@@ -1,5 +1,7 @@
 """Tests of tfaug/data/nifti.py: reading NIfTI files and the shared checks."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from tfaug.data.nifti import (
     read_volume,
     spatial_shape,
 )
-from tfaug.data.volume import CaseRef, DatasetError
+from tfaug.data.volume import CaseRef, DatasetError, DatasetWarning
 
 SHAPE = (12, 10, 3)
 
@@ -164,6 +166,22 @@ def test_read_volume_returns_float_image_uint8_label_and_merges(tmp_path):
     assert volume.meta["label_path"] == str(ref.label_path)
     with pytest.raises(DatasetError, match="maps to \\[5\\], outside the label set"):
         read_volume(ref, label_set={0, 1}, merge_labels={2: 5})
+
+
+def test_read_volume_warns_about_a_label_that_is_background_everywhere(tmp_path):
+    image = write_nifti(tmp_path / "i.nii.gz", np.ones(SHAPE, np.float32))
+    empty = write_nifti(tmp_path / "l.nii.gz", np.zeros(SHAPE, np.uint8))
+    with pytest.warns(DatasetWarning, match=r"l\.nii\.gz: the label of case c1 is background"):
+        read_volume(CaseRef("c1", image, empty), label_set={0, 1, 2, 3})
+    # merging a class away can empty a label too
+    only_class_3 = write_nifti(
+        tmp_path / "l3.nii.gz", np.where(make_label(SHAPE) > 0, 3, 0).astype(np.uint8)
+    )
+    with pytest.warns(DatasetWarning, match="background"):
+        read_volume(CaseRef("c1", image, only_class_3), label_set={0, 1}, merge_labels={3: 0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DatasetWarning)
+        read_volume(CaseRef("c1", image, only_class_3), label_set={0, 1, 2, 3})
 
 
 def test_read_volume_rejects_a_4d_image_without_a_channel(tmp_path):

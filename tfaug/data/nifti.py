@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from nibabel import orientations
 from nibabel.filebasedimages import ImageFileError
 
 from tfaug.data.inputs import nifti_suffix
-from tfaug.data.volume import CaseRef, DatasetError, Volume
+from tfaug.data.volume import CaseRef, DatasetError, DatasetWarning, Volume
 
 AFFINE_ATOL_MM = 1e-3
 """Largest element-wise difference (mm) tolerated between an image and a label affine."""
@@ -416,6 +417,8 @@ def read_volume(
         DatasetError: any problem found by :func:`load_nifti`,
             :func:`check_label_matches_image` or :func:`check_label_values`; an image
             that is not 3D after channel selection; a merge target outside ``label_set``.
+    Warns:
+        DatasetWarning: the label (after merging) holds background only.
     """
     merge_labels = dict(merge_labels or {})
     if ref.label_path is None:
@@ -437,6 +440,14 @@ def read_volume(
     merged = label.astype(np.uint8)
     for source, target in merge_labels.items():
         merged[label == source] = target
+    if not merged.any():
+        warnings.warn(
+            f"{ref.label_path}: the label of case {ref.case_id} is background (0) in every "
+            "voxel, so the case teaches only background. If the label was exported empty "
+            "or is the wrong file, replace it; if the structures are truly absent, keep it.",
+            DatasetWarning,
+            stacklevel=2,
+        )
     meta = {**ref.meta, "image_path": str(ref.image_path), "label_path": str(ref.label_path)}
     return Volume(
         case_id=ref.case_id,
