@@ -60,7 +60,7 @@ def bad_folder(folder: Path, volumes: list[Path]) -> dict[str, str]:
     write_nifti(folder / "e_constant.nii.gz", np.full((16, 16, 3), 7, np.int16))
     return {
         "b_truncated.nii.gz": "truncated or damaged",
-        "c_2d.nii.gz": "expected a 3D (X, Y, Z) or 4D (X, Y, Z, C) image, found shape (16, 16)",
+        "c_2d.nii.gz": "found shape (16, 16), one 2D slice; save it as a volume of one slice",
         "e_constant.nii.gz": "cannot be normalised",
     }
 
@@ -82,6 +82,37 @@ def test_a_folder_with_bad_files_segments_every_other_file_and_names_each_failur
     for (name, reason), line in zip(sorted(bad.items()), failures, strict=True):
         assert name in line and reason in line, line
     assert "3 of 5 input(s) could not be segmented" in err
+
+
+def test_a_2d_slice_is_refused_with_the_fix_and_the_fix_segments_it(
+    export_dir, volumes, tmp_path, capsys
+):
+    volume = nib.load(volumes[0])
+    middle = volume.shape[2] // 2
+    one_slice = np.asarray(volume.dataobj)[..., middle]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(one_slice, volume.affine), folder / "slice.nii.gz")
+    assert segment_cli("-i", folder, "-o", tmp_path / "out", "--model", export_dir) == 1
+    assert (
+        "one 2D slice; save it as a volume of one slice, shape (X, Y, 1)" in capsys.readouterr().out
+    )
+
+    # the fix the message gives, verbatim
+    image = nib.load(folder / "slice.nii.gz")
+    nib.save(nib.Nifti1Image(image.get_fdata()[..., None], image.affine), folder / "slice.nii.gz")
+    assert segment_cli("-i", folder, "-o", tmp_path / "out", "--model", export_dir) == 0
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    shutil.copy(volumes[0], whole / "volume.nii.gz")
+    assert segment_cli("-i", whole, "-o", tmp_path / "out_whole", "--model", export_dir) == 0
+    segmented = labels(tmp_path / "out" / "slice.nii.gz")
+    assert segmented.shape == (*one_slice.shape, 1)
+    # the slice is segmented as it is within its volume (up to interpolation at the edges)
+    agreement = np.mean(
+        segmented[..., 0] == labels(tmp_path / "out_whole" / "volume.nii.gz")[..., middle]
+    )
+    assert agreement > 0.99, agreement
 
 
 def test_outputs_that_exist_are_skipped_and_overwrite_redoes_them(

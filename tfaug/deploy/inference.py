@@ -198,7 +198,7 @@ def read_image(path: str | Path, channel: int | None = None) -> tuple[np.ndarray
 
     Raises:
         DatasetError: a missing or unreadable file, a 4D file without ``channel``, a channel on
-            a 3D file, or an image that is not 3D or 4D.
+            a 3D file, or an image that is not 3D or 4D (a 2D slice is named with the fix).
     """
     path = Path(path)
     stored, _, _ = read_header(path)
@@ -213,6 +213,13 @@ def read_image(path: str | Path, channel: int | None = None) -> tuple[np.ndarray
         raise DatasetError(
             f"{path}: --channel {channel} given but the image is {len(shape)}D with shape "
             f"{shape}; channels exist only in 4D (X, Y, Z, C) images, drop --channel"
+        )
+    if len(shape) == 2:
+        raise DatasetError(
+            f"{path}: expected a 3D (X, Y, Z) or 4D (X, Y, Z, C) image, found shape {shape}, "
+            "one 2D slice; save it as a volume of one slice, shape (X, Y, 1), with the same "
+            "affine (nibabel: nib.Nifti1Image(image.get_fdata()[..., None], image.affine)) "
+            "and segment that"
         )
     if len(shape) not in (3, 4):
         raise DatasetError(
