@@ -1,6 +1,6 @@
 """Listing dataset folders (tfaug/data/msd.py, acdc.py, inputs.py) and what ``tfaug data
 inspect`` (tfaug/data/inspect.py) shows when some entries are bad: one file listed as two
-volumes, NIfTI names in upper case, Info.cfg encodings."""
+volumes, one scan stored under two names, NIfTI names in upper case, Info.cfg encodings."""
 
 import json
 import os
@@ -99,6 +99,43 @@ def test_an_acdc_patient_whose_frame_links_to_another_patients_file_is_refused(t
     )
     assert f"already listed as {source} case patient002 image" in message
     assert "Remove the patient folder that duplicates another one" in message
+
+
+def test_one_scan_stored_under_two_names_is_refused_naming_both_files(prostate, tmp_path, capsys):
+    root = prostate.root
+    scan = nib.load(root / "imagesTr" / "prostate_01.nii.gz")
+    # a re-saved copy: another name, uncompressed, int16 on disk; the same voxels
+    copy = nib.Nifti1Image(np.asarray(scan.dataobj).round().astype(np.int16), scan.affine)
+    original = nib.Nifti1Image(np.asarray(copy.dataobj), scan.affine)
+    nib.save(original, root / "imagesTr" / "prostate_01.nii.gz")
+    nib.save(copy, root / "imagesTr" / "prostate_07.nii")
+    shutil.copy(root / "labelsTr" / "prostate_01.nii.gz", root / "labelsTr" / "prostate_07.nii.gz")
+    entries = _training(root)["training"]
+    _write_training(
+        root,
+        [
+            *entries,
+            {"image": "./imagesTr/prostate_07.nii", "label": "./labelsTr/prostate_07.nii.gz"},
+        ],
+    )
+    problems = verify_dataset(PROSTATE, root)
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        f"{root / 'imagesTr' / 'prostate_01.nii.gz'}, {root / 'imagesTr' / 'prostate_07.nii'}: "
+        "cases prostate_01, prostate_07 hold the same image voxels"
+    )
+    prepare = ["data", "prepare", "--dataset", "prostate", "--data-root", str(root)]
+    assert main([*prepare, "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "hold the same image voxels" in capsys.readouterr().err
+    code, report = _inspect_json("prostate", root, capsys)
+    assert code == 1
+    assert len(report["cases"]) == 5
+    assert problems[0] in report["problems"]  # beside the split's (5 cases are too few)
+
+    voxels = np.asarray(copy.dataobj).copy()
+    voxels[0, 0, 0] += 1
+    nib.save(nib.Nifti1Image(voxels, scan.affine), root / "imagesTr" / "prostate_07.nii")
+    assert verify_dataset(PROSTATE, root) == []  # one voxel apart: another scan
 
 
 # --- NIfTI names in any case --------------------------------------------------------------

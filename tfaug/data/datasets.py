@@ -8,7 +8,11 @@ set of a dataset is ``range(len(data.class_names))`` after ``data.merge_labels``
 
 from __future__ import annotations
 
+import hashlib
+from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 from tfaug.config import DataConfig
 from tfaug.data.acdc import load_acdc, scan_acdc
@@ -125,23 +129,58 @@ def load_case(data: DataConfig, ref: CaseRef) -> Volume:
     )
 
 
+def image_digest(volume: Volume) -> str:
+    """SHA-256 of a volume's image shape and float32 voxels: the same for one scan stored
+    twice, whatever the file names, formats (``.nii``/``.nii.gz``) or stored dtypes."""
+    voxels = np.ascontiguousarray(volume.image, dtype="<f4")
+    digest = hashlib.sha256(repr(voxels.shape).encode())
+    digest.update(voxels.tobytes())
+    return digest.hexdigest()
+
+
+def same_image_problems(digests: list[tuple[CaseRef, str]]) -> list[str]:
+    """One message per group of cases whose images hold the same voxels.
+
+    Args:
+        digests: ``(case, image_digest)`` for every loaded case.
+
+    Returns:
+        Messages naming every file of each group; such a volume could otherwise land in
+        both the training and the test set (listing compares paths, not contents).
+    """
+    groups: dict[str, list[CaseRef]] = defaultdict(list)
+    for ref, digest in digests:
+        groups[digest].append(ref)
+    return [
+        f"{', '.join(str(ref.image_path) for ref in refs)}: cases "
+        f"{', '.join(ref.case_id for ref in refs)} hold the same image voxels, one scan "
+        "under several names that could land in both the training and the test set. Keep "
+        "one of them (with its label) and remove the others."
+        for refs in groups.values()
+        if len(refs) > 1
+    ]
+
+
 def _verify(data: DataConfig, root: Path) -> tuple[list[CaseRef], list[str]]:
-    """Listed cases and the problems of listing and of loading every case in full."""
+    """Listed cases and the problems of listing, of loading every case in full, and of
+    cases holding the same image."""
     cases, problems = scan_cases(data, root)
+    digests = []
     for ref in cases:
         try:
-            load_case(data, ref)
+            digests.append((ref, image_digest(load_case(data, ref))))
         except DatasetError as error:
             problems.append(str(error))
-    return cases, problems
+    return cases, problems + same_image_problems(digests)
 
 
 def verify_dataset(data: DataConfig, root: Path) -> list[str]:
     """Collect every problem of every case without raising.
 
     Lists the dataset, then loads each listed case in full (headers, voxels, label grid
-    and values), as nnU-Net's ``verify_dataset_integrity`` does. Slow for large datasets:
-    every voxel is read once; nothing is kept in memory.
+    and values), as nnU-Net's ``verify_dataset_integrity`` does, and finds cases whose
+    images hold the same voxels (:func:`same_image_problems`). Slow for large datasets:
+    every voxel is read once; only a digest per case is kept in memory.
 
     Returns:
         One message per problem (empty when the dataset is usable). A missing folder, an

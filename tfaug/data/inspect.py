@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tfaug.config import Config
-from tfaug.data.datasets import load_case, scan_cases
+from tfaug.data.datasets import image_digest, load_case, same_image_problems, scan_cases
 from tfaug.data.preprocess import normalise_volume
 from tfaug.data.records import resolve_data_root
 from tfaug.data.splits import split_cases
@@ -36,7 +36,7 @@ def inspection_report(cfg: Config) -> dict[str, Any]:
         not split; ``split_skipped``: why the split was not drawn (entries that could not
         be listed), else None; ``problems``: every problem found (messages), one per bad
         entry, including images that ``preprocess.normalisation`` cannot normalise
-        (constant ones).
+        (constant ones) and cases holding the same image voxels.
 
     Raises:
         DatasetError: the dataset folder is missing, its dataset.json is unreadable,
@@ -45,13 +45,14 @@ def inspection_report(cfg: Config) -> dict[str, Any]:
     root = resolve_data_root(cfg)
     refs, listing_problems = scan_cases(cfg.data, root)
     problems = list(listing_problems)
-    cases = []
+    cases, digests = [], []
     for ref in refs:
         try:
             volume = load_case(cfg.data, ref)
         except DatasetError as error:
             problems.append(str(error))
             continue
+        digests.append((ref, image_digest(volume)))
         try:
             normalise_volume(volume.image, cfg.preprocess, name=str(ref.image_path))
         except DatasetError as error:
@@ -66,6 +67,7 @@ def inspection_report(cfg: Config) -> dict[str, Any]:
                 "labels": [int(v) for v in np.unique(volume.label)],
             }
         )
+    problems += same_image_problems(digests)
     split, split_skipped = None, None
     if listing_problems:
         split_skipped = (
