@@ -41,6 +41,10 @@ def _write_training(root, entries):
     (root / "dataset.json").write_text(json.dumps(content), encoding="utf-8")
 
 
+def _append_entry(root, image, label):
+    _write_training(root, [*_training(root)["training"], {"image": image, "label": label}])
+
+
 def _case_ids(cases):
     return [case.case_id for case in cases]
 
@@ -52,14 +56,7 @@ def test_an_msd_entry_whose_files_are_symlinks_to_another_entry_is_refused(prost
     root = prostate.root
     for folder in ("imagesTr", "labelsTr"):
         os.symlink(root / folder / "prostate_00.nii.gz", root / folder / "prostate_05.nii.gz")
-    entries = _training(root)["training"]
-    _write_training(
-        root,
-        [
-            *entries,
-            {"image": "./imagesTr/prostate_05.nii.gz", "label": "./labelsTr/prostate_05.nii.gz"},
-        ],
-    )
+    _append_entry(root, "./imagesTr/prostate_05.nii.gz", "./labelsTr/prostate_05.nii.gz")
     problems = verify_dataset(PROSTATE, root)
     assert len(problems) == 1
     assert problems[0].startswith(f"{root / 'dataset.json'} training[4] image: ")
@@ -110,14 +107,7 @@ def test_one_scan_stored_under_two_names_is_refused_naming_both_files(prostate, 
     nib.save(original, root / "imagesTr" / "prostate_01.nii.gz")
     nib.save(copy, root / "imagesTr" / "prostate_07.nii")
     shutil.copy(root / "labelsTr" / "prostate_01.nii.gz", root / "labelsTr" / "prostate_07.nii.gz")
-    entries = _training(root)["training"]
-    _write_training(
-        root,
-        [
-            *entries,
-            {"image": "./imagesTr/prostate_07.nii", "label": "./labelsTr/prostate_07.nii.gz"},
-        ],
-    )
+    _append_entry(root, "./imagesTr/prostate_07.nii", "./labelsTr/prostate_07.nii.gz")
     problems = verify_dataset(PROSTATE, root)
     assert len(problems) == 1
     assert problems[0].startswith(
