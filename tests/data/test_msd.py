@@ -12,8 +12,6 @@ from tfaug.data.datasets import check_dataset, list_cases, load_case, verify_dat
 from tfaug.data.msd import load_msd
 from tfaug.data.volume import DatasetError
 
-PROSTATE = DataConfig(dataset="prostate", modality="T2")
-
 PROSTATE_IDS = [16, 0, 7, 2]  # listed out of order, with gaps, as in the real dataset.json
 PROSTATE = DataConfig(dataset="prostate", class_names=["background", "PZ", "TZ"], modality="T2")
 PANCREAS = DataConfig(
@@ -69,6 +67,42 @@ def test_unknown_modality_is_an_error(prostate):
     case = list_cases(PROSTATE, prostate.root)[0]
     with pytest.raises(DatasetError, match=r"data\.modality 'DWI' is not in dataset\.json"):
         load_msd(case, modality="DWI", merge_labels={}, label_set={0, 1, 2})
+
+
+@pytest.mark.parametrize("stored", ["3d", "x_y_z_1", "three_channels"])
+def test_an_image_without_one_channel_per_listed_modality_is_an_error(prostate, stored):
+    truth = prostate.cases["prostate_07"]
+    image = {
+        "3d": truth.image[..., 0],
+        "x_y_z_1": truth.image[..., :1],
+        "three_channels": np.concatenate([truth.image, truth.image[..., :1]], axis=-1),
+    }[stored]
+    write_nifti(truth.image_path, image, spacing=(0.6, 0.6, 3.6))
+    case = next(c for c in list_cases(PROSTATE, prostate.root) if c.case_id == "prostate_07")
+    found = 3 if stored == "three_channels" else 1
+    for modality in ("T2", "ADC"):  # a lone channel is not read as either modality
+        with pytest.raises(DatasetError) as raised:
+            load_msd(case, modality=modality, merge_labels={}, label_set={0, 1, 2})
+        assert str(raised.value).startswith(f"{truth.image_path}: image of shape ")
+        assert f"holds {found} channel(s), but dataset.json's modality lists 2" in str(raised.value)
+        assert "(X, Y, Z, 2) image of all modalities" in str(raised.value)
+
+
+def test_label_names_that_disagree_with_the_class_names_are_a_listing_problem(prostate):
+    path = prostate.root / "dataset.json"
+    content = json.loads(path.read_text(encoding="utf-8"))
+    content["labels"] = {"0": "background", "1": "TZ", "2": "PZ"}  # the config says PZ, TZ
+    path.write_text(json.dumps(content), encoding="utf-8")
+    (problem,) = verify_dataset(PROSTATE, prostate.root)
+    assert problem.startswith(f"{path}: dataset.json's labels disagree with data.class_names")
+    assert "1 is 'TZ' there, 'PZ' here; 2 is 'PZ' there, 'TZ' here" in problem
+    assert "set data.class_names to ['background', 'TZ', 'PZ']" in problem
+    with pytest.raises(DatasetError, match="labels disagree"):
+        list_cases(PROSTATE, prostate.root)  # data prepare and training stop on it
+    swapped = DataConfig(
+        dataset="prostate", class_names=["Background", "tz", "pz"], modality="T2"
+    )  # the names the message suggests, in any case
+    assert verify_dataset(swapped, prostate.root) == []
 
 
 def test_pancreas_labels_are_merged_into_one_foreground(tmp_path):

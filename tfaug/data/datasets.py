@@ -85,7 +85,9 @@ def scan_cases(data: DataConfig, root: Path) -> tuple[list[CaseRef], list[str]]:
         raise DatasetError(
             f"{root}: {data.dataset} dataset folder not found. {DOWNLOAD_HINTS[data.dataset]}."
         )
-    return scan_acdc(root, data.frames) if data.dataset in _ACDC_READER else scan_msd(root)
+    if data.dataset in _ACDC_READER:
+        return scan_acdc(root, data.frames)
+    return scan_msd(root, data.class_names, data.merge_labels)
 
 
 def list_cases(data: DataConfig, root: Path) -> list[CaseRef]:

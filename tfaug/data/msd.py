@@ -140,15 +140,63 @@ def msd_case(root: Path, entry: Any, where: str, meta: dict[str, Any]) -> CaseRe
     return CaseRef(_case_id(image, f"{where} image"), image, label, dict(meta))
 
 
-def scan_msd(root: Path) -> tuple[list[CaseRef], list[str]]:
+def label_name_problems(
+    labels: dict[int, str],
+    class_names: abc.Sequence[str],
+    merge_labels: abc.Mapping[int, int],
+    path: Path,
+) -> list[str]:
+    """Compare dataset.json's ``labels`` with the config's class names.
+
+    A label value that ``merge_labels`` leaves alone keeps its number, so its name in
+    dataset.json must be the config's name of that class (case-insensitive); merged values
+    are not compared (pancreas: ``cancer`` is merged into ``pancreas``).
+
+    Args:
+        labels: dataset.json's ``{value: name}``.
+        class_names: ``data.class_names``, index = label value after merging.
+        merge_labels: ``data.merge_labels``, ``{source: target}``.
+        path: the dataset.json file, for the message.
+
+    Returns:
+        One message when some names disagree (every disagreement listed), else none.
+    """
+    differ = [
+        (value, name, class_names[value])
+        for value, name in sorted(labels.items())
+        if value not in merge_labels
+        and value < len(class_names)
+        and name.strip().lower() != class_names[value].strip().lower()
+    ]
+    if not differ:
+        return []
+    listed = "; ".join(f"{v} is {name!r} there, {config!r} here" for v, name, config in differ)
+    in_file_order = [labels.get(v, name) for v, name in enumerate(class_names)]
+    return [
+        f"{path}: dataset.json's labels disagree with data.class_names {list(class_names)}: "
+        f"{listed}. Training would name the classes wrongly. If dataset.json is right, set "
+        f"data.class_names to {in_file_order}; otherwise fix dataset.json's labels."
+    ]
+
+
+def scan_msd(
+    root: Path, class_names: abc.Sequence[str], merge_labels: abc.Mapping[int, int]
+) -> tuple[list[CaseRef], list[str]]:
     """List a Decathlon task, collecting per-entry problems instead of raising.
+
+    Args:
+        root: the task folder.
+        class_names: ``data.class_names``, checked against dataset.json's ``labels``.
+        merge_labels: ``data.merge_labels`` (merged values are not name-checked).
 
     Returns:
         ``(cases, problems)``: the readable training cases in natural id order, each with
         ``meta`` ``modality`` ({channel: name}, e.g. ``{0: "T2", 1: "ADC"}``), ``labels``
         ({value: name}) and ``dataset`` (dataset.json's ``name``); and one message per bad
-        entry, per repeated case id and per entry using a file another entry uses (compared
-        by resolved path). A bad entry is left out of ``cases``. No voxel data is read.
+        entry, per repeated case id, per entry using a file another entry uses (compared
+        by resolved path), and for label names that disagree with ``class_names``
+        (:func:`label_name_problems`). A bad entry is left out of ``cases``. No voxel data
+        is read.
 
     Raises:
         DatasetError: ``root`` or its dataset.json is missing or malformed.
@@ -165,7 +213,7 @@ def scan_msd(root: Path) -> tuple[list[CaseRef], list[str]]:
     }
     cases: dict[str, CaseRef] = {}
     owners: dict[Path, str] = {}
-    problems: list[str] = []
+    problems = label_name_problems(meta["labels"], class_names, merge_labels, path)
     for index, entry in enumerate(content["training"]):
         where = f"{path} training[{index}]"
         try:
@@ -187,8 +235,22 @@ def scan_msd(root: Path) -> tuple[list[CaseRef], list[str]]:
 
 
 def _channel(ref: CaseRef, shape: tuple[int, ...], modality: str | None) -> int | None:
-    """Channel of a 4D image holding ``modality``; ``None`` for a 3D image."""
+    """Channel of a 4D image holding ``modality``; ``None`` for a 3D image.
+
+    The image must hold as many channels as dataset.json's ``modality`` lists: a 3D file
+    (or (X, Y, Z, 1)) in a multi-modality task, or a 4D one with another channel count,
+    holds channels whose names are unknown, and reading it as ``modality`` would be a guess.
+    """
     channels: dict[int, str] = ref.meta.get("modality", {})
+    found = shape[3] if len(shape) == 4 else 1
+    if channels and len(shape) in (3, 4) and found != len(channels):
+        raise DatasetError(
+            f"{ref.image_path}: image of shape {shape} holds {found} channel(s), but "
+            f"dataset.json's modality lists {len(channels)}: {channels}; which channel is "
+            "which is unknown. Replace the file with the (X, Y, Z, "
+            f"{len(channels)}) image of all modalities, or, if every file holds one modality, "
+            "list only that one in dataset.json's modality."
+        )
     if modality is None:
         if len(shape) == 4:
             raise DatasetError(
