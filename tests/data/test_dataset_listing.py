@@ -14,7 +14,7 @@ from data.fixtures import write_acdc_patient, write_acdc_training_set, write_msd
 from tfaug.cli import main
 from tfaug.config import DataConfig
 from tfaug.data.acdc import read_info_cfg
-from tfaug.data.datasets import list_cases, load_case, verify_dataset
+from tfaug.data.datasets import list_cases, load_case, scan_cases, verify_dataset
 from tfaug.data.inputs import find_inputs, is_nifti_name, nifti_stem, plan_outputs
 from tfaug.data.nifti import save_nifti_atomic
 from tfaug.data.volume import DatasetError
@@ -126,6 +126,25 @@ def test_one_scan_stored_under_two_names_is_refused_naming_both_files(prostate, 
     voxels[0, 0, 0] += 1
     nib.save(nib.Nifti1Image(voxels, scan.affine), root / "imagesTr" / "prostate_07.nii")
     assert verify_dataset(PROSTATE, root) == []  # one voxel apart: another scan
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [("Patient002", "patient002"), ("patient002 (1)", "patient002"), ("patient_2", "patient002")],
+)
+def test_a_patient_folder_under_another_name_is_a_listing_problem(tmp_path, name, suggested):
+    root = write_acdc_training_set(tmp_path, numbers=range(1, 4), shape=SHAPE)
+    renamed = root / "training" / name
+    (root / "training" / "patient002").rename(renamed)
+    (root / "training" / "notes").mkdir()  # a folder without Info.cfg is not a patient
+    cases, problems = scan_cases(ACDC, root)
+    assert _case_ids(cases) == ["patient001", "patient003"]
+    assert problems == [
+        f"{renamed}: holds Info.cfg but its name is not patientXXX (lower case, digits only), "
+        f"so it is not listed. Rename the folder to {suggested}, the name its files carry."
+    ]
+    with pytest.raises(DatasetError, match="its name is not patientXXX"):
+        list_cases(ACDC, root)
 
 
 # --- NIfTI names in any case --------------------------------------------------------------

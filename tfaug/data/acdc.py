@@ -42,6 +42,7 @@ FRAMES: tuple[str, ...] = ("es", "both")
 """Values of ``data.frames``: the ES frame only, or the ED and the ES frame of every patient."""
 
 _PATIENT = re.compile(r"patient\d+")
+_FRAME_FILE = re.compile(r"(patient\d+)_frame\d+", re.IGNORECASE)
 _PHASES = {"ED": "end-diastole", "ES": "end-systole"}
 _REUSED_FIX = "Remove the patient folder that duplicates another one, or give it its own files."
 
@@ -229,8 +230,23 @@ def _has_ground_truth(folder: Path) -> bool:
     )
 
 
-def _patient_folders(root: Path) -> list[Path]:
-    """Every patient folder under one of the accepted roots (see the module docstring)."""
+def _misnamed_patient_folder(folder: Path) -> str | None:
+    """Why ``folder``, not named ``patientXXX``, is a patient folder tfaug does not list;
+    ``None`` when it holds no ``Info.cfg`` (in any case) and so is not a patient folder."""
+    if not any(path.name.lower() == "info.cfg" for path in folder.iterdir()):
+        return None
+    named = (_FRAME_FILE.match(path.name) for path in sorted(folder.iterdir()))
+    suggested = next((match.group(1).lower() for match in named if match), "patientXXX")
+    return (
+        f"{folder}: holds Info.cfg but its name is not patientXXX (lower case, digits only), "
+        f"so it is not listed. Rename the folder to {suggested}, the name its files carry."
+    )
+
+
+def _patient_folders(root: Path) -> tuple[list[Path], list[str]]:
+    """Every patient folder under one of the accepted roots (see the module docstring),
+    and one message per folder beside them that holds an ``Info.cfg`` under another name
+    (``Patient003``, ``patient004 (1)`` from a download, ``patient_005``)."""
     base = root / "database" if (root / "database" / "training").is_dir() else root
     if (base / "training").is_dir():
         subsets = [base / "training"]
@@ -238,19 +254,21 @@ def _patient_folders(root: Path) -> list[Path]:
             subsets.append(base / "testing")
     else:
         subsets = [base]
-    folders = [
-        path
-        for subset in subsets
-        for path in sorted(subset.iterdir())
-        if path.is_dir() and _PATIENT.fullmatch(path.name)
-    ]
-    if not folders:
+    folders, misnamed = [], []
+    for path in (path for subset in subsets for path in sorted(subset.iterdir())):
+        if not path.is_dir():
+            continue
+        if _PATIENT.fullmatch(path.name):
+            folders.append(path)
+        elif (problem := _misnamed_patient_folder(path)) is not None:
+            misnamed.append(problem)
+    if not folders and not misnamed:
         raise DatasetError(
             f"{root}: no patientXXX folders found. Expected the ACDC folder holding "
             "training/ (and optionally testing/), the training/ folder itself, or the 2023 "
             "release holding database/training; see docs/datasets.md."
         )
-    return folders
+    return folders, misnamed
 
 
 def scan_acdc(root: Path, frames: str = "es") -> tuple[list[CaseRef], list[str]]:
@@ -262,9 +280,10 @@ def scan_acdc(root: Path, frames: str = "es") -> tuple[list[CaseRef], list[str]]
 
     Returns:
         ``(cases, problems)``: the readable cases sorted by id, and one message per
-        patient folder that could not be described (see :func:`acdc_cases`), plus one per
-        duplicated case id and one per case using a file another case uses (compared by
-        resolved path). A case with a problem is left out of ``cases``. No voxel data is read.
+        patient folder that could not be described (see :func:`acdc_cases`) or is not
+        named ``patientXXX`` (a folder holding Info.cfg), plus one per duplicated case id
+        and one per case using a file another case uses (compared by resolved path). A
+        case with a problem is left out of ``cases``. No voxel data is read.
 
     Raises:
         DatasetError: ``root`` is not a folder or holds no patient folders.
@@ -274,8 +293,8 @@ def scan_acdc(root: Path, frames: str = "es") -> tuple[list[CaseRef], list[str]]
         raise DatasetError(f"{root}: ACDC folder not found. Pass the dataset folder.")
     cases: dict[str, CaseRef] = {}
     owners: dict[Path, str] = {}
-    problems: list[str] = []
-    for folder in _patient_folders(root):
+    folders, problems = _patient_folders(root)
+    for folder in folders:
         try:
             found = acdc_cases(folder, frames)
         except DatasetError as error:
