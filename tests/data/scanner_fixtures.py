@@ -105,6 +105,7 @@ def write_dicom_series(
     description: str = "t2_tse tra/4mm",
     modality: str = "MR",
     file_order: Sequence[int] | None = None,
+    rescale: Sequence[tuple[float, float]] | None = None,
 ) -> list[Path]:
     """Write an int16 (X, Y, Z) volume as a DICOM series, one file per slice.
 
@@ -117,6 +118,9 @@ def write_dicom_series(
         modality: Modality tag.
         file_order: the number in the file name of each slice (default: reversed order), so
             sorting by name does not sort by position.
+        rescale: (RescaleSlope, RescaleIntercept) of each slice (default: none written); the
+            file then means ``volume * slope + intercept``, e.g. a slope of 0.01 on all slices
+            but the first (PET, some Philips MR).
 
     Returns:
         The files written, in slice order.
@@ -135,7 +139,7 @@ def write_dicom_series(
     written = []
     for k in range(volume.shape[2]):
         position = image.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {
+        slice_tags = {
             "0008|0060": modality,
             "0008|103e": description,
             "0020|000d": "1.2.826.0.1.3680043.2.1125.7",
@@ -147,7 +151,10 @@ def write_dicom_series(
             "0018|0050": f"{geometry.spacing[2]:g}",
         }
         slice_image = image[:, :, k]
-        for tag, value in tags.items():
+        if rescale is not None:
+            slice_image, rescale_tags = _rescaled(slice_image, *rescale[k])
+            slice_tags.update(rescale_tags)
+        for tag, value in slice_tags.items():
             slice_image.SetMetaData(tag, value)
         path = folder / f"IM{order[k]:04d}"
         writer.SetFileName(str(path))
@@ -155,6 +162,23 @@ def write_dicom_series(
         writer.Execute(slice_image)
         written.append(path)
     return written
+
+
+def _rescaled(slice_image: sitk.Image, slope: float, intercept: float) -> tuple[sitk.Image, dict]:
+    """An int16 slice as the float32 values it means with ``slope`` and ``intercept``, and the
+    tags with which GDCM stores them back as int16 with that RescaleSlope/Intercept (GDCM
+    refuses a non-integer slope on an integer image)."""
+    values = sitk.Cast(slice_image, sitk.sitkFloat32) * slope + intercept
+    values.CopyInformation(slice_image)
+    tags = {
+        "0028|1053": f"{slope:g}",
+        "0028|1052": f"{intercept:g}",
+        "0028|0100": "16",  # BitsAllocated, BitsStored, HighBit, PixelRepresentation (signed)
+        "0028|0101": "16",
+        "0028|0102": "15",
+        "0028|0103": "1",
+    }
+    return values, tags
 
 
 def write_multiframe_dicom(path: Path, volume: np.ndarray) -> Path:
@@ -169,3 +193,28 @@ def write_multiframe_dicom(path: Path, volume: np.ndarray) -> Path:
     writer.SetFileName(str(path))
     writer.Execute(image)
     return path
+
+
+def write_colour_dicom_series(folder: Path, slices: int, uid: str) -> list[Path]:
+    """Write a series of ``slices`` uint8 RGB files (16 x 20 pixels, 2 mm apart, axial), as a
+    screenshot or fused-overlay series is stored; returns the files in slice order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    written = []
+    for k in range(slices):
+        rgb = sitk.GetImageFromArray(np.full((16, 20, 3), 40 * k, np.uint8), isVector=True)
+        tags = {
+            "0020|000e": uid,
+            "0020|0013": str(k + 1),
+            "0020|0032": f"0\\0\\{2.0 * k}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+        }
+        for tag, value in tags.items():
+            rgb.SetMetaData(tag, value)
+        path = folder / f"IM{k}"
+        writer.SetFileName(str(path))
+        writer.SetImageIO("GDCMImageIO")
+        writer.Execute(rgb)
+        written.append(path)
+    return written

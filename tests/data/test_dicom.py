@@ -13,6 +13,7 @@ from data.fixtures import write_nifti
 from data.scanner_fixtures import (
     SeriesGeometry,
     mr_with_negative_tail,
+    write_colour_dicom_series,
     write_dicom_series,
     write_multiframe_dicom,
 )
@@ -53,6 +54,29 @@ def test_the_nifti_affine_places_voxels_where_simpleitk_does(tmp_path, volume):
     series, written = reader.Execute(), sitk.ReadImage(str(path))
     for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
         np.testing.assert_allclose(getattr(written, getter)(), getattr(series, getter)(), atol=1e-4)
+
+
+def test_slices_with_their_own_rescale_slope_keep_their_values(tmp_path, volume):
+    # PET and some Philips MR: slice 0 has an integer scaling, the others a slope of 0.01; the
+    # series reader must not read them all with the first slice's integer pixel type.
+    rescale = [(1.0, 0.0)] + [(0.01, -2.5)] * (volume.shape[2] - 1)
+    write_dicom_series(tmp_path / "pet", volume, rescale=rescale, modality="PT")
+    image, _, _ = read_series(tmp_path / "pet", UID)
+    slopes, intercepts = np.array(rescale).T
+    np.testing.assert_allclose(image, volume * slopes + intercepts, rtol=1e-6, atol=1e-5)
+    assert np.any(image[:, :, 1:] != np.round(image[:, :, 1:]))  # fractions kept
+    write_dicom_series(tmp_path / "ct", volume, rescale=[(1.0, -1024.0)] * volume.shape[2])
+    np.testing.assert_array_equal(read_series(tmp_path / "ct", UID)[0], volume - 1024.0)
+
+
+def test_a_colour_series_is_refused(tmp_path):
+    # Read as float32, SimpleITK would turn colour into grey without a word.
+    write_colour_dicom_series(tmp_path / "rgb", slices=3, uid=UID)
+    with pytest.raises(
+        DatasetError,
+        match=r"rgb: expected a (3D )?grey-level series, found .*3 component\(s\) per voxel",
+    ):
+        read_series(tmp_path / "rgb", UID)
 
 
 def test_missing_or_repeated_slices_are_refused(tmp_path, volume):

@@ -4,15 +4,18 @@ GDCM (through SimpleITK's ``ImageSeriesReader``) groups a folder's files by
 SeriesInstanceUID; the slices are then sorted here by their position along the slice normal
 (ImagePositionPatient · normal), never by file name (GDCM's own sort falls back to the names
 when positions repeat). Before the pixels are read, every file's header is checked: one
-frame per file (multi-frame files are refused), one orientation and one in-plane size, and
-evenly spaced slice positions (a gap or a repeated position means missing slices or several
-stacks in one series). Every problem raises a :class:`~tfaug.data.volume.DatasetError`
-naming the folder, what was expected, what was found and the fix.
+frame per file (multi-frame files are refused), grey levels (colour files are refused), one
+orientation and one in-plane size, and evenly spaced slice positions (a gap or a repeated
+position means missing slices or several stacks in one series). Every problem raises a
+:class:`~tfaug.data.volume.DatasetError` naming the folder, what was expected, what was found
+and the fix.
 
 The volume is returned as tfaug reads NIfTI files: float32 (X, Y, Z) in the file's
-intensity units (rescale slope and intercept applied by GDCM), X along the rows' direction
-(columns), Y down the rows, Z the sorted slices, with the 4x4 NIfTI (RAS) voxel-to-world
-matrix of the series' spacing, origin and direction (DICOM's LPS axes, x and y negated).
+intensity units (each slice's own RescaleSlope and RescaleIntercept applied by GDCM; the
+series is read as float32, so slices scaled differently, as in PET, keep their fractions),
+X along the rows' direction (columns), Y down the rows, Z the sorted slices, with the 4x4
+NIfTI (RAS) voxel-to-world matrix of the series' spacing, origin and direction (DICOM's LPS
+axes, x and y negated).
 """
 
 from __future__ import annotations
@@ -154,6 +157,17 @@ def _numbers(text: str, count: int, path: Path, what: str) -> np.ndarray:
     return values
 
 
+def _check_grey(folder: Path, path: Path, reader: sitk.ImageFileReader) -> None:
+    """Raise for a colour file: read as float32, SimpleITK would turn it into grey silently."""
+    components = reader.GetNumberOfComponents()
+    if components != 1:
+        raise DatasetError(
+            f"{folder}: expected a grey-level series, found {components} component(s) per "
+            f"voxel in {path.name} (a colour image, e.g. a screenshot or a fused overlay); "
+            "segment the grey-level series it was made from, or convert it to NIfTI"
+        )
+
+
 def _check_frames(folder: Path, path: Path, reader: sitk.ImageFileReader) -> None:
     frames = _header_value(reader, "frames")
     size = reader.GetSize()
@@ -175,6 +189,7 @@ def sort_slices(folder: Path, files: Sequence[Path]) -> list[Path]:
     readers = [_read_header(path) for path in files]
     for path, reader in zip(files, readers, strict=True):
         _check_frames(folder, path, reader)
+        _check_grey(folder, path, reader)
     if len(files) < 2:
         return list(files)
     sizes = {tuple(reader.GetSize()[:2]) for reader in readers}
@@ -251,6 +266,9 @@ def read_series(folder: Path, uid: str) -> tuple[np.ndarray, nib.Nifti1Image, st
     files = sort_slices(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(path) for path in files])
+    # Each slice in its own rescaled values: by default the series would be read with the
+    # first slice's pixel type, truncating the others' when their RescaleSlope differs.
+    reader.SetOutputPixelType(sitk.sitkFloat32)
     try:
         with _itk_warnings_muted():
             volume = reader.Execute()
