@@ -106,6 +106,7 @@ def write_dicom_series(
     modality: str = "MR",
     file_order: Sequence[int] | None = None,
     rescale: Sequence[tuple[float, float]] | None = None,
+    gantry_tilt: float = 0.0,
 ) -> list[Path]:
     """Write an int16 (X, Y, Z) volume as a DICOM series, one file per slice.
 
@@ -121,6 +122,9 @@ def write_dicom_series(
         rescale: (RescaleSlope, RescaleIntercept) of each slice (default: none written); the
             file then means ``volume * slope + intercept``, e.g. a slope of 0.01 on all slices
             but the first (PET, some Philips MR).
+        gantry_tilt: degrees; each slice's ImagePositionPatient moves along the column
+            direction by ``k * slice distance * tan(tilt)`` (a sheared stack, as a CT acquired
+            with a tilted gantry), and GantryDetectorTilt is written.
 
     Returns:
         The files written, in slice order.
@@ -137,8 +141,9 @@ def write_dicom_series(
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     written = []
+    shear = np.tan(np.deg2rad(gantry_tilt)) * geometry.spacing[2] * direction[:, 1]
     for k in range(volume.shape[2]):
-        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        position = np.array(image.TransformIndexToPhysicalPoint((0, 0, k))) + k * shear
         slice_tags = {
             "0008|0060": modality,
             "0008|103e": description,
@@ -150,6 +155,8 @@ def write_dicom_series(
             "0020|0037": orientation,
             "0018|0050": f"{geometry.spacing[2]:g}",
         }
+        if gantry_tilt:
+            slice_tags["0018|1120"] = f"{gantry_tilt:g}"
         slice_image = image[:, :, k]
         if rescale is not None:
             slice_image, rescale_tags = _rescaled(slice_image, *rescale[k])
