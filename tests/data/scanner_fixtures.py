@@ -12,7 +12,7 @@ file names that do not follow the slice order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,8 @@ import SimpleITK as sitk  # noqa: N813 (the conventional alias)
 from scipy import ndimage
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+SPACING_BETWEEN_SLICES = "0018|0088"
+"""Written by GDCM into every file from the image's slice spacing, whatever its metadata says."""
 
 
 def _ellipse(shape: Sequence[int], centre: Sequence[float], radii: Sequence[float]) -> np.ndarray:
@@ -107,6 +109,8 @@ def write_dicom_series(
     file_order: Sequence[int] | None = None,
     rescale: Sequence[tuple[float, float]] | None = None,
     gantry_tilt: float = 0.0,
+    spacing_between_slices: float | None = None,
+    tags: Mapping[str, str | None] | None = None,
 ) -> list[Path]:
     """Write an int16 (X, Y, Z) volume as a DICOM series, one file per slice.
 
@@ -125,6 +129,12 @@ def write_dicom_series(
         gantry_tilt: degrees; each slice's ImagePositionPatient moves along the column
             direction by ``k * slice distance * tan(tilt)`` (a sheared stack, as a CT acquired
             with a tilted gantry), and GantryDetectorTilt is written.
+        spacing_between_slices: SpacingBetweenSlices, mm (default: the slice distance, as MR
+            scanners write it); GDCM writes it from each file's slice spacing.
+        tags: more tags for every slice ("gggg|eeee" to value), replacing the defaults; a
+            value of None leaves the tag out (e.g. ``{"0018|0050": None}``: no SliceThickness),
+            or for SpacingBetweenSlices, which GDCM always writes, empties it (as a scanner
+            may leave a type 2 tag).
 
     Returns:
         The files written, in slice order.
@@ -157,18 +167,40 @@ def write_dicom_series(
         }
         if gantry_tilt:
             slice_tags["0018|1120"] = f"{gantry_tilt:g}"
-        slice_image = image[:, :, k]
+        slice_image = image[:, :, k : k + 1]  # one slice, 3D: its spacing is written
+        slice_image.SetSpacing(
+            (*geometry.spacing[:2], spacing_between_slices or geometry.spacing[2])
+        )
         if rescale is not None:
             slice_image, rescale_tags = _rescaled(slice_image, *rescale[k])
             slice_tags.update(rescale_tags)
+        slice_tags.update(tags or {})
         for tag, value in slice_tags.items():
-            slice_image.SetMetaData(tag, value)
+            if value is not None:
+                slice_image.SetMetaData(tag, value)
         path = folder / f"IM{order[k]:04d}"
         writer.SetFileName(str(path))
         writer.SetImageIO("GDCMImageIO")
         writer.Execute(slice_image)
+        if SPACING_BETWEEN_SLICES in slice_tags and slice_tags[SPACING_BETWEEN_SLICES] is None:
+            _empty_spacing_between_slices(path)
         written.append(path)
     return written
+
+
+def _empty_spacing_between_slices(path: Path) -> None:
+    """Blank the value of SpacingBetweenSlices (0018,0088) in ``path`` in place with spaces of
+    the same length, so readers find it empty (little endian, implicit VR as GDCM writes by
+    default, or explicit VR "DS")."""
+    data = bytearray(path.read_bytes())
+    start = data.find(b"\x18\x00\x88\x00")
+    assert start >= 0, f"{path}: no SpacingBetweenSlices element"
+    if data[start + 4 : start + 6] == b"DS":  # explicit VR: 2-byte length
+        value, length = start + 8, int.from_bytes(data[start + 6 : start + 8], "little")
+    else:  # implicit VR: 4-byte length
+        value, length = start + 8, int.from_bytes(data[start + 4 : start + 8], "little")
+    data[value : value + length] = b" " * length
+    path.write_bytes(bytes(data))
 
 
 def _rescaled(slice_image: sitk.Image, slope: float, intercept: float) -> tuple[sitk.Image, dict]:

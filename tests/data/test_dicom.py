@@ -19,7 +19,7 @@ from data.scanner_fixtures import (
 )
 from tfaug.data.dicom import read_series, safe_file_name, series_uids
 from tfaug.data.inputs import find_inputs, plan_outputs
-from tfaug.data.volume import DatasetError
+from tfaug.data.volume import DatasetError, DatasetWarning
 
 UID = "1.2.826.0.1.3680043.2.1125.7.1"
 
@@ -87,6 +87,22 @@ def test_a_series_acquired_with_gantry_tilt_is_refused_with_the_fix(tmp_path, vo
     write_dicom_series(tmp_path / "straight", volume, gantry_tilt=0.05)
     image, _, _ = read_series(tmp_path / "straight", UID)
     np.testing.assert_array_equal(image, volume)
+
+
+def test_a_one_slice_series_takes_its_slice_spacing_from_the_header(tmp_path, volume):
+    # With no second position to measure it from: SpacingBetweenSlices, else SliceThickness
+    # (3.5 mm, the fixture's slice distance), else 1 mm with a warning naming the file.
+    geometry, one = SeriesGeometry(), volume[:, :, :1]
+    write_dicom_series(tmp_path / "mr", one, geometry=geometry, spacing_between_slices=4.5)
+    _, nifti, _ = read_series(tmp_path / "mr", UID)
+    np.testing.assert_allclose(nifti.header.get_zooms(), (0.8, 0.9, 4.5), rtol=1e-5)
+    write_dicom_series(tmp_path / "ct", one, geometry=geometry, tags={"0018|0088": None})
+    _, nifti, _ = read_series(tmp_path / "ct", UID)
+    np.testing.assert_allclose(nifti.affine, geometry.nifti_affine(), atol=1e-4)
+    write_dicom_series(tmp_path / "bare", one, tags={"0018|0088": None, "0018|0050": None})
+    with pytest.warns(DatasetWarning, match=r"bare/IM0000: a series of one slice.*1 mm"):
+        _, nifti, _ = read_series(tmp_path / "bare", UID)
+    assert nifti.header.get_zooms()[2] == 1.0
 
 
 def test_missing_or_repeated_slices_are_refused(tmp_path, volume):

@@ -23,6 +23,7 @@ axes, x and y negated).
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +32,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the conventional alias)
 
-from tfaug.data.volume import DatasetError
+from tfaug.data.volume import DatasetError, DatasetWarning
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 SPACING_TOLERANCE = 0.01
@@ -55,6 +56,8 @@ TAGS = {
     "frames": "0028|0008",
     "position": "0020|0032",
     "orientation": "0020|0037",
+    "slice_thickness": "0018|0050",
+    "spacing_between_slices": "0018|0088",
 }
 
 
@@ -296,6 +299,9 @@ def read_series(folder: Path, uid: str) -> tuple[np.ndarray, nib.Nifti1Image, st
         with the series' spacing, origin and direction (its affine and header are what the
         label volume is written with), and the SeriesDescription ('' if absent).
 
+    A series of one file takes its slice spacing from SpacingBetweenSlices, else SliceThickness,
+    else 1 mm with a :class:`~tfaug.data.volume.DatasetWarning` naming the file.
+
     Raises:
         DatasetError: no file of that series, any problem of :func:`sort_slices`, or a file
             SimpleITK cannot read.
@@ -322,9 +328,33 @@ def read_series(folder: Path, uid: str) -> tuple[np.ndarray, nib.Nifti1Image, st
             f"{folder}: expected a 3D grey-level series, found {volume.GetDimension()}D with "
             f"{volume.GetNumberOfComponentsPerPixel()} component(s) per voxel; convert it to NIfTI"
         )
+    header = _read_header(files[0])
+    if len(files) == 1:
+        volume.SetSpacing((*volume.GetSpacing()[:2], _one_slice_spacing(files[0], header)))
     image = np.ascontiguousarray(sitk.GetArrayFromImage(volume).transpose(2, 1, 0), np.float32)
-    description = _header_value(_read_header(files[0]), "description")
+    description = _header_value(header, "description")
     return image, nifti_like_series(image, nifti_affine(volume), description), description
+
+
+def _one_slice_spacing(path: Path, header: sitk.ImageFileReader) -> float:
+    """The slice spacing (mm) of a series of one file, which has no second position to measure
+    it from: SpacingBetweenSlices, else SliceThickness, else 1 mm with a
+    :class:`~tfaug.data.volume.DatasetWarning` naming the file."""
+    for name in ("spacing_between_slices", "slice_thickness"):
+        try:
+            value = abs(float(_header_value(header, name)))
+        except ValueError:  # absent ('') or not a number
+            continue
+        if np.isfinite(value) and value > 0:
+            return value
+    warnings.warn(
+        f"{path}: a series of one slice without SpacingBetweenSlices or SliceThickness; its "
+        "slice spacing is taken as 1 mm, so the label's affine and pixdim say 1 mm along the "
+        "slice normal. Write the slice thickness into the label's header if you need it",
+        DatasetWarning,
+        stacklevel=3,
+    )
+    return 1.0
 
 
 def safe_file_name(text: str, fallback: str = "series") -> str:
