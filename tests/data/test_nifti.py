@@ -1,5 +1,7 @@
 """Tests of tfaug/data/nifti.py: reading NIfTI files and the shared checks."""
 
+import gzip
+import re
 import warnings
 
 import numpy as np
@@ -91,6 +93,28 @@ def test_file_that_is_not_nifti_is_reported(tmp_path):
     path.write_bytes(b"this is not a NIfTI file at all" * 20)
     with pytest.raises(DatasetError, match="cannot read the image as NIfTI"):
         load_nifti(path)
+
+
+@pytest.mark.parametrize(
+    "name, rewrite, found, new_name",
+    [
+        ("a.nii", gzip.compress, "is gzip-compressed but named .nii", "a.nii.gz"),
+        ("b.NII.GZ", gzip.decompress, "is not compressed but named .nii.gz", "b.nii"),
+    ],
+)
+def test_compression_that_contradicts_the_name_is_refused_with_the_new_name(
+    tmp_path, name, rewrite, found, new_name
+):
+    """The content is an intact NIfTI; the message says to rename it, not to re-download."""
+    data = _random()
+    path = write_nifti(tmp_path / name, data)
+    path.write_bytes(rewrite(path.read_bytes()))
+    expected = re.escape(f"{name}: label file {found}") + ".* " + re.escape(f"to {new_name} ")
+    for read in (read_header, load_nifti):
+        with pytest.raises(DatasetError, match=expected):
+            read(path, what="label")
+    path.rename(tmp_path / new_name)
+    np.testing.assert_array_equal(load_nifti(tmp_path / new_name)[0], data)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])

@@ -37,10 +37,16 @@ MAX_FRACTIONAL_LABEL_VALUES = 50
 
 _READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error)
 _GZIP_MAGIC = b"\x1f\x8b"
+_NIFTI_HEADER_SIZES = (348, 540)
+"""``sizeof_hdr``, the first 4 bytes of a NIfTI-1 and a NIfTI-2 header."""
 
 
 def _open(path: Path, what: str) -> nib.Nifti1Image:
-    """Open a NIfTI file (header only) or raise a :class:`DatasetError`."""
+    """Open a NIfTI file (header only) or raise a :class:`DatasetError`.
+
+    A file whose gzip compression its name contradicts is refused with the name to give it
+    (:func:`_check_compression_matches_name`).
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(
@@ -52,6 +58,7 @@ def _open(path: Path, what: str) -> nib.Nifti1Image:
             f"{path}: {what} file is empty (0 bytes), expected a NIfTI image. "
             "Re-download or re-extract the dataset."
         )
+    _check_compression_matches_name(path, what)
     try:
         image = nib.load(path)
     except _READ_ERRORS as error:
@@ -65,6 +72,48 @@ def _open(path: Path, what: str) -> nib.Nifti1Image:
             "Convert it to .nii.gz."
         )
     return image
+
+
+def _check_compression_matches_name(path: Path, what: str) -> None:
+    """Refuse a NIfTI file whose gzip compression (its first two bytes) contradicts its name.
+
+    nibabel decides from the name whether to decompress, so a gzipped file named ``.nii`` or
+    a plain one named ``.nii.gz`` cannot be read, although its content is intact. The file is
+    not read anyway: a wrong name usually comes from a wrong step upstream, and renaming it
+    is the fix. A file whose content is no NIfTI header either way is left to
+    :func:`nib.load` (damaged, or not NIfTI), and so is a name without a NIfTI ending.
+    """
+    suffix = nifti_suffix(path.name)
+    if suffix is None:
+        return
+    named_compressed = suffix.lower() == ".nii.gz"
+    with open(path, "rb") as file:
+        compressed = file.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+    if compressed == named_compressed or not _starts_with_nifti_header(path, compressed):
+        return
+    stem = path.name[: len(path.name) - len(suffix)]
+    if compressed:
+        found, new_name = "is gzip-compressed but named .nii", f"{stem}.nii.gz"
+    else:
+        found, new_name = "is not compressed but named .nii.gz", f"{stem}.nii"
+    raise DatasetError(
+        f"{path}: {what} file {found}, expected .nii.gz for a gzip-compressed NIfTI file and "
+        f".nii for a plain one. Rename it to {new_name} (and its dataset.json entry, if it is "
+        "listed there); the content starts as a NIfTI file does, so the name is what is "
+        "wrong: check the step that named it."
+    )
+
+
+def _starts_with_nifti_header(path: Path, compressed: bool) -> bool:
+    """Whether ``path`` (decompressed if ``compressed``) starts with a NIfTI-1 or NIfTI-2
+    ``sizeof_hdr`` (348 or 540, in either byte order)."""
+    try:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as file:
+            start = file.read(4)
+    except _READ_ERRORS:
+        return False
+    sizes = {int.from_bytes(start, order) for order in ("little", "big")}
+    return len(start) == 4 and not sizes.isdisjoint(_NIFTI_HEADER_SIZES)
 
 
 def spatial_shape(shape: Sequence[int]) -> tuple[int, ...]:
@@ -164,9 +213,10 @@ def read_header(
         matrix (mm), and the voxel sizes of every axis (mm for spatial axes).
 
     Raises:
-        DatasetError: a missing, empty (0 bytes) or unreadable file, a shape with a
-            zero-length axis, a voxel type that is not a real number (RGB, complex), or
-            spatial header voxel sizes (pixdim) that disagree with the affine.
+        DatasetError: a missing, empty (0 bytes) or unreadable file, a gzipped file named
+            ``.nii`` or a plain one named ``.nii.gz`` (the message gives the new name), a
+            shape with a zero-length axis, a voxel type that is not a real number (RGB,
+            complex), or spatial header voxel sizes (pixdim) that disagree with the affine.
     """
     return _describe(_open(path, what), Path(path), what)
 
