@@ -199,6 +199,7 @@ def write_msd_dataset(
     image_dtype: type = np.float32,
     test_ids: Sequence[int] = (),
     hidden_files: bool = True,
+    vector_images: bool = False,
     seed: int = 0,
 ) -> WrittenDataset:
     """Write a Decathlon task folder ``root/task/`` in the real layout.
@@ -217,6 +218,9 @@ def write_msd_dataset(
             and ``Task07_Pancreas`` have default ``modality``/``labels`` (:data:`MSD_TASKS`).
         ids: case numbers, listed in dataset.json in this order (gaps are fine).
         image_dtype: dtype of the stored images (``np.int16`` for CT-like files).
+        vector_images: store images of several modalities as ITK/SimpleITK write vector
+            images, (X, Y, Z, 1, C) (the NIfTI layout: a time axis of length 1, then the
+            components), instead of (X, Y, Z, C).
 
     Returns:
         The task folder and the training cases by id (``prostate_16``, ...).
@@ -239,7 +243,8 @@ def write_msd_dataset(
         if len(modality) == 1:
             return base.astype(image_dtype)
         channels = [base * (c + 1) + 500.0 * c for c in range(len(modality))]
-        return np.stack(channels, axis=-1).astype(image_dtype)
+        stacked = np.stack(channels, axis=-1).astype(image_dtype)
+        return stacked[:, :, :, None, :] if vector_images else stacked
 
     cases = {}
     for number in ids:

@@ -136,6 +136,20 @@ def test_datasets_prostate_reads_t2_through_the_entry_point(prostate):
     np.testing.assert_array_equal(volume.image, prostate.cases["prostate_16"].image[..., 0])
 
 
+def test_vector_images_as_itk_writes_them_read_the_modality_channel(tmp_path):
+    """ITK/SimpleITK store a multi-modal image as (X, Y, Z, 1, C); data.modality picks C."""
+    task = write_msd_dataset(tmp_path, "Task05_Prostate", PROSTATE_IDS, vector_images=True)
+    truth = task.cases["prostate_16"]
+    assert truth.image.shape == (12, 10, 3, 1, 2)
+    assert verify_dataset(PROSTATE, task.root) == []
+    case = check_dataset(PROSTATE, task.root)[-1]
+    np.testing.assert_array_equal(load_case(PROSTATE, case).image, truth.image[:, :, :, 0, 0])
+    adc = load_msd(case, modality="ADC", merge_labels={}, label_set={0, 1, 2})
+    np.testing.assert_array_equal(adc.image, truth.image[:, :, :, 0, 1])
+    with pytest.raises(DatasetError, match=r"4D image of shape \(12, 10, 3, 2\) .* data\.modality"):
+        load_msd(case, modality=None, merge_labels={}, label_set={0, 1, 2})
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

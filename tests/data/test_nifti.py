@@ -226,6 +226,8 @@ def test_read_volume_rejects_a_4d_image_without_a_channel(tmp_path):
         ((4, 5, 1), (4, 5, 1)),
         ((4, 5, 6, 2), (4, 5, 6, 2)),
         ((4, 5, 6, 2, 1), (4, 5, 6, 2)),
+        ((4, 5, 6, 1, 2), (4, 5, 6, 2)),
+        ((4, 5, 6, 3, 2), (4, 5, 6, 3, 2)),
     ],
 )
 def test_spatial_shape_drops_only_length_one_axes_after_the_third(stored, spatial):
@@ -246,3 +248,23 @@ def test_read_volume_reads_a_length_one_fourth_axis_as_3d(tmp_path):
     np.testing.assert_array_equal(volume.image, image)
     np.testing.assert_array_equal(volume.label, label)
     assert volume.spacing == pytest.approx((1.5, 1.5, 10.0))
+
+
+def test_a_vector_image_as_itk_writes_it_reads_one_channel(tmp_path):
+    """(X, Y, Z, 1, C): NIfTI's time axis of length 1, then C values per voxel."""
+    data = np.stack([_random(seed=1), _random(seed=2)], axis=-1)[:, :, :, None, :]
+    path = write_nifti(tmp_path / "a.nii.gz", data)
+    for channel in (0, 1):
+        loaded, _, _ = load_nifti(path, channel=channel)
+        np.testing.assert_array_equal(loaded, data[:, :, :, 0, channel])
+    assert load_nifti(path)[0].shape == (*SHAPE, 2)
+    with pytest.raises(DatasetError, match="cannot read channel 2"):
+        load_nifti(path, channel=2)
+
+
+def test_a_time_series_of_vector_images_is_refused_naming_the_layout(tmp_path):
+    path = write_nifti(tmp_path / "a.nii.gz", np.zeros((*SHAPE, 3, 2), np.float32))
+    expected = r"shape \(12, 10, 3, 3, 2\), the NIfTI layout \(X, Y, Z, T, C\): 3 time points"
+    for read in (read_header, load_nifti):
+        with pytest.raises(DatasetError, match=expected):
+            read(path)

@@ -95,15 +95,21 @@ def _restacked(image_path, path, stack):
     return path
 
 
+@pytest.mark.parametrize("vector_layout", [False, True])
 def test_4d_input_needs_a_channel_and_the_channel_gives_the_3d_result(
     export_dir,
     test_cases,
     tmp_path,
+    vector_layout,
 ):
+    """(X, Y, Z, C), and (X, Y, Z, 1, C) as ITK/SimpleITK write vector images."""
     ref, _ = test_cases[0]
-    stacked = _restacked(
-        ref.image_path, tmp_path / "two.nii.gz", lambda x: np.stack([x * 2.0 + 7.0, x], -1)
-    )
+
+    def two_channels(image: np.ndarray) -> np.ndarray:
+        stacked = np.stack([image * 2.0 + 7.0, image], -1)
+        return stacked[:, :, :, None, :] if vector_layout else stacked
+
+    stacked = _restacked(ref.image_path, tmp_path / "two.nii.gz", two_channels)
     model = export_dir / "segmenter.onnx"
     with pytest.raises(DatasetError, match=r"4D image .* with --channel \(0 to 1"):
         segment(stacked, tmp_path / "a.nii.gz", model)

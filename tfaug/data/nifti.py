@@ -121,12 +121,29 @@ def spatial_shape(shape: Sequence[int]) -> tuple[int, ...]:
 
     Converters and ITK/FSL tools often store a 3D volume as (X, Y, Z, 1) or (X, Y, Z, 1, 1)
     (a time or vector axis of length 1); tfaug reads it as (X, Y, Z), as MONAI's readers do.
-    Every other shape is returned unchanged.
+    ITK/SimpleITK store a vector image (several values per voxel, e.g. one per modality) in
+    the NIfTI layout (X, Y, Z, 1, C): the 4th axis is time, of length 1, and the 5th holds
+    the C components; tfaug reads it as (X, Y, Z, C). Every other shape is returned
+    unchanged.
     """
     spatial = tuple(int(n) for n in shape)
-    while len(spatial) > 3 and spatial[-1] == 1:
-        spatial = spatial[:-1]
-    return spatial
+    return spatial[:3] + tuple(n for n in spatial[3:] if n != 1)
+
+
+def _check_one_channel_axis(shape: tuple[int, ...], path: Path, what: str) -> None:
+    """Refuse a shape with more than one axis longer than 1 after the third, e.g. the
+    (X, Y, Z, T, C) of a time series of vector images: tfaug reads one 3D volume, or one
+    channel of (X, Y, Z, C), from a file."""
+    if len(spatial_shape(shape)) <= 4:
+        return
+    further = f" and further axes {shape[5:]}" if len(shape) > 5 else ""
+    raise DatasetError(
+        f"{path}: {what} has shape {shape}, the NIfTI layout (X, Y, Z, T, C): {shape[3]} "
+        f"time points of {shape[4]} components per voxel{further}; expected (X, Y, Z), "
+        "(X, Y, Z, C) or the vector layout (X, Y, Z, 1, C), one volume or one set of "
+        "channels. Save the volume to use as a file of its own (nibabel, time point t: "
+        "nib.Nifti1Image(img.dataobj[:, :, :, t, :], img.affine)), or remove the case."
+    )
 
 
 def _describe(
@@ -134,8 +151,9 @@ def _describe(
 ) -> tuple[tuple[int, ...], np.ndarray, tuple[float, ...]]:
     """Shape, affine and zooms of an opened file.
 
-    Rejects a zero-length axis, a voxel type that is not a real number (RGB, complex) and
-    spatial zooms that disagree with the affine (:func:`_check_zooms_match_affine`).
+    Rejects a zero-length axis, more than one axis longer than 1 after the third
+    (:func:`_check_one_channel_axis`), a voxel type that is not a real number (RGB, complex)
+    and spatial zooms that disagree with the affine (:func:`_check_zooms_match_affine`).
     """
     shape = tuple(int(n) for n in image.shape)
     if not shape or min(shape) == 0:
@@ -143,6 +161,7 @@ def _describe(
             f"{path}: {what} array is empty (shape {shape}), expected every axis to have at "
             "least one voxel. Re-export the file or remove the case."
         )
+    _check_one_channel_axis(shape, path, what)
     _check_real_dtype(image.get_data_dtype(), path, what)
     zooms = tuple(float(z) for z in image.header.get_zooms())
     affine = np.asarray(image.affine, dtype=np.float64)
@@ -215,8 +234,10 @@ def read_header(
     Raises:
         DatasetError: a missing, empty (0 bytes) or unreadable file, a gzipped file named
             ``.nii`` or a plain one named ``.nii.gz`` (the message gives the new name), a
-            shape with a zero-length axis, a voxel type that is not a real number (RGB,
-            complex), or spatial header voxel sizes (pixdim) that disagree with the affine.
+            shape with a zero-length axis or with more than one axis longer than 1 after the
+            third (a time series of vector images, (X, Y, Z, T, C)), a voxel type that is not
+            a real number (RGB, complex), or spatial header voxel sizes (pixdim) that
+            disagree with the affine.
     """
     return _describe(_open(path, what), Path(path), what)
 
@@ -229,9 +250,11 @@ def load_nifti(
     Args:
         path: a ``.nii`` or ``.nii.gz`` file.
         what: a word naming the file in error messages (``"image"``, ``"label"``).
-        channel: for a 4D file (X, Y, Z, C), read only ``data[..., channel]``; ``None``
-            reads the whole array, without the length-1 axes after the third
-            (:func:`spatial_shape`). Must be ``None`` for files with fewer than 4 axes.
+        channel: for a file of channels, (X, Y, Z, C) or the vector layout (X, Y, Z, 1, C)
+            (:func:`spatial_shape`), read only that channel, as (X, Y, Z); a file stored as
+            (X, Y, Z, 1) has the one channel 0. ``None`` reads the whole array, without
+            the length-1 axes after the third. Must be ``None`` for files with fewer than
+            4 axes.
 
     Returns:
         ``(data, affine, zooms)``. ``data`` keeps the file's integer dtype when the file
@@ -248,15 +271,16 @@ def load_nifti(
     """
     image = _open(path, what)
     shape, affine, zooms = _describe(image, path, what)
-    if channel is not None and (len(shape) != 4 or not 0 <= channel < shape[3]):
+    index = _channel_index(shape, channel) if channel is not None else ()
+    if index is None:
         raise DatasetError(
             f"{path}: cannot read channel {channel} of the {what}: its shape is {shape}, "
-            "expected a 4D (X, Y, Z, C) array with that channel. Check data.modality against "
-            "the dataset's dataset.json."
+            "expected a 4D (X, Y, Z, C) array, or the vector layout (X, Y, Z, 1, C), with "
+            "that channel. Check data.modality against the dataset's dataset.json."
         )
     try:
         proxy = _fully_decompressed(image, Path(path)).dataobj
-        data = np.asanyarray(proxy[..., channel] if channel is not None else proxy)
+        data = np.asanyarray(proxy[index] if channel is not None else proxy)
         if channel is None:
             data = data.reshape(spatial_shape(data.shape))
     except _READ_ERRORS as error:
@@ -267,6 +291,21 @@ def load_nifti(
     if data.dtype.kind not in "iub":
         data = _finite_float32(data, path, what)
     return data, affine, zooms
+
+
+def _channel_index(shape: tuple[int, ...], channel: int) -> tuple[int | slice, ...] | None:
+    """The index that reads ``channel`` of a file of ``shape`` as (X, Y, Z); ``None`` if the
+    file has no such channel.
+
+    The channels lie along the one axis after the third longer than 1 (there is at most one,
+    :func:`_check_one_channel_axis`); the other axes after the third are read at 0. A file
+    whose axes after the third all have length 1 holds the one channel 0.
+    """
+    spatial = spatial_shape(shape)
+    count = spatial[3] if len(spatial) == 4 else 1
+    if len(shape) < 4 or not 0 <= channel < count:
+        return None
+    return (slice(None),) * 3 + tuple(channel if n > 1 else 0 for n in shape[3:])
 
 
 def _fully_decompressed(image: nib.Nifti1Image, path: Path) -> nib.Nifti1Image:

@@ -191,7 +191,8 @@ def read_image(path: str | Path, channel: int | None = None) -> tuple[np.ndarray
     """Read a 3D image, or one channel of a 4D one, as float32 (X, Y, Z).
 
     A file of shape (X, Y, Z, 1) (a length-1 axis after the third) is read as 3D, with or
-    without ``channel`` 0.
+    without ``channel`` 0. A vector image as ITK writes it, (X, Y, Z, 1, C), is read as the
+    4D (X, Y, Z, C) (:func:`~tfaug.data.nifti.spatial_shape`).
 
     Returns:
         ``(image, nifti)``: the voxels and the opened file (its affine, header and zooms).
@@ -204,12 +205,13 @@ def read_image(path: str | Path, channel: int | None = None) -> tuple[np.ndarray
     stored, _, _ = read_header(path)
     shape = spatial_shape(stored)
     if len(shape) == 4 and channel is None:
+        stored_as = f" (stored as {stored})" if stored != shape else ""
         raise DatasetError(
-            f"{path}: expected a 3D image (X, Y, Z), found a 4D image of shape {shape}; choose "
-            f"the channel the model was trained on with --channel (0 to {shape[3] - 1}; "
-            "export.json 'data.modality' names it)"
+            f"{path}: expected a 3D image (X, Y, Z), found a 4D image of shape {shape}"
+            f"{stored_as}; choose the channel the model was trained on with --channel (0 to "
+            f"{shape[3] - 1}; export.json 'data.modality' names it)"
         )
-    if len(stored) != 4 and channel is not None:
+    if len(stored) <= 3 and channel is not None:
         raise DatasetError(
             f"{path}: --channel {channel} given but the image is {len(shape)}D with shape "
             f"{shape}; channels exist only in 4D (X, Y, Z, C) images, drop --channel"
