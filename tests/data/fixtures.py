@@ -64,20 +64,33 @@ def grid_affine(
     return affine
 
 
+MM_PER_UNIT = {"mm": 1.0, "meter": 1000.0, "micron": 0.001}
+"""Millimetres per NIfTI spatial unit (nibabel's names for ``xyzt_units``)."""
+
+
 def write_nifti(
     path: Path,
     data: np.ndarray,
     *,
     spacing: Sequence[float] = (1.5, 1.5, 10.0),
     affine: np.ndarray | None = None,
+    units: str | None = None,
 ) -> Path:
     """Write ``data`` (its dtype kept) as NIfTI-1; parent folders are created.
 
-    The header zooms follow the affine (``grid_affine(spacing)`` unless given).
+    The header zooms follow the affine (``grid_affine(spacing)`` unless given, in mm).
+    ``units`` (``"mm"``, ``"meter"`` or ``"micron"``) sets the header's spatial unit and
+    stores the affine converted to it, so every ``units`` describes the same grid; ``None``
+    leaves the unit unknown (read as mm), as most converters do.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    matrix = grid_affine(spacing) if affine is None else affine
-    nib.save(nib.Nifti1Image(data, matrix), path)
+    matrix = np.array(grid_affine(spacing) if affine is None else affine, dtype=np.float64)
+    if units is not None:
+        matrix[:3] /= MM_PER_UNIT[units]
+    image = nib.Nifti1Image(data, matrix)
+    if units is not None:
+        image.header.set_xyzt_units(units)
+    nib.save(image, path)
     return path
 
 

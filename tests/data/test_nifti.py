@@ -4,6 +4,7 @@ import gzip
 import re
 import warnings
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -51,6 +52,31 @@ def test_load_nifti_reads_one_channel_of_a_4d_file(tmp_path):
     assert len(zooms) == 4
     with pytest.raises(DatasetError, match="cannot read channel 2"):
         load_nifti(path, channel=2)
+
+
+@pytest.mark.parametrize("units", ["meter", "micron", "mm"])
+def test_spatial_units_of_the_header_are_converted_to_mm(tmp_path, units):
+    """The same grid stored in metres, microns or mm reads alike, and matches a mm label."""
+    spacing, image = (1.25, 1.5, 8.0), _random()
+    path = write_nifti(tmp_path / "i.nii.gz", image, spacing=spacing, units=units)
+    assert nib.load(path).header.get_xyzt_units()[0] == units
+    for read in (read_header, load_nifti):
+        _, affine, zooms = read(path)
+        np.testing.assert_allclose(affine, grid_affine(spacing), rtol=1e-6)
+        assert zooms == pytest.approx(spacing, rel=1e-6)
+    label = write_nifti(tmp_path / "l.nii.gz", make_label(SHAPE), spacing=spacing)
+    volume = read_volume(CaseRef("c1", path, label), label_set={0, 1, 2, 3})
+    assert volume.spacing == pytest.approx(spacing, rel=1e-6)
+    np.testing.assert_array_equal(volume.image, image)
+
+
+def test_a_pixdim_that_disagrees_with_the_affine_is_caught_in_metres_too(tmp_path):
+    path = write_nifti(tmp_path / "i.nii.gz", _random(), spacing=(1.5, 1.5, 10.0), units="meter")
+    stored = nib.load(path)
+    stored.header["pixdim"][3] = 0.008  # 8 mm against the affine's 10 mm
+    nib.save(stored, path)
+    with pytest.raises(DatasetError, match=r"pixdim\) \(1\.5, 1\.5, 8\.0\) mm differs .*"):
+        read_header(path)
 
 
 def test_read_header_reads_shape_without_voxels(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from data.fixtures import write_nifti
 
 from tfaug.cli import main
 from tfaug.data.datasets import list_cases, load_case
@@ -86,13 +87,36 @@ def test_folder_input_writes_one_label_per_volume_and_skips_hidden_files(
     assert all(p.parent == tmp_path / "out" and p.is_file() for p in written)
 
 
-def _restacked(image_path, path, stack):
+def _restacked(image_path, path, stack, units=None):
     """Write ``stack(image)`` (float32 (X, Y, Z) → an array) to ``path`` with the image's
-    affine; returns ``path``."""
+    affine, stored in ``units`` (``write_nifti``'s; default: unknown, read as mm); returns
+    ``path``."""
     source = nib.load(image_path)
     image = np.asarray(source.dataobj, dtype=np.float32)
-    nib.save(nib.Nifti1Image(stack(image), source.affine), path)
-    return path
+    return write_nifti(path, stack(image), affine=source.affine, units=units)
+
+
+def test_an_input_in_metres_is_segmented_as_in_mm_and_its_label_keeps_its_header(
+    export_dir,
+    test_cases,
+    tmp_path,
+):
+    """The header's spatial unit (xyzt_units) is honoured; the label keeps the input's."""
+    ref, _ = test_cases[0]
+    model = export_dir / "segmenter.onnx"
+    written = {}
+    for units in ("mm", "meter"):
+        stored = _restacked(ref.image_path, tmp_path / f"{units}.nii.gz", lambda x: x, units)
+        (written[units],) = segment(stored, tmp_path / f"seg_{units}.nii.gz", model)
+    (original,) = segment(ref.image_path, tmp_path / "seg.nii.gz", model)
+    expected = np.asarray(nib.load(original).dataobj)
+    assert len(np.unique(expected)) > 1, "a segmentation with structures tells the units apart"
+    for units, path in written.items():
+        source, result = nib.load(tmp_path / f"{units}.nii.gz"), nib.load(path)
+        np.testing.assert_array_equal(np.asarray(result.dataobj), expected)
+        assert result.header.get_xyzt_units()[0] == units
+        np.testing.assert_array_equal(result.affine, source.affine)
+        assert result.header.get_zooms() == source.header.get_zooms()
 
 
 @pytest.mark.parametrize("vector_layout", [False, True])

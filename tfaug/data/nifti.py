@@ -35,6 +35,11 @@ of the matching affine column. Scanner converters store both in float32 (relativ
 MAX_FRACTIONAL_LABEL_VALUES = 50
 """More distinct non-integer values than this and a "label" is taken for an intensity image."""
 
+MM_PER_SPATIAL_UNIT = {1: 1000.0, 3: 0.001}
+"""Millimetres per unit of the NIfTI spatial unit codes other than mm (the low three bits of
+the header's ``xyzt_units``): 1 metre, 3 micron. Code 2 (mm) and 0 (unknown, which converters
+write for mm, the NIfTI default) read as mm."""
+
 _READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error)
 _GZIP_MAGIC = b"\x1f\x8b"
 _NIFTI_HEADER_SIZES = (348, 540)
@@ -146,10 +151,39 @@ def _check_one_channel_axis(shape: tuple[int, ...], path: Path, what: str) -> No
     )
 
 
+def mm_per_unit(header: nib.Nifti1Header) -> float:
+    """Millimetres per spatial unit of a NIfTI header (the low three bits of ``xyzt_units``):
+    1000 for metres, 0.001 for microns, 1 for mm and for unknown (:data:`MM_PER_SPATIAL_UNIT`).
+    """
+    return MM_PER_SPATIAL_UNIT.get(int(header["xyzt_units"]) & 7, 1.0)
+
+
+def in_mm(image: nib.Nifti1Image) -> nib.Nifti1Image:
+    """``image`` with its spatial geometry in mm, for reading it; no voxel is read.
+
+    A header whose spatial unit is metres or microns gets its spatial voxel sizes (pixdim),
+    qform offsets and sform rows converted to mm and its unit set to mm, so the affine and
+    zooms read from the result are in mm; the quaternion and every other field are kept
+    (a pixdim that disagrees with the affine still does). An image already in mm, or with
+    the unit unknown, is returned as it is. Outputs are written with the input's own header
+    instead (:func:`tfaug.deploy.inference.write_like`), so they overlay it in any viewer.
+    """
+    scale = mm_per_unit(image.header)
+    if scale == 1.0:
+        return image
+    header = image.header.copy()
+    header["pixdim"][1:4] = header["pixdim"][1:4] * scale
+    for field in ("qoffset_x", "qoffset_y", "qoffset_z", "srow_x", "srow_y", "srow_z"):
+        header[field] = header[field] * scale
+    header["xyzt_units"] = (int(header["xyzt_units"]) & ~7) | 2  # 2: mm
+    return type(image)(image.dataobj, header.get_best_affine(), header)
+
+
 def _describe(
     image: nib.Nifti1Image, path: Path, what: str
 ) -> tuple[tuple[int, ...], np.ndarray, tuple[float, ...]]:
-    """Shape, affine and zooms of an opened file.
+    """Shape, affine and zooms of an opened file, in mm whatever its spatial unit
+    (:func:`in_mm`).
 
     Rejects a zero-length axis, more than one axis longer than 1 after the third
     (:func:`_check_one_channel_axis`), a voxel type that is not a real number (RGB, complex)
@@ -163,6 +197,7 @@ def _describe(
         )
     _check_one_channel_axis(shape, path, what)
     _check_real_dtype(image.get_data_dtype(), path, what)
+    image = in_mm(image)
     zooms = tuple(float(z) for z in image.header.get_zooms())
     affine = np.asarray(image.affine, dtype=np.float64)
     _check_zooms_match_affine(zooms[: min(3, len(shape))], affine, path, what)
@@ -229,7 +264,8 @@ def read_header(
 
     Returns:
         ``(shape, affine, zooms)``: the array shape, the 4x4 float64 voxel-to-world
-        matrix (mm), and the voxel sizes of every axis (mm for spatial axes).
+        matrix (mm), and the voxel sizes of every axis (mm for spatial axes). A header
+        whose spatial unit is metres or microns is converted to mm (:func:`in_mm`).
 
     Raises:
         DatasetError: a missing, empty (0 bytes) or unreadable file, a gzipped file named
@@ -261,7 +297,8 @@ def load_nifti(
         stores integers without intensity scaling, otherwise it is float32 (scaled by the
         header's ``scl_slope``/``scl_inter`` as nibabel does). ``affine`` is the 4x4
         float64 voxel-to-world matrix in mm; ``zooms`` holds the voxel size of every axis
-        of the file (mm for the first three). The data is not reoriented or resampled.
+        of the file (mm for the first three), both converted from the header's metres or
+        microns if it says so (:func:`in_mm`). The data is not reoriented or resampled.
 
     Raises:
         DatasetError: a missing, empty, unreadable, truncated or damaged file (a gzipped

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from tfaug.config import ConfigError, config_from_dict
 from tfaug.data.dicom import read_series
 from tfaug.data.inputs import SegmentInput, SegmentReport, nifti_stem, plan_outputs
-from tfaug.data.nifti import load_nifti, read_header, save_nifti_atomic, spatial_shape
+from tfaug.data.nifti import in_mm, load_nifti, read_header, save_nifti_atomic, spatial_shape
 from tfaug.data.preprocess import SliceGeometry, preprocess_volume, restore_probabilities
 from tfaug.data.preprocess_overrides import override_preprocess
 from tfaug.data.volume import DatasetError, Volume
@@ -195,7 +195,8 @@ def read_image(path: str | Path, channel: int | None = None) -> tuple[np.ndarray
     4D (X, Y, Z, C) (:func:`~tfaug.data.nifti.spatial_shape`).
 
     Returns:
-        ``(image, nifti)``: the voxels and the opened file (its affine, header and zooms).
+        ``(image, nifti)``: the voxels and the opened file (its affine, header and zooms, in
+        the file's own spatial unit: :func:`~tfaug.data.nifti.in_mm` gives them in mm).
 
     Raises:
         DatasetError: a missing or unreadable file, a 4D file without ``channel``, a channel on
@@ -238,7 +239,8 @@ def preprocess_image(
 
     Args:
         image: float32 (X, Y, Z) in scanner units.
-        nifti: the opened file (zooms give the spacing in mm).
+        nifti: the opened file; its zooms give the spacing, read in mm whatever the
+            header's spatial unit (:func:`~tfaug.data.nifti.in_mm`).
         manifest: the parsed export.json.
         name: what to call the volume in error messages (its path).
 
@@ -254,6 +256,7 @@ def preprocess_image(
         preprocess = config_from_dict({"preprocess": manifest["preprocess"]}).preprocess
     except ConfigError as error:
         raise ExportError(f"export.json: bad preprocess section ({error})") from error
+    nifti = in_mm(nifti)
     spacing = tuple(float(z) for z in nifti.header.get_zooms()[:3])
     volume = Volume(
         case_id=Path(name).name,
@@ -290,12 +293,14 @@ def segment_image(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Segment one volume: reorient to the training voxel order if export.json asks for it
     (:func:`orientation_transform`), preprocess, predict, map back to the native grid and the
-    input's voxel order, argmax.
+    input's voxel order, argmax. ``nifti``'s geometry is read in mm whatever its header's
+    spatial unit (:func:`~tfaug.data.nifti.in_mm`).
 
     Returns:
         ``(labels, probabilities)``: uint8 (X, Y, Z) class indices and float32 (X, Y, Z, C)
         probabilities, both on the input's voxel grid.
     """
+    nifti = in_mm(nifti)
     transform = orientation_transform(nifti.affine, manifest, name)
     if transform is not None:
         image, nifti = reorient_input(image, nifti, transform)
@@ -309,6 +314,10 @@ def segment_image(
 
 def write_like(data: np.ndarray, reference: nib.Nifti1Image, path: Path) -> None:
     """Write ``data`` as NIfTI with ``reference``'s affine and header, in ``data``'s dtype.
+
+    Pass the input file as read (:func:`read_image`), not its :func:`~tfaug.data.nifti.in_mm`
+    view: the output then keeps the input's spatial unit (metres, say) and affine, and lies
+    on it in any viewer, whether or not the viewer converts units.
 
     The header's intensity scaling is reset (slope 1, intercept 0), its display range
     (``cal_min``, ``cal_max``) set to ``data``'s, so viewers do not show the labels with the
