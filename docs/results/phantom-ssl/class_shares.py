@@ -16,13 +16,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import yaml
+from stage_test_dice import open_run
 
 from tfaug.analysis.evaluation import load_volumes
-from tfaug.config import config_from_dict
-from tfaug.data.records import prepare_cache
 from tfaug.methods import final_stage
-from tfaug.runs.algorithm import plan_split
 from tfaug.training.builders import build_segmenter
 from tfaug.training.loop import load_best
 
@@ -39,9 +36,7 @@ def main() -> None:
     for spec in args.runs:
         folder, _, kept = spec.partition(":")
         run_dir = Path(folder)
-        cfg = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text("utf-8")))
-        _, split = plan_split(cfg)
-        cache = prepare_cache(cfg, progress=False)
+        cfg, _, split, cache = open_run(run_dir)
         segmenter = build_segmenter(cfg)
         stage = final_stage(cfg.method, cfg.train.self_training_rounds)
         load_best({"segmenter": segmenter}, run_dir / "checkpoints" / stage, kept or "best")
