@@ -1,4 +1,5 @@
-"""Tests of ``tfaug train`` input errors: all exit 2 before anything is trained or written."""
+"""Tests of ``tfaug train`` input errors (all exit 2 before anything is trained or written) and
+of a run whose loss diverges (exit 1, one message)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,29 @@ def test_unwritable_runs_dir(tiny_args, tmp_path, capsys):
     assert code == 2
     assert "file/runs: cannot create the runs directory" in err
     assert "--runs-dir" in err
+
+
+def test_schedule_count_out_of_range_is_refused_before_the_run_directory(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    code, err = _train(["--iterations", "-3", "--runs-dir", str(runs)], capsys)
+
+    assert code == 2
+    assert "train.segmenter_iterations: -3 must be >= 1" in err
+    assert not runs.exists()  # so the corrected command does not meet a "different config"
+
+
+def test_a_diverging_run_ends_in_one_message_not_a_traceback(tiny_args, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    args = [*tiny_args, "--runs-dir", str(runs), "--method", "none"]
+    code, err = _train([*args, "--set", "train.learning_rate=1e30"], capsys)
+
+    assert code == 1
+    assert err.startswith("tfaug: error: stage 'segmenter': the loss became ")
+    assert "Lower train.learning_rate (or the λs) and re-run with --force" in err
+    assert "Traceback" not in err
+    # the advice works: the lower rate with --force trains a fresh run in its place
+    code, _ = _train([*args, "--set", "train.learning_rate=1e-3", "--force"], capsys)
+    assert code == 0
 
 
 def test_unknown_config_key(tmp_path, capsys):

@@ -110,6 +110,42 @@ def test_bad_overrides_are_rejected_with_a_clear_message(override, message):
         load_config("phantom", overrides=[override])
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.validate_every=0", r"train\.validate_every: 0 must be >= 1"),
+        ("train.segmenter_iterations=0", r"train\.segmenter_iterations: 0 must be >= 1"),
+        ("train.generator_iterations=-3", r"train\.generator_iterations: -3 must be >= 1"),
+        ("train.batch_size=0", r"train\.batch_size: 0 must be >= 1"),
+        ("train.self_training_rounds=-1", r"train\.self_training_rounds: -1 must be >= 0"),
+        ("ssl.rampup_iterations=-1", r"ssl\.rampup_iterations: -1 must be >= 0"),
+    ],
+)
+def test_schedule_counts_out_of_range_are_rejected_before_training(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("phantom", overrides=[override])
+
+
+def test_an_unknown_key_in_a_config_file_names_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  segmenter_iteration: 5\n", encoding="utf-8")
+    with pytest.raises(
+        ConfigError, match=rf"^{path}: train: unknown key\(s\) \['segmenter_iteration'\]"
+    ):
+        load_config("phantom", config_file=path)
+    path.write_text("trian:\n  batch_size: 5\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^{path}: unknown key\(s\) \['trian'\]"):
+        load_config("phantom", config_file=path)
+
+
+def test_a_shared_generator_folders_config_with_no_final_stage_still_loads():
+    from tfaug.runs.shared import generator_config
+
+    shared = generator_config(load_config("phantom", overrides=["method=gdgi"]))
+    assert shared.method == "generators" and shared.train.segmenter_iterations == 0
+    assert config_from_dict(shared.to_dict()) == shared
+
+
 @pytest.mark.parametrize("variant", PHANTOM_VARIANT_NAMES)
 def test_every_phantom_variant_is_a_choice(variant):
     cfg = load_config("phantom", overrides=[f"phantom.variant={variant}"])

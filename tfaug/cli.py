@@ -5,7 +5,8 @@ listed in :data:`COMMANDS`; it sets ``func``, a handler ``(args) -> exit code``.
 modules are imported inside the handlers, so ``tfaug --help`` does not load TensorFlow.
 
 Exit codes: 0 success, 1 a check found problems (also a run stopped because tfaug's source
-changed under it, :class:`tfaug.source_guard.SourceChangedError`), 2 bad input (a
+changed under it, :class:`tfaug.source_guard.SourceChangedError`, or because its loss became
+NaN or infinite, :class:`tfaug.training.errors.TrainingDivergedError`), 2 bad input (a
 :class:`ConfigError` or :class:`DatasetError`); each printed as one message without a
 traceback.
 """
@@ -39,6 +40,7 @@ from tfaug.methods import (
     TUNERS,
 )
 from tfaug.source_guard import SourceChangedError
+from tfaug.training.errors import TrainingDivergedError
 
 
 def config_options() -> argparse.ArgumentParser:
@@ -616,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError) as error:
         print(f"tfaug: error: {error}", file=sys.stderr)
         return 2
-    except SourceChangedError as error:
+    except (SourceChangedError, TrainingDivergedError) as error:
         print(f"tfaug: error: {error}", file=sys.stderr)
         return 1
 

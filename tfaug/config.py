@@ -653,6 +653,18 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
+def _check_keys(cls: type, values: dict[str, Any], where: str) -> None:
+    """Raise for a key of ``values`` (nested sections too) that ``cls`` does not have, with
+    ``where`` (e.g. the YAML file) in the message; values are not checked."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(hints)}")
+    for key, value in values.items():
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            _check_keys(hints[key], value, f"{where}: {key}" if cls is Config else where)
+
+
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
@@ -758,11 +770,42 @@ def _check_choices(config: Config) -> None:
         raise ConfigError("; ".join(problems) + " (see docs/methods.md)")
 
 
+def _schedule_problems(config: Config) -> list[str]:
+    """The counts of the training schedule are whole numbers >= 1 (``self_training_rounds``
+    and ``ssl.rampup_iterations`` may be 0): a stage of 0 or fewer iterations keeps no
+    checkpoint, and validating every 0 iterations divides by zero. A shared generator
+    folder's config (method ``generators``) records ``segmenter_iterations`` 0: its stages
+    do not read it."""
+    train = config.train
+    at_least_one = [
+        "batch_size",
+        "validate_every",
+        "pretrain_iterations",
+        "generator_iterations",
+        "self_training_iterations",
+    ]
+    if config.method != "generators":
+        at_least_one.append("segmenter_iterations")
+    problems = [
+        f"train.{key}: {getattr(train, key)} must be >= 1"
+        for key in at_least_one
+        if getattr(train, key) < 1
+    ]
+    if train.self_training_rounds < 0:
+        problems.append(f"train.self_training_rounds: {train.self_training_rounds} must be >= 0")
+    if config.ssl.rampup_iterations < 0:
+        problems.append(f"ssl.rampup_iterations: {config.ssl.rampup_iterations} must be >= 0")
+    return problems
+
+
 def _check_switches(config: Config) -> None:
-    """Range checks of the switches beyond the paper (docs/switches.md), at load time, so a
-    bad ``--set`` fails before anything is trained."""
+    """Range checks of the schedule (:func:`_schedule_problems`) and of the switches beyond
+    the paper (docs/switches.md), at load time, so a bad ``--set`` fails before anything is
+    trained."""
     model, train, augment = config.model, config.train, config.augment
-    problems = []
+    problems = _schedule_problems(config)
+    if problems:  # the checks below divide by train.validate_every
+        raise ConfigError("; ".join(problems))
     if model.deformation_max_mm is not None and not model.deformation_max_mm > 0:
         problems.append(f"model.deformation_max_mm: {model.deformation_max_mm} must be > 0 or null")
     if not model.intensity_max > 0:
@@ -887,7 +930,10 @@ def load_config(
         raise ConfigError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     values = read_yaml(CONFIG_DIR / f"{dataset}.yaml")
     if config_file is not None:
-        values = _merge(values, read_yaml(config_file_path(config_file)))
+        path = config_file_path(config_file)
+        file_values = read_yaml(path)
+        _check_keys(Config, file_values, str(path))
+        values = _merge(values, file_values)
     for text in overrides or []:
         values = _merge(values, parse_override(text))
     config = config_from_dict(values)

@@ -203,6 +203,12 @@ def test_best_is_the_first_step_reaching_the_maximum(make_segmenter_model, tmp_p
     assert not np.array_equal(kept.get_weights()[0], validate.weights[12][0])
 
 
+def test_nan_loss_before_any_checkpoint_says_none_was_kept(make_segmenter_model, tmp_path):
+    with pytest.raises(TrainingDivergedError, match="No checkpoint of this stage was kept yet"):
+        _stage(make_segmenter_model(), tmp_path, Recorder(nan_from=1), None)
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_without_validation_the_last_step_is_kept(make_segmenter_model, tmp_path):
     model = make_segmenter_model()
     result = _stage(model, tmp_path, Recorder(), None, iterations=7)
@@ -215,8 +221,10 @@ def test_without_validation_the_last_step_is_kept(make_segmenter_model, tmp_path
 
 def test_nan_loss_raises_and_keeps_the_last_good_checkpoint(make_segmenter_model, tmp_path):
     model = make_segmenter_model()
-    with pytest.raises(TrainingDivergedError, match=r"stage 'tiny'.* at iteration 5\b"):
+    with pytest.raises(TrainingDivergedError, match=r"stage 'tiny'.* at iteration 5\b") as raised:
         _stage(model, tmp_path, Recorder(nan_from=5), None)
+    assert f"The last good checkpoint (step 3) is kept in {tmp_path / 'ckpt'}" in str(raised.value)
+    assert "re-run with --force" in str(raised.value)
 
     assert not (tmp_path / "done.json").exists()
     reader = tf.train.load_checkpoint(str(tmp_path / "ckpt"))

@@ -49,10 +49,7 @@ from tfaug.training.distribute import (
     distributes,
     worker_directory,
 )
-
-
-class TrainingDivergedError(RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
+from tfaug.training.errors import TrainingDivergedError
 
 
 @dataclass
@@ -274,10 +271,16 @@ def run_stage(
         logs = {key: float(value) for key, value in train_function(next(iterator)).items()}
         if not math.isfinite(logs["total_loss"]):
             bar.close()
+            kept = (
+                f"The last good checkpoint (step {state.step}) is kept in {stage_dir / 'ckpt'}"
+                if state.step
+                else "No checkpoint of this stage was kept yet"
+            )
             raise TrainingDivergedError(
                 f"stage {name!r}: the loss became {logs['total_loss']} at iteration "
-                f"{current}. The last good checkpoint (step {state.step}) is kept in "
-                f"{stage_dir / 'ckpt'}; lower the learning rate or the λs and re-run."
+                f"{current}. {kept}. Lower train.learning_rate (or the λs) and re-run with "
+                "--force, which moves this run aside (resuming it unchanged would repeat the "
+                "same steps)."
             )
         bar.update(1)
         if current % max(1, iterations // 100) == 0:
