@@ -23,6 +23,7 @@ from tfaug.deploy.export import (
     run_onnx,
     run_savedmodel,
 )
+from tfaug.experiments.records import copy_records
 from tfaug.ops.generated import apply_deformation, apply_intensity
 
 MODELS = ("segmenter", "generator_deformation", "generator_intensity", "augmenter")
@@ -149,8 +150,27 @@ def test_export_with_missing_weights_names_the_file(finished_run, tmp_path):
     copy = tmp_path / finished_run[0].name
     shutil.copytree(finished_run[0], copy)
     (copy / "checkpoints/generator_intensity/best/generator.weights.h5").unlink()
-    with pytest.raises(ExportError, match="generator_intensity/best/generator.weights.h5"):
+    with pytest.raises(
+        ExportError,
+        match="generator_intensity/best/generator.weights.h5.*the stage did not finish. "
+        "Re-run the same train command",
+    ):
         export_run(copy, tmp_path / "out")
+
+
+def test_export_of_a_records_copy_says_the_weights_are_gone_not_unfinished(finished_run, tmp_path):
+    runs = tmp_path / "runs"
+    run = shutil.copytree(finished_run[0], runs / finished_run[0].name)
+    for stage in (run / "checkpoints").iterdir():  # as the training loop ends every stage
+        (stage / "done.json").write_text(json.dumps({"iterations": 80}), encoding="utf-8")
+    copy_records(runs, tmp_path / "records")
+    with pytest.raises(ExportError) as caught:
+        export_run(tmp_path / "records" / run.name, tmp_path / "out")
+    message = str(caught.value)
+    assert "segmenter/best/segmenter.weights.h5" in message
+    assert "stage segmenter finished" in message and "'tfaug records'" in message
+    assert "--force" in message and "did not finish" not in message
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_rejects_an_unknown_format(finished_run, tmp_path):

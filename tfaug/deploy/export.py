@@ -40,6 +40,7 @@ import yaml
 
 from tfaug.config import Config, config_from_dict
 from tfaug.deploy.orientation import ORIENTATION_KEY, training_orientation
+from tfaug.experiments.records import STAGE_DONE
 from tfaug.methods import (
     FINAL_STAGE_GENERATORS,
     GENERATOR_METHODS,
@@ -91,12 +92,28 @@ def read_run_config(run_dir: str | Path) -> Config:
 
 
 def _weights(path: Path, run: RunDirectory) -> Path:
-    if not path.is_file():
+    """``path`` (``checkpoints/<stage>/best/<file>``) if it exists.
+
+    Raises:
+        ExportError: it is missing; the advice depends on whether its stage finished (wrote
+            ``done.json``): the weights of a finished stage are gone, and re-running the
+            train command would only say the run is finished.
+    """
+    if path.is_file():
+        return path
+    stage = path.parent.parent
+    if (stage / STAGE_DONE).is_file():
         raise ExportError(
-            f"{path}: best weights not found in run {run.path}; the stage did not finish. "
-            "Re-run the same train command to complete it"
+            f"{path}: best weights not found in run {run.path}, although its stage "
+            f"{stage.name} finished ({STAGE_DONE} is there): the weights were deleted, or this "
+            "is a copy made by 'tfaug records', which holds no weights. Export the original "
+            "run directory, or train the run again with the same 'tfaug train' command and "
+            "--force (it moves this run aside)"
         )
-    return path
+    raise ExportError(
+        f"{path}: best weights not found in run {run.path}; the stage did not finish. "
+        "Re-run the same train command to complete it"
+    )
 
 
 def load_run_models(run_dir: str | Path) -> tuple[Config, dict[str, keras.Model]]:
