@@ -299,6 +299,17 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected integers like 1,3, found {text!r}") from error
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (anything else is a usage error, exit 2)."""
+    try:
+        value: int | None = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {text}")
+    return value
+
+
 def add_grid_command(subparsers: Any) -> None:
     """``tfaug grid`` (also ``python train/grid.py``): every (N_L, method, draw, seed) run."""
     parser = subparsers.add_parser(
@@ -468,7 +479,9 @@ def add_segment_command(subparsers: Any) -> None:
         "--model", type=Path, required=True, help="DIR/segmenter.onnx or DIR/segmenter"
     )
     parser.add_argument("--channel", type=int, default=None, help="channel of 4D inputs")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=16, help="slices per forward pass (>= 1)"
+    )
     parser.add_argument(
         "--save-probabilities", action="store_true", help="also write <name>_probabilities"
     )

@@ -198,6 +198,57 @@ def test_cli_segment_writes_labels_and_exits_2_on_bad_input(
     assert "export.json not found" in capsys.readouterr().err
 
 
+def segmenter_copy(export_dir: Path, folder: Path) -> Path:
+    """A copy of the export with the segmenter alone (both formats) and its export.json."""
+    return shutil.copytree(
+        export_dir, folder, ignore=shutil.ignore_patterns("generator*", "augmenter*")
+    )
+
+
+def damage_savedmodel(folder: Path) -> Path:
+    (folder / "segmenter/1/variables/variables.index").unlink()
+    return folder / "segmenter"
+
+
+def truncate_onnx(folder: Path) -> Path:
+    model = folder / "segmenter.onnx"
+    model.write_bytes(model.read_bytes()[:10000])
+    return model
+
+
+@pytest.mark.parametrize(
+    ("damage", "named", "what"),
+    [
+        (damage_savedmodel, "segmenter/1", "SavedModel"),
+        (truncate_onnx, "segmenter.onnx", "ONNX model"),
+    ],
+)
+def test_cli_segment_with_a_damaged_model_names_it_and_exits_2(
+    export_dir, test_cases, tmp_path, capsys, damage, named, what
+):
+    model = damage(segmenter_copy(export_dir, tmp_path / "damaged"))
+    out = tmp_path / "seg.nii.gz"
+    args = ["segment", "-i", str(test_cases[0][0].image_path), "-o", str(out), "--quiet"]
+    assert main([*args, "--model", str(model)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"tfaug: error: {tmp_path / 'damaged' / named}: the {what} cannot be")
+    assert "export the run again with 'tfaug export" in error.lower()
+    assert "Traceback" not in error and not out.exists()
+
+
+@pytest.mark.parametrize("batch_size", ["0", "-3", "two"])
+def test_cli_segment_refuses_a_batch_size_below_1_as_a_usage_error(
+    export_dir, test_cases, tmp_path, capsys, batch_size
+):
+    args = ["segment", "-i", str(test_cases[0][0].image_path), "-o", str(tmp_path / "x.nii.gz")]
+    with pytest.raises(SystemExit) as caught:
+        main([*args, "--model", str(export_dir), "--batch-size", batch_size])
+    assert caught.value.code == 2
+    assert f"argument --batch-size: expected an integer >= 1, found {batch_size}" in (
+        capsys.readouterr().err
+    )
+
+
 def test_probabilities_path_is_beside_the_label_file():
     assert probabilities_path(Path("/o/case.nii.gz")) == Path("/o/case_probabilities.nii.gz")
     assert probabilities_path(Path("/o/case.nii")) == Path("/o/case_probabilities.nii.gz")

@@ -71,16 +71,20 @@ class OnnxPredictor:
     """An exported ``segmenter.onnx`` run by ONNX Runtime on the CPU.
 
     Raises:
-        ExportError: the graph has no ``image`` input or ``probabilities`` output.
+        ExportError: ONNX Runtime cannot load the file (truncated or damaged), or the graph
+            has no ``image`` input or ``probabilities`` output.
     """
 
     def __init__(self, path: str | Path) -> None:
         import onnxruntime
 
         self.path = Path(path)
-        self.session = onnxruntime.InferenceSession(
-            str(self.path), providers=["CPUExecutionProvider"]
-        )
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(self.path), providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime's errors (InvalidProtobuf, ...) are bare
+            raise unloadable_model(self.path, "ONNX model", error) from error
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
         _check_segmenter_io(self.path, inputs, outputs)
@@ -95,15 +99,19 @@ class SavedModelPredictor:
     """An exported segmenter SavedModel (``DIR/segmenter/1``), signature ``serving_default``.
 
     Raises:
-        ExportError: the folder has no ``serving_default`` signature with ``image`` input and
-            ``probabilities`` output.
+        ExportError: TensorFlow cannot load the folder (a missing or damaged file, e.g.
+            ``variables/variables.index``), or it has no ``serving_default`` signature with
+            ``image`` input and ``probabilities`` output.
     """
 
     def __init__(self, path: str | Path) -> None:
         import tensorflow as tf
 
         self.path = Path(path)
-        signatures = tf.saved_model.load(str(self.path)).signatures
+        try:
+            signatures = tf.saved_model.load(str(self.path)).signatures
+        except Exception as error:  # RuntimeError, tf.errors.*, DecodeError, ...
+            raise unloadable_model(self.path, "SavedModel", error) from error
         if "serving_default" not in signatures:
             raise ExportError(
                 f"{self.path}: SavedModel without a serving_default signature; pass the "
@@ -121,6 +129,17 @@ class SavedModelPredictor:
         import tensorflow as tf
 
         return self.signature(image=tf.constant(_as_batch(images)))["probabilities"].numpy()
+
+
+def unloadable_model(path: Path, what: str, error: Exception) -> ExportError:
+    """The error for an exported model its runtime cannot load: the file, the runtime's
+    reason (its first line) and the fix."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+    return ExportError(
+        f"{path}: the {what} cannot be loaded ({type(error).__name__}: {reason}); the export is "
+        "incomplete or damaged (a file missing or cut short). Export the run again with "
+        "'tfaug export RUN_DIR --out DIR' and pass the new model"
+    )
 
 
 def _as_batch(images: np.ndarray) -> np.ndarray:
