@@ -437,7 +437,12 @@ def add_export_command(subparsers: Any) -> None:
         "export", help="export a finished run's segmenter, generators and augmenter"
     )
     parser.add_argument("run_dir", type=Path, help="a finished run directory")
-    parser.add_argument("--out", type=Path, required=True, help="export folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="export folder: new, empty, or a previous export (replaced as a whole)",
+    )
     parser.add_argument(
         "--format",
         dest="formats",

@@ -6,6 +6,7 @@ The finished run and its export are the session fixtures of tests/deploy/conftes
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -23,6 +24,7 @@ from tfaug.deploy.export import (
     run_onnx,
     run_savedmodel,
 )
+from tfaug.deploy.inference import load_predictor
 from tfaug.experiments.records import copy_records
 from tfaug.ops.generated import apply_deformation, apply_intensity
 
@@ -171,6 +173,41 @@ def test_export_of_a_records_copy_says_the_weights_are_gone_not_unfinished(finis
     assert "stage segmenter finished" in message and "'tfaug records'" in message
     assert "--force" in message and "did not finish" not in message
     assert not (tmp_path / "out").exists()
+
+
+def test_exporting_into_a_previous_export_replaces_it_as_a_whole(
+    export_dir, finished_run, tmp_path
+):
+    out = shutil.copytree(export_dir, tmp_path / "exports" / "phantom")
+    export_run(finished_run[0], out, formats=("onnx",))
+    assert sorted(os.listdir(out)) == sorted([EXPORT_JSON, *(f"{name}.onnx" for name in MODELS)])
+    assert os.listdir(out.parent) == ["phantom"]  # no staging folder left beside it
+    manifest = read_export_json(out / EXPORT_JSON)
+    assert all(set(entry) == {"inputs", "outputs", "onnx"} for entry in manifest["models"].values())
+    with pytest.raises(ExportError, match="model not found"):
+        load_predictor(out / "segmenter")  # the previous SavedModel went with its export
+
+
+def test_a_failed_export_leaves_the_previous_export_untouched(export_dir, finished_run, tmp_path):
+    out = shutil.copytree(export_dir, tmp_path / "exports" / "phantom")
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    with pytest.raises(ValueError, match="Opset 99 is not supported"):  # after segmenter/1
+        export_run(finished_run[0], out, opset=99)
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
+    assert os.listdir(out.parent) == ["phantom"]
+
+
+def test_export_refuses_a_folder_that_is_not_a_previous_export(export_dir, finished_run, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me", encoding="utf-8")
+    with pytest.raises(ExportError, match=r"mine: not a tfaug export folder.*notes\.txt"):
+        export_run(finished_run[0], mine)
+    shutil.copy(export_dir / EXPORT_JSON, mine)
+    with pytest.raises(ExportError, match=r"mine: holds notes\.txt, which no tfaug export writes"):
+        export_run(finished_run[0], mine)
+    assert sorted(os.listdir(mine)) == [EXPORT_JSON, "notes.txt"]
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "keep me"
 
 
 def test_export_rejects_an_unknown_format(finished_run, tmp_path):

@@ -26,8 +26,11 @@ here preprocesses NIfTI volumes (see :mod:`tfaug.deploy.inference`) or trains an
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -57,6 +60,8 @@ FORMATS = ("savedmodel", "onnx")
 SERVING_VERSION = "1"
 DEFAULT_OPSET = 17
 EXPORT_FORMAT_VERSION = 1
+MODEL_NAMES = ("segmenter", "generator_deformation", "generator_intensity", "augmenter")
+"""Every model an export can hold (:func:`exported_functions`), as ``NAME/`` and ``NAME.onnx``."""
 
 
 class ExportError(ValueError):
@@ -351,9 +356,14 @@ def export_run(
 ) -> dict[str, Any]:
     """Export the segmenter, the generators and the augmenter of a finished run.
 
+    The export is written into a hidden folder beside ``out_dir`` and renamed to it once
+    complete, replacing a previous export there as a whole, so ``out_dir`` always holds one
+    complete export, never models of two (a failed or killed export leaves the previous one;
+    a killed one also leaves its hidden ``.NAME.export-*`` folder, which can be deleted).
+
     Args:
         run_dir: a finished run directory (config.yaml, checkpoints, results.json).
-        out_dir: the export folder (created; existing files of the same names are replaced).
+        out_dir: the export folder: new, empty, or a previous export (replaced).
         formats: any of ``"savedmodel"``, ``"onnx"``.
         opset: ONNX opset of the conversion.
         parity_batch: slices of the random parity check run when both formats are written
@@ -369,7 +379,9 @@ def export_run(
         here.
 
     Raises:
-        ExportError: an unknown format, or see :func:`load_run_models`.
+        ExportError: an unknown format; ``out_dir`` is a file, or a folder holding anything
+            but a previous export (see :func:`check_export_target`); or see
+            :func:`load_run_models`.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
@@ -377,9 +389,30 @@ def export_run(
             f"export: unknown format(s) {unknown or '(none given)'}; choose from "
             f"{', '.join(FORMATS)}"
         )
+    out = Path(os.path.realpath(out_dir))  # a link to a folder: replace the folder, not it
+    check_export_target(out)
     cfg, models = load_run_models(run_dir)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.export-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        manifest = _write_export(cfg, models, Path(run_dir), staging, formats, opset, parity_batch)
+        _swap_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone after a successful swap
+    return manifest
+
+
+def _write_export(
+    cfg: Config,
+    models: dict[str, keras.Model],
+    run_dir: Path,
+    out: Path,
+    formats: Sequence[str],
+    opset: int,
+    parity_batch: int,
+) -> dict[str, Any]:
+    """Write every model and export.json into the empty folder ``out`` (see export_run)."""
     functions = exported_functions(cfg, models)
     entries: dict[str, dict[str, Any]] = {}
     parity: dict[str, float] = {}
@@ -398,12 +431,65 @@ def export_run(
                 run_onnx(out / entry["onnx"], inputs), run_savedmodel(out / name / "1", inputs)
             )
         entries[name] = entry
-    manifest = _manifest(cfg, Path(run_dir), entries, parity, opset if "onnx" in formats else None)
+    manifest = _manifest(cfg, run_dir, entries, parity, opset if "onnx" in formats else None)
     orientation = training_orientation(cfg)
     if orientation is not None:
         manifest[ORIENTATION_KEY] = orientation
     (out / EXPORT_JSON).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     return manifest
+
+
+def check_export_target(out: Path) -> None:
+    """Raise unless ``out`` is missing, an empty folder, or a previous export: a folder with
+    an ``export.json`` and nothing but the models an export writes (:data:`MODEL_NAMES`),
+    which an export replaces as a whole (also one left mixed by an older tfaug version).
+
+    Raises:
+        ExportError: ``out`` is a file, or a folder holding anything else (named).
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ExportError(f"{out}: exists and is not a folder; choose another --out")
+    entries = sorted(path.name for path in out.iterdir())
+    if not entries:
+        return
+    replaced = "an export replaces its whole folder, so choose a new or empty --out"
+    if EXPORT_JSON not in entries:
+        shown = ", ".join(entries[:5]) + (
+            f" and {len(entries) - 5} more" if len(entries) > 5 else ""
+        )
+        raise ExportError(
+            f"{out}: not a tfaug export folder (no {EXPORT_JSON}; it holds {shown}); {replaced}, "
+            "or the folder of a previous export"
+        )
+    known = {EXPORT_JSON} | {f"{name}{end}" for name in MODEL_NAMES for end in ("", ".onnx")}
+    foreign = [name for name in entries if name not in known]
+    if foreign:
+        raise ExportError(
+            f"{out}: holds {', '.join(foreign)}, which no tfaug export writes; {replaced}, or "
+            "move them out of it"
+        )
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Rename the complete export ``staging`` to ``out``; a previous export there is renamed
+    aside first and then deleted, so a reader finds the old export, the new one, or (for the
+    moment between the two renames) none, never a mix."""
+    check_export_target(out)  # again: it may have changed during the export
+    old = staging.with_name(f"{staging.name}.old")
+    try:
+        if out.exists() and any(out.iterdir()):
+            out.rename(old)
+        os.replace(staging, out)  # onto a missing or empty folder
+    except OSError as error:
+        if old.exists() and not out.exists():
+            old.rename(out)
+        raise ExportError(
+            f"{out}: cannot move the new export into place ({error.strerror}); was it written "
+            "to meanwhile, or is it a mount point? Export again, or choose another --out"
+        ) from error
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _model_keys(name: str) -> tuple[str, ...]:
