@@ -205,6 +205,27 @@ def segmenter_copy(export_dir: Path, folder: Path) -> Path:
     )
 
 
+@pytest.mark.parametrize(
+    ("model", "unlisted", "listed"),
+    [("segmenter", "savedmodel", "onnx"), ("segmenter.onnx", "onnx", "savedmodel")],
+)
+def test_a_model_export_json_does_not_list_is_refused(
+    export_dir, tmp_path, model, unlisted, listed
+):
+    # What a re-export in another format used to leave: the old model beside a new export.json.
+    folder = segmenter_copy(export_dir, tmp_path / "mixed")
+    manifest = json.loads((folder / EXPORT_JSON).read_text(encoding="utf-8"))
+    del manifest["models"]["segmenter"][unlisted]
+    (folder / EXPORT_JSON).write_text(json.dumps(manifest), encoding="utf-8")
+    path = folder / ("segmenter/1" if unlisted == "savedmodel" else "segmenter.onnx")
+    with pytest.raises(ExportError) as caught:
+        load_predictor(folder / model)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: {folder / EXPORT_JSON} does not list this model")
+    assert str(folder / manifest["models"]["segmenter"][listed]) in message
+    load_predictor(folder / manifest["models"]["segmenter"][listed])  # the listed one is fine
+
+
 def damage_savedmodel(folder: Path) -> Path:
     (folder / "segmenter/1/variables/variables.index").unlink()
     return folder / "segmenter"

@@ -177,8 +177,10 @@ def load_predictor(model: str | Path) -> tuple[Predictor, dict[str, Any]]:
         ``(predictor, manifest)``, the manifest being the parsed export.json.
 
     Raises:
-        ExportError: the model or export.json is missing, or the model's input size or class
-            count differs from export.json's.
+        ExportError: the model or export.json is missing, export.json does not list the
+            model (:func:`check_listed`), the model cannot be loaded, its input size or class
+            count differs from export.json's, or export.json changed while it was loaded (an
+            export replaced the folder).
     """
     path = Path(model)
     if not path.exists():
@@ -186,11 +188,35 @@ def load_predictor(model: str | Path) -> tuple[Predictor, dict[str, Any]]:
     manifest_path = find_export_json(path)
     manifest = read_export_json(manifest_path)
     if path.is_file() and path.suffix.lower() == ".onnx":
+        check_listed(path, "onnx", manifest, manifest_path)
         predictor: Predictor = OnnxPredictor(path)
     else:
-        predictor = SavedModelPredictor(_savedmodel_folder(path))
+        folder = _savedmodel_folder(path)
+        check_listed(folder, "savedmodel", manifest, manifest_path)
+        predictor = SavedModelPredictor(folder)
     check_predictor(predictor, manifest, manifest_path)
+    if not manifest_path.is_file() or read_export_json(manifest_path) != manifest:
+        raise ExportError(
+            f"{manifest_path}: changed while the model was loaded (an export replaced "
+            f"{manifest_path.parent}); run the command again"
+        )
     return predictor, manifest
+
+
+def check_listed(model: Path, fmt: str, manifest: dict[str, Any], manifest_path: Path) -> None:
+    """Raise an :class:`ExportError` unless export.json lists ``model`` as its segmenter in
+    format ``fmt`` (``"onnx"`` or ``"savedmodel"``): a model it does not list (left by an
+    export in another format, or copied in) was not made with this preprocessing."""
+    entry = manifest["models"].get("segmenter") or {}
+    folder = manifest_path.parent
+    if fmt in entry and (folder / entry[fmt]).resolve() == model.resolve():
+        return
+    listed = [str(folder / entry[key]) for key in ("onnx", "savedmodel") if key in entry]
+    raise ExportError(
+        f"{model}: {manifest_path} does not list this model (it lists "
+        f"{' and '.join(listed) or 'no segmenter'}), so it does not belong to that export; "
+        "pass a model export.json lists, or export the run again with 'tfaug export'"
+    )
 
 
 def check_predictor(predictor: Predictor, manifest: dict[str, Any], where: Path | str) -> None:
