@@ -182,3 +182,72 @@ def test_train_refuses_a_run_another_process_trains(tiny_cache, tmp_path, capsys
     assert f"{run.path}: another process is training this run (pid {holder.pid} on " in error
     assert "stop it and re-run this command to resume" in error
     assert not run.checkpoints.exists()  # nothing trained
+
+
+def test_a_finished_run_with_a_different_config_is_refused_naming_the_keys(cfg):
+    run = open_run_directory(cfg)
+    run.results_path.write_text(json.dumps({"summary": {}}))
+    before = sorted(p.name for p in run.path.parent.iterdir())
+    cfg.train.learning_rate = 0.01
+
+    with pytest.raises(RunDirectoryError) as raised:
+        open_run_directory(cfg)
+
+    assert not isinstance(raised.value, RunFinishedError)  # train exits 2, not 0
+    message = str(raised.value)
+    assert f"{run.config_path}: this run is finished with a different config" in message
+    assert "(differs in train.learning_rate)" in message
+    assert "--tag NAME" in message and "--force" in message
+    assert sorted(p.name for p in run.path.parent.iterdir()) == before
+
+
+def test_location_keys_are_not_compared(cfg, tmp_path, monkeypatch):
+    """A run resumes after its runs folder moved, with the cache folder and the dataset folder
+    spelled differently; a finished one stays finished."""
+    cfg.data.cache_dir = str(tmp_path / "cache")
+    run = open_run_directory(cfg)
+    marker = run.stage("segmenter") / "ckpt"
+    marker.mkdir(parents=True)
+    (tmp_path / "runs").rename(tmp_path / "moved")
+    cfg.runs_dir = str(tmp_path / "moved")
+    cfg.data.cache_dir = f"{tmp_path}/../{tmp_path.name}/cache"
+    cfg.data.root = str(tmp_path / "phantom")
+
+    moved = open_run_directory(cfg)
+
+    assert moved.path == tmp_path / "moved" / run.path.name
+    assert (moved.stage("segmenter") / "ckpt").is_dir()
+    moved.results_path.write_text(json.dumps({"summary": {}}))
+    cfg.runs_dir = "moved"  # relative: another spelling again
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RunFinishedError):
+        open_run_directory(cfg)
+
+
+def test_train_refuses_to_skip_a_finished_run_of_other_settings(tiny_cache, tmp_path, capsys):
+    """A real finished run re-run with other settings: exit 2 naming the keys, not "skipped"."""
+    base_cfg, _ = tiny_cache
+    argv = [
+        "train", "--config", str(write_tiny_yaml(tmp_path / "tiny.yaml")), "--method", "none",
+        "--cache-dir", str(base_cfg.data.cache_dir), "--runs-dir", str(tmp_path / "runs"),
+        "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    run = RunDirectory(tmp_path / "runs" / "phantom-nl1-none-split0-seed0")
+    results = run.results_path.read_bytes()
+    capsys.readouterr()
+
+    assert main([*argv, "--iterations", "7", "--set", "train.learning_rate=0.01"]) == 2
+
+    error = capsys.readouterr().err
+    keys = "train.generator_iterations, train.learning_rate, train.pretrain_iterations, "
+    assert f"{run.config_path}: this run is finished with a different config" in error
+    assert f"(differs in {keys}train.segmenter_iterations)" in error
+    assert "Pass --tag NAME to train these settings as a new run beside it" in error
+    assert "--force to move it aside and replace it" in error
+    assert run.results_path.read_bytes() == results
+    assert [p.name for p in run.path.parent.iterdir()] == [run.path.name]
+    # The same settings with the runs folder moved: still the finished run, skipped (exit 0).
+    (tmp_path / "runs").rename(tmp_path / "moved")
+    assert main([*argv[:-3], "--runs-dir", str(tmp_path / "moved"), "--quiet"]) == 0
+    assert "this run is finished (results.json exists)" in capsys.readouterr().err

@@ -9,14 +9,16 @@ so a second process refuses to train the same run at the same time.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -88,17 +90,66 @@ class RunDirectory:
         return self.results_path.is_file()
 
 
-def open_run_directory(cfg: Config, *, force: bool = False) -> RunDirectory:
+LOCATION_KEYS = ("runs_dir", "data.cache_dir", "data.root")
+"""Keys that say where a run's files and data are, not what it computes: left out when a run
+directory's recorded config is compared, so a run resumes (or counts as finished) after its
+runs folder, cache or dataset folder moved or is spelled differently. The data themselves are
+checked by the cache (:mod:`tfaug.data.records` fingerprints every source file)."""
+
+
+def recorded_differences(config_path: Path, config: dict[str, Any]) -> list[str]:
+    """The dotted keys in which the config recorded in ``config_path`` differs from ``config``.
+
+    The recorded config is completed with today's defaults (:func:`completed_config`), so
+    keys added to tfaug since it was written count as at their defaults, and
+    :data:`LOCATION_KEYS` are left out. ``[]`` when ``config_path`` does not exist.
+    """
+    if not config_path.is_file():
+        return []
+    recorded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    if not isinstance(recorded, dict):
+        return [f"{config_path.name} (not a mapping)"]
+    return config_differences(
+        _without_locations(completed_config(recorded)), _without_locations(config)
+    )
+
+
+def _without_locations(config: dict[str, Any]) -> dict[str, Any]:
+    found = copy.deepcopy(config)
+    for key in LOCATION_KEYS:
+        *sections, name = key.split(".")
+        owner = found
+        for section in sections:
+            owner = owner.get(section) if isinstance(owner, dict) else None
+        if isinstance(owner, dict):
+            owner.pop(name, None)
+    return found
+
+
+def open_run_directory(
+    cfg: Config, *, force: bool = False, check: Callable[[], None] | None = None
+) -> RunDirectory:
     """Create or reopen the run directory of ``cfg``.
 
-    A new directory gets ``config.yaml``. An existing unfinished one is resumed if its
-    recorded config equals ``cfg``. With ``force``, an existing directory is moved aside to
+    A new directory gets ``config.yaml``. An existing one, finished or not, is compared with
+    ``cfg`` (:func:`recorded_differences`: keys added since it was written count as at their
+    defaults; :data:`LOCATION_KEYS` are left out); an unfinished one with the same config is
+    resumed. With ``force``, an existing directory is moved aside to
     ``<name>.replaced-<timestamp>`` (nothing is deleted) and a new run starts.
 
+    Args:
+        cfg: the run's config.
+        force: move an existing directory aside and start again.
+        check: called once the run itself has passed its checks and is going to be trained,
+            before anything is created, moved or written; it raises
+            :class:`RunDirectoryError` to refuse (e.g. the shared generators folder,
+            :func:`tfaug.runs.shared.check_generator_directory`).
+
     Raises:
-        RunFinishedError: the run is finished and ``force`` is not given.
-        RunDirectoryError: the runs folder is not writable; the existing unfinished run was
-            started with a different config.
+        RunFinishedError: the run is finished with the same config and ``force`` is not given.
+        RunDirectoryError: the runs folder is not writable; the existing run (finished or
+            not) was started with a different config and ``force`` is not given; ``check``
+            refused.
         RunInUseError: ``force`` is given and another process is training the run.
     """
     runs_dir = Path(cfg.runs_dir)
@@ -112,23 +163,21 @@ def open_run_directory(cfg: Config, *, force: bool = False) -> RunDirectory:
     if not os.access(runs_dir, os.W_OK):
         raise RunDirectoryError(f"{runs_dir}: the runs directory is not writable; pass --runs-dir")
     run = RunDirectory(runs_dir / run_name(cfg))
-    if run.path.exists() and force:
-        holder = run_holder(run.path)
+    if force:
+        holder = run_holder(run.path) if run.path.exists() else None
         if holder is not None:
             raise _in_use(run.path, holder, "--force would move it from under that process")
-        run.path.rename(_aside_path(run.path))
-    if run.finished:
-        raise finished_error(run.path)
-    if run.config_path.is_file():
-        recorded = completed_config(yaml.safe_load(run.config_path.read_text(encoding="utf-8")))
-        if recorded != cfg.to_dict():
-            changed = config_differences(recorded, cfg.to_dict())
-            raise RunDirectoryError(
-                f"{run.config_path}: an unfinished run with a different config is here "
-                f"(differs in {', '.join(changed)}). Re-run with the same settings to resume, "
-                "pass --force to move it aside, or choose another --runs-dir."
-            )
     else:
+        changed = recorded_differences(run.config_path, cfg.to_dict())
+        if changed:
+            raise different_config_error(run.path, changed, finished=run.finished)
+        if run.finished:
+            raise finished_error(run.path)
+    if check is not None:
+        check()  # before anything is moved aside or written
+    if force and run.path.exists():
+        run.path.rename(_aside_path(run.path))
+    if not run.config_path.is_file():
         run.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run.config_path, cfg.to_yaml())
     return run
@@ -139,6 +188,31 @@ def finished_error(path: Path) -> RunFinishedError:
     return RunFinishedError(
         f"{path}: this run is finished (results.json exists); nothing was changed. "
         "Pass --force to move it aside and train again."
+    )
+
+
+def different_config_error(
+    path: Path, changed: list[str], *, finished: bool, grid: bool = False
+) -> RunDirectoryError:
+    """The error for the run in ``path`` recorded with a config that differs in ``changed``.
+
+    ``grid``: the fixes as a grid spells them (``--set tag=NAME``; ``--force`` is
+    ``tfaug train``'s).
+    """
+    config_path = RunDirectory(path).config_path
+    tag = "--set tag=NAME" if grid else "--tag NAME"
+    force = "tfaug train --force" if grid else "--force"
+    if finished:
+        return RunDirectoryError(
+            f"{config_path}: this run is finished with a different config (differs in "
+            f"{', '.join(changed)}); nothing was changed. Pass {tag} to train these settings "
+            f"as a new run beside it, or {force} to move it aside and replace it."
+        )
+    return RunDirectoryError(
+        f"{config_path}: an unfinished run with a different config is here "
+        f"(differs in {', '.join(changed)}). Re-run with the same settings to resume, pass "
+        f"{tag} to train these settings as a new run beside it, {force} to move it aside, "
+        "or choose another --runs-dir."
     )
 
 
