@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 from holder import run_held_elsewhere
 
 from tfaug.cli import main
@@ -104,10 +105,9 @@ def test_more_draws_than_the_config_defines_is_rejected(tmp_path):
 
 def test_status_follows_the_run_directory(tmp_path):
     runs = plan_grid(_spec(tmp_path, methods=("aff",), draws=1, seeds=3))
-    runs[1].path.mkdir(parents=True)
-    (runs[1].path / "config.yaml").write_text("{}\n")
-    runs[2].path.mkdir(parents=True)
-    (runs[2].path / "config.yaml").write_text("{}\n")
+    for run in runs[1:]:
+        run.path.mkdir(parents=True)
+        (run.path / "config.yaml").write_text(yaml.safe_dump(run.config))
     (runs[2].path / "results.json").write_text("{}\n")
     assert [r.status for r in runs] == ["pending", "interrupted", "finished"]
     plan = format_plan(runs)
@@ -175,3 +175,88 @@ def test_dry_run_command_lists_the_shard(tmp_path, capsys):
         str(tmp_path / "phantom-nl1-none-split1-seed0"),
         str(tmp_path / "phantom-nl1-aff-split1-seed1"),
     ]
+
+
+def _record(run: GridRun, config: dict, finished: bool = True) -> None:
+    """Write ``config`` as the run's config.yaml (and a results.json if ``finished``)."""
+    run.path.mkdir(parents=True)
+    (run.path / "config.yaml").write_text(yaml.safe_dump(config))
+    if finished:
+        (run.path / "results.json").write_text("{}\n")
+
+
+def test_a_run_recorded_with_another_config_is_reported_and_not_trained(tmp_path, capsys):
+    """A finished run of 4 iterations is not counted as finished by a grid of 7, nor pooled."""
+    finished, interrupted = plan_grid(_spec(tmp_path, methods=("none",), draws=1, seeds=2))
+    for run in (finished, interrupted):
+        other = plan_grid(_spec(tmp_path, methods=("none",), draws=1, seeds=2, iterations=4))
+        _record(run, next(r for r in other if r.path == run.path).config, run is finished)
+    runs = plan_grid(_spec(tmp_path, methods=("none",), draws=1, seeds=2, iterations=7))
+    keys = "train.generator_iterations, train.pretrain_iterations, train.segmenter_iterations"
+
+    assert [r.status for r in runs] == ["differs", "differs"]
+    plan = format_plan(runs)
+    assert f"differs      {finished.path}  (differs in {keys})" in plan
+    assert plan.splitlines()[-1] == "2 runs: 2 differs"
+    assert execute_grid(runs) == runs  # counted as failed: the grid exits 1
+    out = capsys.readouterr().out
+    assert (
+        f"[1/2] {finished.path.name}: not trained: {finished.path}/config.yaml: this run is "
+        f"finished with a different config (differs in {keys}); nothing was changed. Pass "
+        "--set tag=NAME to train these settings as a new run beside it, or tfaug train "
+        "--force to move it aside and replace it." in out
+    )
+    assert f"[2/2] {interrupted.path.name}: not trained: " in out
+    assert "an unfinished run with a different config is here" in out
+    assert not list(tmp_path.rglob("grid.log"))  # no subprocess was started
+
+
+def test_a_record_of_another_machine_and_version_counts_as_finished(tmp_path):
+    """Other runs and cache folders, and keys added since the record was written (absent,
+    so at their defaults), are not differences."""
+    (run,) = plan_grid(_spec(tmp_path, methods=("aff",), draws=1, seeds=1))
+    recorded = run.config | {"runs_dir": "/elsewhere/runs"}
+    recorded["data"] = recorded["data"] | {"cache_dir": "/elsewhere/cache", "root": "/x"}
+    recorded["train"] = {k: v for k, v in recorded["train"].items() if k != "budget_marks"}
+    _record(run, recorded)
+    assert run.status == "finished"
+    assert format_plan([run]).splitlines()[-1] == "1 runs: 1 finished"
+
+
+RECORDS = Path(__file__).resolve().parents[2] / "docs" / "results" / "phantom-ssl" / "records"
+SETTINGS = Path(__file__).resolve().parents[2] / "configs" / "settings"
+BENCHMARK_GRIDS = [  # the widest grid() calls of docs/results/phantom-ssl*/run_benchmark.sh
+    (1, 5, "unimatch,rdri,heavy", None, ()),
+    (1, 5, "gdgi", "bdv3R", ()),
+    (1, 5, "unimatch", "lrdri", ()),
+    (1, 3, "fixmatch,self_training,aff,none,gdgi", None, ()),
+    (1, 5, "unimatch_gdgi,unimatch_gdgi_joint", "bdv3R", ()),
+    (1, 3, "unimatch_gdgi", "bdv3R", ("ssl.learned_view=labeled", "tag=bdv3R_labeled")),
+    (1, 3, "unimatch_gdgi", "bdv3R", ("ssl.learned_view=unlabeled", "tag=bdv3R_unlabeled")),
+    (
+        1, 3, "unimatch_gdgi", "bdv3R",
+        ("ssl.learned_view=unlabeled", "ssl.strong_views=0", "tag=bdv3R_replace"),
+    ),
+]  # fmt: skip
+BUDGET = ("train.segmenter_iterations=6000", "split.n_extra_validation=6", "train.budget_marks=10")
+
+
+@pytest.mark.parametrize("variant", ["wide", "hard", "default"])
+def test_the_committed_benchmark_records_count_as_finished(variant):
+    """The records written by earlier versions on another machine (other runs and cache
+    folders) are finished runs of the benchmark's grids, which skip them."""
+    found = []
+    for n_labeled, draws, methods, setting, extra in BENCHMARK_GRIDS:
+        spec = GridSpec(
+            dataset="phantom",
+            n_labeled=(n_labeled,),
+            methods=tuple(methods.split(",")),
+            draws=draws,
+            seeds=1,
+            runs_dir=RECORDS / variant,
+            config_file=None if setting is None else SETTINGS / f"{setting}.yaml",
+            overrides=(f"phantom.variant={variant}", *BUDGET, *extra),
+        )
+        found += [(r.path.name, r.status) for r in plan_grid(spec) if r.path.is_dir()]
+    assert len(found) >= 15
+    assert [name for name, status in found if status != "finished"] == []

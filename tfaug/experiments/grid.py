@@ -4,7 +4,9 @@ A grid is a list of :class:`GridRun`, each one ``tfaug train`` invocation. The r
 directory is the only shared state: a run whose ``results.json`` exists is finished and
 skipped; a run whose ``config.yaml`` exists was interrupted and resumes from its last
 checkpoint; a run another process is training (it holds the run's lock) is skipped (all
-three handled by :mod:`tfaug.runs.rundir`). Each run executes in its own
+three handled by :mod:`tfaug.runs.rundir`); a run whose ``config.yaml`` differs from the
+grid's (location keys aside, :data:`tfaug.runs.rundir.LOCATION_KEYS`), finished or not, is
+reported and not trained, so a grid never pools two configs. Each run executes in its own
 Python subprocess, so one failing run neither stops the grid nor leaks TensorFlow state
 into the next; its output is appended to ``<run dir>/grid.log``.
 
@@ -20,12 +22,19 @@ import itertools
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tfaug.config import ConfigError, load_config
 from tfaug.methods import GENERATOR_MODES, METHODS
-from tfaug.runs.rundir import run_holder, run_name
+from tfaug.runs.rundir import (
+    RunDirectoryError,
+    different_config_error,
+    recorded_differences,
+    run_holder,
+    run_name,
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ class GridRun:
         n_labeled, method, draw, seed: the run's coordinates.
         path: its run directory ``<runs_dir>/<dataset>-nl<N>-<method>-split<k>-seed<s>[-mode]``.
         argv: the ``tfaug train`` arguments (without the program name) that execute it.
+        config: the run's config (:meth:`tfaug.config.Config.to_dict`) that a ``config.yaml``
+            found in ``path`` is compared with; ``None``: not compared.
     """
 
     n_labeled: int
@@ -77,18 +88,33 @@ class GridRun:
     seed: int
     path: Path
     argv: tuple[str, ...]
+    config: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def status(self) -> str:
         """``finished`` (results.json), ``running`` (another process holds the run's lock),
-        ``interrupted`` (config.yaml only) or ``pending``."""
+        ``interrupted`` (config.yaml only), ``pending``, or ``differs``: finished or
+        interrupted with a config other than :attr:`config` (:meth:`differences`)."""
         if (self.path / "results.json").is_file():
-            return "finished"
+            return "differs" if self.differences() else "finished"
         if run_holder(self.path) is not None:
             return "running"
         if (self.path / "config.yaml").is_file():
-            return "interrupted"
+            return "differs" if self.differences() else "interrupted"
         return "pending"
+
+    def differences(self) -> list[str]:
+        """The keys in which the run directory's ``config.yaml`` differs from :attr:`config`
+        (:func:`tfaug.runs.rundir.recorded_differences`: keys added to tfaug since it was
+        written count as at their defaults, location keys are left out)."""
+        if self.config is None:
+            return []
+        return recorded_differences(self.path / "config.yaml", self.config)
+
+    def config_error(self) -> RunDirectoryError:
+        """The message of a ``differs`` run: its differing keys and the fixes."""
+        finished = (self.path / "results.json").is_file()
+        return different_config_error(self.path, self.differences(), finished=finished, grid=True)
 
 
 def _run_overrides(spec: GridSpec, n_labeled: int, method: str, draw: int, seed: int) -> list[str]:
@@ -171,7 +197,8 @@ def plan_grid(spec: GridSpec) -> list[GridRun]:
                 f"or --set split.draws={spec.draws}"
             )
         path = spec.runs_dir / run_name(cfg)
-        runs.append(GridRun(n_labeled, method, draw, seed, path, _train_argv(spec, overrides)))
+        argv = _train_argv(spec, overrides)
+        runs.append(GridRun(n_labeled, method, draw, seed, path, argv, cfg.to_dict()))
     return runs
 
 
@@ -203,11 +230,14 @@ def shard_runs(runs: Sequence[GridRun], index: int, count: int) -> list[GridRun]
 
 
 def format_plan(runs: Sequence[GridRun]) -> str:
-    """One line per run: status and run directory, then a count per status."""
-    lines = [f"{run.status:<12} {run.path}" for run in runs]
-    counts = {}
+    """One line per run: status and run directory (and the differing keys of a ``differs``
+    run), then a count per status."""
+    lines, counts = [], {}
     for run in runs:
-        counts[run.status] = counts.get(run.status, 0) + 1
+        status = run.status
+        counts[status] = counts.get(status, 0) + 1
+        keys = f"  (differs in {', '.join(run.differences())})" if status == "differs" else ""
+        lines.append(f"{status:<12} {run.path}{keys}")
     totals = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     lines.append(f"{len(runs)} runs: {totals or 'none'}")
     return "\n".join(lines)
@@ -217,15 +247,18 @@ def execute_grid(runs: Sequence[GridRun], *, echo: bool = True) -> list[GridRun]
     """Execute every unfinished run of ``runs`` in order, each in a ``tfaug train`` subprocess.
 
     Finished runs, and runs another process is training, are skipped; interrupted ones
-    resume. A run's stdout and stderr are appended to ``<run dir>/grid.log``. A failing run
-    does not stop the grid.
+    resume. A run whose directory holds another config (status ``differs``, finished or not)
+    is not trained: its message (the differing keys and the fixes) is printed and it counts
+    as failed. A run's stdout and stderr are appended to ``<run dir>/grid.log``. A failing
+    run does not stop the grid.
 
     Args:
         runs: the (sharded) plan of :func:`plan_grid`.
         echo: print one line per run (started, skipped, finished or failed).
 
     Returns:
-        The runs whose subprocess exited with a non-zero code (empty if all succeeded).
+        The runs whose subprocess exited with a non-zero code, and the ``differs`` runs
+        (empty if all succeeded).
     """
     failed = []
     for number, run in enumerate(runs, start=1):
@@ -233,6 +266,10 @@ def execute_grid(runs: Sequence[GridRun], *, echo: bool = True) -> list[GridRun]
         status = run.status
         if status == "finished":
             _say(echo, f"{prefix}: finished, skipped")
+            continue
+        if status == "differs":
+            failed.append(run)
+            _say(echo, f"{prefix}: not trained: {run.config_error()}")
             continue
         holder = run_holder(run.path)
         if holder is not None:
