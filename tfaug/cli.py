@@ -14,6 +14,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -261,11 +262,14 @@ def run_train(args: argparse.Namespace) -> int:
         finished_error,
         open_run_directory,
     )
+    from tfaug.runs.shared import check_generator_directory
 
     cfg = train_config_from_args(args)
     plan_split(cfg)  # bad data folder or split: exit 2 before the run directory is touched
     try:
-        run = open_run_directory(cfg, force=args.force)
+        # The shared generators folder is checked too before --force moves the old run aside.
+        check = functools.partial(check_generator_directory, cfg)
+        run = open_run_directory(cfg, force=args.force, check=check)
         with claim_run(run):
             if run.finished:  # another process finished it since it was opened
                 raise finished_error(run.path)

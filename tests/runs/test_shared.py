@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import fcntl
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
-from tiny import tiny_config
+from tiny import prepare_tiny_cache, tiny_config, write_tiny_yaml
 
+from tfaug.cli import main
 from tfaug.runs.algorithm import Algorithm
 from tfaug.runs.rundir import RunDirectoryError, open_run_directory, run_name
 from tfaug.runs.shared import exclusive_lock, generator_config, open_generator_directory
@@ -142,3 +145,55 @@ def _assert_the_patience_ended(stage: StageResult, budget: int) -> None:
     assert (stage.iterations, stage.budget) == (stop, budget)
     assert stage.stopped_early == (stop < budget)
     assert stage.history[-1][0] == stop
+
+
+def test_the_shared_folder_of_a_moved_runs_folder_is_the_same_config(tmp_path):
+    """Location keys (runs folder, cache folder) are not part of the compared config."""
+    cfg = tiny_config(tmp_path / "cache", tmp_path / "runs", "gd")
+    open_generator_directory(cfg, open_run_directory(cfg), ["pretrain"])
+    (tmp_path / "runs").rename(tmp_path / "moved")
+    moved = tiny_config(f"{tmp_path}/../{tmp_path.name}/cache", tmp_path / "moved", "gi")
+    shared = open_generator_directory(moved, open_run_directory(moved), ["pretrain"])
+    assert shared.path == tmp_path / "moved" / "phantom-nl1-generators-split0-seed0"
+
+
+@pytest.fixture(scope="module")
+def finished_gd(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A real finished tiny ``gd`` run: its runs folder and the train arguments (no method)."""
+    base = tmp_path_factory.getbasetemp()
+    prepare_tiny_cache(base)
+    here = tmp_path_factory.mktemp("finished-gd")
+    args = [
+        "--config", str(write_tiny_yaml(here / "tiny.yaml")), "--cache-dir",
+        str(base / "tiny-cache"), "--quiet",
+    ]  # fmt: skip
+    assert main(["train", *args, "--method", "gd", "--runs-dir", str(here / "runs")]) == 0
+    return here / "runs", args
+
+
+def _copy_runs(finished_gd, tmp_path: Path) -> Path:
+    """A copy of the finished run's runs folder (its relative links to the shared generators
+    folder kept), so that each test changes its own."""
+    runs = tmp_path / "runs"
+    shutil.copytree(finished_gd[0], runs, symlinks=True)
+    return runs
+
+
+def test_force_with_other_generator_settings_refuses_before_moving_anything(
+    finished_gd, tmp_path, capsys
+):
+    runs = _copy_runs(finished_gd, tmp_path)
+    before = sorted(p.name for p in runs.iterdir())
+    argv = ["train", *finished_gd[1], "--method", "gd", "--runs-dir", str(runs)]
+
+    assert main([*argv, "--set", "train.lambda_ld=0.01", "--force"]) == 2
+
+    error = capsys.readouterr().err
+    shared = runs / "phantom-nl1-generators-split0-seed0"
+    assert f"{shared}: this run's shared generators folder holds the generators of a" in error
+    assert "(differs in train.lambda_ld)" in error
+    assert "Pass --tag NAME" in error
+    assert sorted(p.name for p in runs.iterdir()) == before  # nothing moved aside
+    assert (runs / "phantom-nl1-gd-split0-seed0" / "results.json").is_file()
+    assert main(argv) == 0  # the original command still finds its finished run
+    assert "this run is finished (results.json exists)" in capsys.readouterr().err

@@ -21,7 +21,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tfaug.config import READ_BY_FINAL, READ_BY_RANDOM, Config
-from tfaug.runs.rundir import RunDirectory, open_run_directory
+from tfaug.methods import GENERATOR_METHODS
+from tfaug.runs.rundir import (
+    RunDirectory,
+    RunDirectoryError,
+    open_run_directory,
+    recorded_differences,
+    run_name,
+)
 
 
 def generator_config(cfg: Config) -> Config:
@@ -51,6 +58,37 @@ def generator_config(cfg: Config) -> Config:
     return shared
 
 
+def generator_directory(cfg: Config) -> RunDirectory:
+    """The shared generator directory of ``cfg``'s run (it may not exist yet)."""
+    shared = generator_config(cfg)
+    return RunDirectory(Path(shared.runs_dir) / run_name(shared))
+
+
+def check_generator_directory(cfg: Config, *, any_method: bool = False) -> None:
+    """Refuse ``cfg``'s run if its shared generator directory holds another config.
+
+    Nothing is checked for a directory not created yet, or (unless ``any_method``) for a
+    method without shared generators (:data:`tfaug.methods.GENERATOR_METHODS`). The configs
+    are compared as a run's are (:func:`tfaug.runs.rundir.recorded_differences`: keys added
+    since count as at their defaults, location keys are left out).
+
+    Raises:
+        RunDirectoryError: naming the folder, the differing keys and the fix (``--tag``).
+    """
+    if not (any_method or GENERATOR_METHODS.get(cfg.method)):
+        return
+    shared = generator_directory(cfg)
+    changed = recorded_differences(shared.config_path, generator_config(cfg).to_dict())
+    if changed:
+        raise RunDirectoryError(
+            f"{shared.path}: this run's shared generators folder holds the generators of a "
+            f"different config (differs in {', '.join(changed)}); nothing was changed "
+            "(--force replaces a run's segmenter, not the generators other runs share). Pass "
+            "--tag NAME (tfaug grid: --set tag=NAME) to train these settings as a new run with "
+            "its own generators folder."
+        )
+
+
 def open_generator_directory(cfg: Config, run: RunDirectory, stages: list[str]) -> RunDirectory:
     """Open the shared generator directory of ``cfg`` and link ``stages`` into ``run``.
 
@@ -58,8 +96,10 @@ def open_generator_directory(cfg: Config, run: RunDirectory, stages: list[str]) 
     is, so runs started before sharing existed resume from their own checkpoints.
 
     Raises:
-        RunDirectoryError: the generator directory holds a different config.
+        RunDirectoryError: the generator directory holds a different config
+            (:func:`check_generator_directory`).
     """
+    check_generator_directory(cfg, any_method=True)
     shared = open_run_directory(generator_config(cfg))
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     for stage in stages:
