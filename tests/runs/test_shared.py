@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -14,9 +16,11 @@ import yaml
 from tiny import prepare_tiny_cache, tiny_config, write_tiny_yaml
 
 from tfaug.cli import main
+from tfaug.deploy.export import ExportError, load_run_models
 from tfaug.runs.algorithm import Algorithm
-from tfaug.runs.rundir import RunDirectoryError, open_run_directory, run_name
+from tfaug.runs.rundir import RunDirectory, RunDirectoryError, open_run_directory, run_name
 from tfaug.runs.shared import exclusive_lock, generator_config, open_generator_directory
+from tfaug.training.builders import build_generator
 from tfaug.training.loop import StageResult
 
 
@@ -197,3 +201,34 @@ def test_force_with_other_generator_settings_refuses_before_moving_anything(
     assert (runs / "phantom-nl1-gd-split0-seed0" / "results.json").is_file()
     assert main(argv) == 0  # the original command still finds its finished run
     assert "this run is finished (results.json exists)" in capsys.readouterr().err
+
+
+def test_export_refuses_generators_retrained_after_the_run_finished(finished_gd, tmp_path, capsys):
+    runs = _copy_runs(finished_gd, tmp_path)
+    run = RunDirectory(runs / "phantom-nl1-gd-split0-seed0")
+    kept = run.stage("generator_deformation") / "best" / "generator.weights.h5"
+    results = json.loads(run.results_path.read_text(encoding="utf-8"))
+    digest = hashlib.sha256(kept.read_bytes()).hexdigest()
+    assert results["generator_weights_sha256"] == {"generator_deformation": digest}
+    cfg, _ = load_run_models(run.path)  # the generators it trained with: exported
+
+    # The shared generators are retrained (another setting, or deleted and trained again).
+    retrained = build_generator(cfg, "deformation")
+    shared = runs / "phantom-nl1-generators-split0-seed0"
+    retrained.save_weights(shared / "checkpoints/generator_deformation/best/generator.weights.h5")
+
+    with pytest.raises(ExportError) as raised:
+        load_run_models(run.path)
+    message = str(raised.value)
+    assert f"{run.path}: the generators in {shared.resolve()} (generator_deformation)" in message
+    assert "were retrained after this run finished" in message
+    assert "Retrain the run with --force" in message
+    out = tmp_path / "export"
+    assert main(["export", str(run.path), "--out", str(out)]) == 2
+    assert "were retrained after this run finished" in capsys.readouterr().err
+    assert not out.exists()
+
+    # A run finished before the weights were recorded cannot be checked: exported as before.
+    del results["generator_weights_sha256"]
+    run.results_path.write_text(json.dumps(results), encoding="utf-8")
+    assert set(load_run_models(run.path)[1]) == {"segmenter", "deformation"}

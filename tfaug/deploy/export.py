@@ -52,6 +52,7 @@ from tfaug.methods import (
 )
 from tfaug.ops.generated import apply_generators
 from tfaug.runs.rundir import RunDirectory
+from tfaug.runs.shared import retrained_generators_message
 from tfaug.training.builders import build_generator, build_segmenter
 from tfaug.version import __version__
 
@@ -133,11 +134,21 @@ def load_run_models(run_dir: str | Path) -> tuple[Config, dict[str, keras.Model]
         their generator stages, or, for ``unimatch_gdgi_joint``, kept by the final stage
         beside S).
 
+    A run's generator stages may link to a generators folder shared with other runs
+    (:mod:`tfaug.runs.shared`), which can be retrained after the run finished; results.json
+    records the SHA-256 of the generator weights the run trained with, and generators that
+    differ from them are refused. A run finished before tfaug recorded them cannot be
+    checked: it is exported as it is.
+
     Raises:
-        ExportError: see :func:`read_run_config`; or a best-weights file is missing.
+        ExportError: see :func:`read_run_config`; a best-weights file is missing; or the
+            generators were retrained after the run finished.
     """
     cfg = read_run_config(run_dir)
     run = RunDirectory(Path(run_dir))
+    retrained = retrained_generators_message(run)
+    if retrained is not None:
+        raise ExportError(retrained)
     segmenter = build_segmenter(cfg)
     stage = final_stage(cfg.method, cfg.train.self_training_rounds)
     segmenter.load_weights(_weights(run.stage(stage) / "best/segmenter.weights.h5", run))

@@ -45,7 +45,12 @@ from tfaug.methods import (
 )
 from tfaug.models.generator import Generator
 from tfaug.runs.rundir import RunDirectory
-from tfaug.runs.shared import exclusive_lock, open_generator_directory
+from tfaug.runs.shared import (
+    GENERATOR_WEIGHTS,
+    exclusive_lock,
+    generator_weights_sha256,
+    open_generator_directory,
+)
 from tfaug.source_guard import check_source_unchanged
 from tfaug.training.builders import (
     build_adam,
@@ -108,6 +113,7 @@ class Algorithm:
         self.progress = progress
         self.strategy = strategy or tf.distribute.get_strategy()
         self.writer = tf.summary.create_file_writer(str(run.tensorboard))
+        self.generator_weights: dict[str, str] = {}  # stage → SHA-256 of the kept weights
 
     # -- data ---------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -186,7 +192,10 @@ class Algorithm:
         """Steps 2–4 in the generator directory shared with the other generator methods.
 
         Stages already trained there (by another method's run) are reused, not repeated.
-        Returns the best generator of each kind in ``kinds`` (none for an empty tuple).
+        Returns the best generator of each kind in ``kinds`` (none for an empty tuple), and
+        keeps the SHA-256 of their weights files in :attr:`generator_weights` (results.json
+        records them, so that ``tfaug export`` can tell if the shared generators were
+        retrained after the run finished).
         """
         if not kinds:
             return {}
@@ -194,7 +203,9 @@ class Algorithm:
         shared = open_generator_directory(self.cfg, self.run, stages)
         with exclusive_lock(shared.path / ".lock"):
             self.pretrain()
-            return {kind: self.train_generator(kind) for kind in kinds}
+            generators = {kind: self.train_generator(kind) for kind in kinds}
+            self.generator_weights = generator_weights_sha256(self.run, kinds)
+        return generators
 
     def train_segmenter(self, generators: dict[str, Generator]) -> keras.Model:
         """Step 5: a fresh S with the method's augmentation; returns S at the best score."""
@@ -368,6 +379,8 @@ class Algorithm:
             },
             "cpu_time_s": {name: result.cpu_time_s for name, result in self.stages.items()},
         }
+        if self.generator_weights:
+            results[GENERATOR_WEIGHTS] = self.generator_weights
         write_json_atomic(self.run.results_path, results)
         return results
 

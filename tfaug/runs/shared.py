@@ -15,13 +15,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fcntl
+import hashlib
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tfaug.config import READ_BY_FINAL, READ_BY_RANDOM, Config
-from tfaug.methods import GENERATOR_METHODS
+from tfaug.methods import GENERATOR_METHODS, generator_stage
 from tfaug.runs.rundir import (
     RunDirectory,
     RunDirectoryError,
@@ -108,6 +110,63 @@ def open_generator_directory(cfg: Config, run: RunDirectory, stages: list[str]) 
         if not link.exists() and not link.is_symlink():
             link.symlink_to(os.path.relpath(shared.stage(stage), run.checkpoints))
     return shared
+
+
+# -- the generators a finished run trained with ----------------------------------------------
+GENERATOR_WEIGHTS = "generator_weights_sha256"
+"""The key of results.json recording, per generator stage, the SHA-256 of the kept weights
+file (``checkpoints/<stage>/best/generator.weights.h5``) the run's final stage used."""
+
+
+def generator_weights_sha256(run: RunDirectory, kinds: Iterable[str]) -> dict[str, str]:
+    """Stage name → SHA-256 of its kept generator weights, read through ``run``'s links."""
+    return {
+        generator_stage(kind): _sha256(_kept_generator(run, generator_stage(kind)))
+        for kind in kinds
+    }
+
+
+def retrained_generators_message(run: RunDirectory) -> str | None:
+    """Why the finished ``run``'s generators cannot go with its segmenter, or ``None``.
+
+    Compares the kept weights of each generator stage the run linked with the SHA-256 its
+    results.json recorded when it finished (:data:`GENERATOR_WEIGHTS`). A run finished before
+    tfaug recorded them, or a stage whose weights file is missing (reported by the caller),
+    cannot be checked and passes.
+    """
+    try:
+        recorded = json.loads(run.results_path.read_text(encoding="utf-8")).get(GENERATOR_WEIGHTS)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(recorded, dict):
+        return None
+    changed = [
+        stage
+        for stage, digest in sorted(recorded.items())
+        if _kept_generator(run, stage).is_file() and _sha256(_kept_generator(run, stage)) != digest
+    ]
+    if not changed:
+        return None
+    folders = sorted({str(run.stage(stage).resolve().parent.parent) for stage in changed})
+    return (
+        f"{run.path}: the generators in {', '.join(folders)} ({', '.join(changed)}) were "
+        "retrained after this run finished: their weights differ from those its results.json "
+        f"records ({GENERATOR_WEIGHTS}), so they are not the generators its segmenter was "
+        "trained with. Retrain the run with --force (with the generators' settings, or under "
+        "a --tag), or restore the generators it was trained with."
+    )
+
+
+def _kept_generator(run: RunDirectory, stage: str) -> Path:
+    return run.stage(stage) / "best" / "generator.weights.h5"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextmanager
