@@ -179,6 +179,7 @@ def test_exporting_into_a_previous_export_replaces_it_as_a_whole(
     export_dir, finished_run, tmp_path
 ):
     out = shutil.copytree(export_dir, tmp_path / "exports" / "phantom")
+    (out / ".DS_Store").write_bytes(b"\0")  # a folder once opened in a file browser
     export_run(finished_run[0], out, formats=("onnx",))
     assert sorted(os.listdir(out)) == sorted([EXPORT_JSON, *(f"{name}.onnx" for name in MODELS)])
     assert os.listdir(out.parent) == ["phantom"]  # no staging folder left beside it

@@ -475,12 +475,19 @@ def check_export_target(out: Path) -> None:
             "or the folder of a previous export"
         )
     known = {EXPORT_JSON} | {f"{name}{end}" for name in MODEL_NAMES for end in ("", ".onnx")}
-    foreign = [name for name in entries if name not in known]
+    foreign = [name for name in entries if name not in known and not _desktop_metadata(name)]
     if foreign:
         raise ExportError(
             f"{out}: holds {', '.join(foreign)}, which no tfaug export writes; {replaced}, or "
             "move them out of it"
         )
+
+
+def _desktop_metadata(name: str) -> bool:
+    """Whether ``name`` is a file that file browsers leave in any folder they show (macOS
+    ``.DS_Store`` and ``._*``, Windows ``Thumbs.db`` and ``desktop.ini``): it goes with the
+    export it sits in instead of making the folder count as foreign."""
+    return name in {".DS_Store", "Thumbs.db", "desktop.ini"} or name.startswith("._")
 
 
 def _swap_in(staging: Path, out: Path) -> None:
